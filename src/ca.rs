@@ -1,0 +1,147 @@
+//! Loading and holding the signing CA (the tls.crt/tls.key of a mounted kubernetes.io/tls Secret).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{Issuer, KeyPair, PublicKeyData};
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(
+        "cannot read CA {what} {path}: {source}; check --ca-cert/--ca-key and that the Secret is mounted"
+    )]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA certificate {path} is not a PEM certificate: {message}")]
+    BadCertificate { path: PathBuf, message: String },
+    #[error(
+        "CA certificate {path} is not a CA (BasicConstraints CA:TRUE missing); mount the cluster CA, not a leaf"
+    )]
+    NotCa { path: PathBuf },
+    #[error(
+        "CA private key {path} cannot be loaded: {message}; PKCS#1 (RSA PRIVATE KEY), SEC1 (EC PRIVATE KEY) and PKCS#8 (PRIVATE KEY) PEM are accepted"
+    )]
+    BadKey { path: PathBuf, message: String },
+    #[error(
+        "CA private key {key} does not belong to the certificate {cert}; mount the matching tls.crt and tls.key"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+}
+
+/// The CA that signs approved requests. The private key never reaches logs: Debug redacts it.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    subject: String,
+    not_after: OffsetDateTime,
+    cert_pem: String,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("subject", &self.subject)
+            .field("not_after", &self.not_after)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CertificateAuthority {
+    /// Load from the files of a mounted Secret.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, CaError> {
+        let cert_pem = std::fs::read_to_string(cert_path).map_err(|source| CaError::Read {
+            what: "certificate",
+            path: cert_path.to_owned(),
+            source,
+        })?;
+        let key_pem = std::fs::read_to_string(key_path).map_err(|source| CaError::Read {
+            what: "private key",
+            path: key_path.to_owned(),
+            source,
+        })?;
+        Self::from_pem(&cert_pem, &key_pem, cert_path, key_path)
+    }
+
+    /// Build from PEM text; the paths only name the files in errors.
+    pub fn from_pem(
+        cert_pem: &str,
+        key_pem: &str,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<Self, CaError> {
+        let bad_cert = |message: String| CaError::BadCertificate {
+            path: cert_path.to_owned(),
+            message,
+        };
+        // The first block is the CA; a bundle may follow (kubeadm's ca.crt holds one).
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| bad_cert(e.to_string()))?;
+        if pem.label != "CERTIFICATE" {
+            return Err(bad_cert(format!("found a {:?} block", pem.label)));
+        }
+        let (_, cert) =
+            X509Certificate::from_der(&pem.contents).map_err(|e| bad_cert(e.to_string()))?;
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|bc| bc.value.ca);
+        if !is_ca {
+            return Err(CaError::NotCa {
+                path: cert_path.to_owned(),
+            });
+        }
+        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadKey {
+            path: key_path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if key.subject_public_key_info() != cert.tbs_certificate.subject_pki.raw {
+            return Err(CaError::KeyMismatch {
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
+            });
+        }
+        let not_after = cert.validity().not_after.to_datetime();
+        let subject = cert.subject().to_string();
+        let issuer = Issuer::from_ca_cert_der(&pem.contents.clone().into(), key)
+            .map_err(|e| bad_cert(e.to_string()))?;
+        Ok(CertificateAuthority {
+            issuer,
+            subject,
+            not_after,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Issued certificates never outlive this.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+}
+
+/// A random positive serial of 128 bits (top bit cleared so the DER INTEGER stays positive and
+/// within RFC 5280's 20 octets; first octet non-zero so the encoding is minimal). rcgen would
+/// otherwise derive it from the public key, giving every certificate for one key the same serial.
+pub fn random_serial() -> Result<[u8; 16], getrandom::Error> {
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial)?;
+    serial[0] = (serial[0] & 0x7f).max(1);
+    Ok(serial)
+}

@@ -1,0 +1,195 @@
+//! `csr-warden check`: decide one CSR offline with the same [`policy::decide`] the controller
+//! uses, and explain every rule it looked at.
+
+use std::path::Path;
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use serde::Serialize;
+
+use crate::config::{CheckArgs, OutputFormat, load_policy};
+use crate::controller::csr_view;
+use crate::inspect::inspect;
+use crate::policy::{self, ClusterFacts, CsrView, Decision, NodeLookup, Requester, Verdict};
+
+/// Exit codes: scripts branch on these.
+pub const EXIT_APPROVE: u8 = 0;
+pub const EXIT_DENY: u8 = 1;
+pub const EXIT_LEAVE: u8 = 2;
+pub const EXIT_BAD_INPUT: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Policy(#[from] crate::config::PolicyError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a CertificateSigningRequest object: {message}")]
+    NotACsr { path: String, message: String },
+    #[error(
+        "--request needs --signer and --usages (e.g. --signer kubernetes.io/kube-apiserver-client --usages 'client auth')"
+    )]
+    MissingRequestFlags,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CheckError> {
+    std::fs::read(path).map_err(|source| CheckError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Build the CSR the flags describe.
+pub fn load_view(args: &CheckArgs) -> Result<CsrView, CheckError> {
+    let mut view = if let Some(path) = &args.csr_object {
+        let text = String::from_utf8_lossy(&read(path)?).into_owned();
+        let csr: CertificateSigningRequest =
+            serde_saphyr::from_str(&text).map_err(|e| CheckError::NotACsr {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        csr_view(&csr)
+    } else {
+        let path = args
+            .request
+            .as_deref()
+            .ok_or(CheckError::MissingRequestFlags)?;
+        let (Some(signer), false) = (&args.signer, args.usages.is_empty()) else {
+            return Err(CheckError::MissingRequestFlags);
+        };
+        CsrView {
+            name: path.display().to_string(),
+            signer_name: signer.clone(),
+            usages: args.usages.clone(),
+            expiration_seconds: args.expiration_seconds,
+            requester: Requester::default(),
+            request: inspect(&read(path)?),
+        }
+    };
+    if let Some(username) = &args.username {
+        view.requester.username = username.clone();
+    }
+    if let Some(groups) = &args.groups {
+        view.requester.groups = groups.clone();
+    }
+    if args.expiration_seconds.is_some() {
+        view.expiration_seconds = args.expiration_seconds;
+    }
+    Ok(view)
+}
+
+/// The facts a cluster would have supplied, as far as the flags say.
+pub fn offline_facts(args: &CheckArgs) -> ClusterFacts {
+    ClusterFacts {
+        node_client_allowed: args.assume_node_client_allowed.then_some(true),
+        self_node_client_allowed: args.assume_self_node_client_allowed.then_some(true),
+        node: args
+            .node_addresses
+            .as_ref()
+            .map(|addresses| NodeLookup::Addresses(addresses.clone())),
+    }
+}
+
+pub fn exit_code(decision: &Decision) -> u8 {
+    match decision {
+        Decision::Approve { .. } => EXIT_APPROVE,
+        Decision::Deny { .. } => EXIT_DENY,
+        Decision::Leave { .. } => EXIT_LEAVE,
+    }
+}
+
+#[derive(Serialize)]
+struct JsonStep<'a> {
+    rule: &'a str,
+    outcome: &'a str,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    csr: &'a str,
+    signer: &'a str,
+    requester: &'a str,
+    subject: String,
+    decision: &'a str,
+    reason: &'a str,
+    message: &'a str,
+    rules: Vec<JsonStep<'a>>,
+}
+
+/// Render the verdict for a person (text) or a script (json).
+pub fn render(view: &CsrView, verdict: &Verdict, format: OutputFormat) -> String {
+    let subject = view
+        .request
+        .as_ref()
+        .map(|r| r.subject_string())
+        .unwrap_or_else(|e| format!("<unreadable: {e}>"));
+    let decision = &verdict.decision;
+    match format {
+        OutputFormat::Json => {
+            let report = JsonReport {
+                csr: &view.name,
+                signer: &view.signer_name,
+                requester: &view.requester.username,
+                subject,
+                decision: decision.verb(),
+                reason: decision.reason().as_str(),
+                message: decision.message(),
+                rules: verdict
+                    .steps
+                    .iter()
+                    .map(|s| JsonStep {
+                        rule: s.rule,
+                        outcome: s.outcome.as_str(),
+                        detail: &s.detail,
+                    })
+                    .collect(),
+            };
+            serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        }
+        OutputFormat::Text => {
+            let mut out = format!(
+                "CSR:       {}\nSigner:    {}\nRequester: {} {:?}\nSubject:   {}\n\nDecision:  {} ({})\nMessage:   {}\n\nRules:\n",
+                view.name,
+                view.signer_name,
+                view.requester.username,
+                view.requester.groups,
+                subject,
+                decision.verb().to_uppercase(),
+                decision.reason(),
+                decision.message()
+            );
+            for step in &verdict.steps {
+                out.push_str(&format!(
+                    "  - {:<20} {:<15} {}\n",
+                    step.rule,
+                    step.outcome.as_str(),
+                    step.detail
+                ));
+            }
+            out
+        }
+    }
+}
+
+/// Run `check`: print the report and return the exit code.
+pub fn run(args: &CheckArgs) -> u8 {
+    let outcome = load_policy(&args.policy)
+        .map_err(CheckError::from)
+        .and_then(|policy| Ok((policy, load_view(args)?)));
+    match outcome {
+        Ok((policy, view)) => {
+            let verdict = policy::decide(&view, &offline_facts(args), &policy);
+            println!("{}", render(&view, &verdict, args.output));
+            exit_code(&verdict.decision)
+        }
+        Err(error) => {
+            eprintln!("csr-warden check: {error}");
+            EXIT_BAD_INPUT
+        }
+    }
+}

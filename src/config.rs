@@ -1,0 +1,458 @@
+//! The policy file: parsed strictly, validated completely, turned into a [`Policy`].
+//!
+//! A policy that does not parse, names an unknown key or contradicts itself is rejected with every
+//! problem and its line, so a bad ConfigMap stops start-up (or a reload) loudly instead of
+//! approving the wrong thing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::policy::{
+    AllowRule, CommonNameMatch, MIN_EXPIRATION_SECONDS, Policy, SIGNER_KUBE_APISERVER_CLIENT,
+    SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING, SYSTEM_MASTERS, SigningLimits, Unmatched,
+    normalize_group,
+};
+
+/// The largest policy file we read; a real one is a few KiB.
+const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "cannot read policy file {path}: {source}; check --policy and that the ConfigMap is mounted"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "policy file {path} is not valid YAML for csr-warden:\n{message}\nSee README \"Policy reference\" for the keys"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("policy file {path} has {} problem(s):\n{}\nFix them and check with `csr-warden policy validate {path}`",
+        .problems.len(), .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<PolicyProblem>,
+    },
+}
+
+/// One semantic problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyProblem {
+    pub line: u64,
+    pub message: String,
+}
+
+impl std::fmt::Display for PolicyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PolicyFile {
+    #[serde(default)]
+    signer_names: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    forbidden_groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    kubelet: KubeletFile,
+    #[serde(default)]
+    allow_list: Vec<Spanned<AllowRuleFile>>,
+    #[serde(default)]
+    unmatched: UnmatchedFile,
+    #[serde(default)]
+    signing: Option<Spanned<SigningFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KubeletFile {
+    #[serde(default = "yes")]
+    client: bool,
+    #[serde(default = "yes")]
+    serving: bool,
+}
+
+impl Default for KubeletFile {
+    fn default() -> Self {
+        KubeletFile {
+            client: true,
+            serving: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AllowRuleFile {
+    #[serde(default)]
+    common_name: Option<String>,
+    #[serde(default)]
+    common_name_pattern: Option<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    requesters: RequestersFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestersFile {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum UnmatchedFile {
+    #[default]
+    Leave,
+    Deny,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SigningFile {
+    #[serde(default = "default_expiration")]
+    default_expiration_seconds: u32,
+    #[serde(default = "max_expiration")]
+    max_expiration_seconds: u32,
+}
+
+fn default_expiration() -> u32 {
+    86_400
+}
+
+fn max_expiration() -> u32 {
+    30 * 86_400
+}
+
+/// The signers csr-warden handles when the policy does not say.
+pub fn default_signer_names() -> Vec<String> {
+    [
+        SIGNER_KUBE_APISERVER_CLIENT,
+        SIGNER_KUBELET_CLIENT,
+        SIGNER_KUBELET_SERVING,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Read and validate the policy file at `path`.
+pub fn load_policy(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_policy(&text, path)
+}
+
+/// Parse and validate policy text; `path` only names the file in errors.
+pub fn parse_policy(text: &str, path: &Path) -> Result<Policy, PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::Parse {
+            path: path.to_owned(),
+            message: format!(
+                "the file is {} bytes; the limit is {MAX_POLICY_BYTES}",
+                text.len()
+            ),
+        });
+    }
+    let file: PolicyFile = serde_saphyr::from_str(text).map_err(|e| PolicyError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    validate(file).map_err(|problems| PolicyError::Invalid {
+        path: path.to_owned(),
+        problems,
+    })
+}
+
+fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
+    let mut problems = Vec::new();
+    let mut problem = |line: u64, message: String| problems.push(PolicyProblem { line, message });
+
+    let mut signer_names = BTreeSet::new();
+    match file.signer_names {
+        None => signer_names.extend(default_signer_names()),
+        Some(names) => {
+            if names.is_empty() {
+                problem(
+                    1,
+                    "signerNames is empty: csr-warden would do nothing".into(),
+                );
+            }
+            for name in names {
+                if let Err(why) = check_signer_name(&name.value) {
+                    problem(name.referenced.line(), why);
+                }
+                signer_names.insert(name.value);
+            }
+        }
+    }
+
+    // system:masters is forbidden even when the file leaves it out.
+    let mut forbidden_groups = vec![SYSTEM_MASTERS.to_owned()];
+    for group in file.forbidden_groups {
+        if normalize_group(&group.value).is_empty() {
+            problem(
+                group.referenced.line(),
+                "forbiddenGroups has an empty group".into(),
+            );
+        } else if !forbidden_groups
+            .iter()
+            .any(|g| normalize_group(g) == normalize_group(&group.value))
+        {
+            forbidden_groups.push(group.value);
+        }
+    }
+
+    let mut allow_list = Vec::new();
+    for rule in file.allow_list {
+        let line = rule.referenced.line();
+        let spec = rule.value;
+        let common_name = match (spec.common_name, spec.common_name_pattern) {
+            (Some(name), None) if !name.is_empty() => Some(CommonNameMatch::Exact(name)),
+            (None, Some(pattern)) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
+                Ok(regex) => Some(CommonNameMatch::Pattern(regex)),
+                Err(e) => {
+                    problem(
+                        line,
+                        format!("commonNamePattern {pattern:?} is not a valid regex: {e}"),
+                    );
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                problem(
+                    line,
+                    "an allowList rule takes commonName or commonNamePattern, not both".into(),
+                );
+                None
+            }
+            _ => {
+                problem(
+                    line,
+                    "an allowList rule needs a non-empty commonName or commonNamePattern".into(),
+                );
+                None
+            }
+        };
+        for group in &spec.groups {
+            if forbidden_groups
+                .iter()
+                .any(|f| normalize_group(f) == normalize_group(group))
+            {
+                problem(
+                    line,
+                    format!(
+                        "allowList groups include {group:?}, which is a forbidden group; remove it"
+                    ),
+                );
+            }
+        }
+        if let Some(common_name) = common_name {
+            allow_list.push(AllowRule {
+                common_name,
+                groups: spec.groups,
+                requester_users: spec.requesters.users,
+                requester_groups: spec.requesters.groups,
+            });
+        }
+    }
+
+    let signing = match file.signing {
+        None => SigningLimits {
+            default_expiration_seconds: default_expiration(),
+            max_expiration_seconds: max_expiration(),
+        },
+        Some(signing) => {
+            let line = signing.referenced.line();
+            let limits = SigningLimits {
+                default_expiration_seconds: signing.value.default_expiration_seconds,
+                max_expiration_seconds: signing.value.max_expiration_seconds,
+            };
+            let floor = MIN_EXPIRATION_SECONDS.unsigned_abs();
+            if limits.default_expiration_seconds < floor || limits.max_expiration_seconds < floor {
+                problem(
+                    line,
+                    format!("signing expirations must be at least {floor} seconds"),
+                );
+            }
+            if limits.default_expiration_seconds > limits.max_expiration_seconds {
+                problem(
+                    line,
+                    "signing.defaultExpirationSeconds is larger than maxExpirationSeconds".into(),
+                );
+            }
+            limits
+        }
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Policy {
+        signer_names,
+        forbidden_groups,
+        kubelet_client: file.kubelet.client,
+        kubelet_serving: file.kubelet.serving,
+        allow_list,
+        unmatched: match file.unmatched {
+            UnmatchedFile::Leave => Unmatched::Leave,
+            UnmatchedFile::Deny => Unmatched::Deny,
+        },
+        signing,
+    })
+}
+
+fn check_signer_name(name: &str) -> Result<(), String> {
+    let Some((domain, path)) = name.split_once('/') else {
+        return Err(format!(
+            "signerName {name:?} must look like <domain>/<path>"
+        ));
+    };
+    if domain.is_empty() || path.is_empty() || !domain.contains('.') {
+        return Err(format!(
+            "signerName {name:?} must look like <domain>/<path>"
+        ));
+    }
+    if name == "kubernetes.io/legacy-unknown" {
+        return Err("kubernetes.io/legacy-unknown is never signed; remove it".into());
+    }
+    Ok(())
+}
+
+/// Command line. Every flag can also come from the environment (see `--help`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "csr-warden",
+    version,
+    about = "Approves, denies and signs Kubernetes CertificateSigningRequests by policy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the controller against the cluster (in-cluster config, else KUBECONFIG/~/.kube/config).
+    Run(RunArgs),
+    /// Decide one CSR offline and explain every rule; exit 0 approve, 1 deny, 2 leave, 3 bad input.
+    Check(CheckArgs),
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Report every problem in a policy file, with its line; exit 0 when valid.
+    Validate { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal (a pod), text when it is.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Policy file (the mounted ConfigMap).
+    #[arg(
+        long,
+        env = "CSR_WARDEN_POLICY",
+        default_value = "/etc/csr-warden/policy/policy.yaml"
+    )]
+    pub policy: PathBuf,
+    /// CA certificate (tls.crt of the mounted kubernetes.io/tls Secret).
+    #[arg(
+        long,
+        env = "CSR_WARDEN_CA_CERT",
+        default_value = "/etc/csr-warden/ca/tls.crt"
+    )]
+    pub ca_cert: PathBuf,
+    /// CA private key (tls.key): PKCS#1, SEC1 or PKCS#8 PEM.
+    #[arg(
+        long,
+        env = "CSR_WARDEN_CA_KEY",
+        default_value = "/etc/csr-warden/ca/tls.key"
+    )]
+    pub ca_key: PathBuf,
+    #[arg(
+        long,
+        env = "CSR_WARDEN_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub log_format: LogFormat,
+    /// Address of /healthz and /readyz.
+    #[arg(long, env = "CSR_WARDEN_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
+    /// Decide and report (logs, Events with a DryRun prefix) but write nothing to CSRs.
+    #[arg(long, env = "CSR_WARDEN_DRY_RUN")]
+    pub dry_run: bool,
+    /// Reported as the Event source instance; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME", default_value = "csr-warden")]
+    pub instance: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Policy file to decide with.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// A CertificateSigningRequest object (YAML or JSON), as `kubectl get csr NAME -o yaml` prints.
+    #[arg(long, conflicts_with = "request", required_unless_present = "request")]
+    pub csr_object: Option<PathBuf>,
+    /// A PEM CSR file (from `openssl req`), with --signer and --usages.
+    #[arg(long)]
+    pub request: Option<PathBuf>,
+    #[arg(long, requires = "request")]
+    pub signer: Option<String>,
+    /// Comma-separated, e.g. "client auth,digital signature".
+    #[arg(long, value_delimiter = ',')]
+    pub usages: Vec<String>,
+    #[arg(long)]
+    pub expiration_seconds: Option<i32>,
+    /// The requester (spec.username); overrides the object's.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// The requester's groups (spec.groups), comma-separated; overrides the object's.
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
+    /// Assume the SubjectAccessReview for certificatesigningrequests/nodeclient allows the requester.
+    #[arg(long)]
+    pub assume_node_client_allowed: bool,
+    /// Assume the SubjectAccessReview for certificatesigningrequests/selfnodeclient allows the requester.
+    #[arg(long)]
+    pub assume_self_node_client_allowed: bool,
+    /// The Node's addresses for a kubelet serving request, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub node_addresses: Option<Vec<String>>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}

@@ -1,0 +1,540 @@
+//! All Kubernetes I/O: watch CSRs, ask the cluster for facts, write approvals, denials,
+//! certificates and Failed conditions, record Events and the audit log line.
+//!
+//! Every write carries the resourceVersion it was decided on. A 409 means somebody else changed
+//! the CSR first (another replica, a human with kubectl): we re-read and decide again, so nothing
+//! is decided or signed twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestStatus,
+};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use crate::ca::CertificateAuthority;
+use crate::inspect::inspect;
+use crate::issue::{ApprovedRequest, IssueError, issue};
+use crate::policy::{
+    self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup, Policy, Reason, Requester,
+};
+
+/// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
+const MAX_CONFLICT_RETRIES: usize = 5;
+/// Requeue delay after an API error (429, 5xx, network): the controller retries, never gives up.
+const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+
+pub const APPROVED: &str = "Approved";
+pub const DENIED: &str = "Denied";
+pub const FAILED: &str = "Failed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call {action} for CSR {csr} failed: {source}")]
+    Kube {
+        action: &'static str,
+        csr: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "CSR {csr} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row); will retry"
+    )]
+    TooManyConflicts { csr: String },
+    #[error("no system randomness for a certificate serial: {0}")]
+    Randomness(String),
+}
+
+impl Error {
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube { action, .. } => action,
+            Error::TooManyConflicts { .. } => "conflicts",
+            Error::Randomness(_) => "randomness",
+        }
+    }
+}
+
+fn kube_error<'a>(action: &'static str, csr: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Kube {
+        action,
+        csr: csr.to_owned(),
+        source,
+    }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+/// What the controller runs with.
+pub struct Settings {
+    pub policy: Policy,
+    /// `Err` when the CA failed to load: approvals still happen, signing writes Failed with why.
+    pub ca: Result<CertificateAuthority, String>,
+    /// Decide and report, but write nothing to CSRs.
+    pub dry_run: bool,
+    /// The name Events are reported under (the pod name in a cluster).
+    pub instance: String,
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    client: Client,
+    csrs: Api<CertificateSigningRequest>,
+    recorder: Recorder,
+    settings: Settings,
+}
+
+/// Where a CSR stands, from its conditions and certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsrState {
+    Pending,
+    /// Approved and waiting for our certificate.
+    ApprovedUnsigned,
+    Issued,
+    Denied,
+    Failed,
+}
+
+pub fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
+    let status = csr.status.as_ref();
+    let has = |kind: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c.type_ == kind && c.status == "True")
+            })
+    };
+    if has(DENIED) {
+        CsrState::Denied
+    } else if has(FAILED) {
+        CsrState::Failed
+    } else if status
+        .and_then(|s| s.certificate.as_ref())
+        .is_some_and(|c| !c.0.is_empty())
+    {
+        CsrState::Issued
+    } else if has(APPROVED) {
+        CsrState::ApprovedUnsigned
+    } else {
+        CsrState::Pending
+    }
+}
+
+/// The policy's view of a CSR object.
+pub fn csr_view(csr: &CertificateSigningRequest) -> CsrView {
+    let spec = &csr.spec;
+    CsrView {
+        name: csr.name_any(),
+        signer_name: spec.signer_name.clone(),
+        usages: spec.usages.clone().unwrap_or_default(),
+        expiration_seconds: spec.expiration_seconds,
+        requester: Requester {
+            username: spec.username.clone().unwrap_or_default(),
+            uid: spec.uid.clone(),
+            groups: spec.groups.clone().unwrap_or_default(),
+        },
+        request: inspect(&spec.request.0),
+    }
+}
+
+fn condition(kind: &str, reason: &str, message: &str) -> CertificateSigningRequestCondition {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    CertificateSigningRequestCondition {
+        type_: kind.to_owned(),
+        status: "True".to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(message.to_owned()),
+        last_update_time: Some(now.clone()),
+        last_transition_time: Some(now),
+    }
+}
+
+fn subject_of(view: &CsrView) -> String {
+    view.request
+        .as_ref()
+        .map(|r| r.subject_string())
+        .unwrap_or_else(|e| format!("<unreadable: {e}>"))
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "csr-warden".into(),
+                instance: Some(settings.instance.clone()),
+            },
+        );
+        Context {
+            csrs: Api::all(client.clone()),
+            client,
+            recorder,
+            settings,
+        }
+    }
+
+    async fn event(
+        &self,
+        csr: &CertificateSigningRequest,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+        action: &str,
+    ) {
+        let reason = if self.settings.dry_run {
+            format!("DryRun{reason}")
+        } else {
+            reason.to_owned()
+        };
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note.to_owned()),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        // An Event that cannot be written must not undo a decision already made: log it.
+        if let Err(error) = self.recorder.publish(&event, &csr.object_ref(&())).await {
+            tracing::warn!(csr = %csr.name_any(), %error, "could not record Event; the decision stands and is in this log");
+        }
+    }
+
+    async fn facts(&self, needed: &FactsNeeded, view: &CsrView) -> Result<ClusterFacts, Error> {
+        let mut facts = ClusterFacts::default();
+        if needed.node_client_review {
+            facts.node_client_allowed = Some(self.review(view, "nodeclient").await?);
+        }
+        if needed.self_node_client_review {
+            facts.self_node_client_allowed = Some(self.review(view, "selfnodeclient").await?);
+        }
+        if let Some(node_name) = &needed.node_name {
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            let node = nodes
+                .get_opt(node_name)
+                .await
+                .map_err(kube_error("get node", &view.name))?;
+            facts.node = Some(match node {
+                None => NodeLookup::Missing,
+                Some(node) => NodeLookup::Addresses(
+                    node.status
+                        .and_then(|s| s.addresses)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| a.address)
+                        .collect(),
+                ),
+            });
+        }
+        Ok(facts)
+    }
+
+    /// SubjectAccessReview, as kube-controller-manager's CSR approver does it.
+    async fn review(&self, view: &CsrView, subresource: &str) -> Result<bool, Error> {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(view.requester.username.clone()),
+                uid: view.requester.uid.clone(),
+                groups: Some(view.requester.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("certificates.k8s.io".into()),
+                    resource: Some("certificatesigningrequests".into()),
+                    verb: Some("create".into()),
+                    subresource: Some(subresource.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(kube_error("subjectaccessreview", &view.name))?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<CertificateSigningRequest>, Error> {
+        self.csrs
+            .get_opt(name)
+            .await
+            .map_err(kube_error("get csr", name))
+    }
+
+    /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
+    async fn decide_pending(&self, mut csr: CertificateSigningRequest) -> Result<Action, Error> {
+        let name = csr.name_any();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let view = csr_view(&csr);
+            let facts = self
+                .facts(&policy::facts_needed(&view, &self.settings.policy), &view)
+                .await?;
+            let verdict = policy::decide(&view, &facts, &self.settings.policy);
+            let (kind, event_type) = match &verdict.decision {
+                Decision::Leave { reason, message } => {
+                    log_decision(&view, &verdict.decision, self.settings.dry_run);
+                    if *reason != Reason::NotOurSigner {
+                        tracing::debug!(csr = %name, steps = ?verdict.steps, "left pending");
+                    }
+                    let _ = message;
+                    return Ok(Action::await_change());
+                }
+                Decision::Approve { .. } => (APPROVED, EventType::Normal),
+                Decision::Deny { .. } => (DENIED, EventType::Warning),
+            };
+            let reason = verdict.decision.reason().as_str();
+            let message = verdict.decision.message();
+            if self.settings.dry_run {
+                log_decision(&view, &verdict.decision, true);
+                self.event(&csr, event_type, reason, message, kind).await;
+                return Ok(Action::await_change());
+            }
+            csr.status
+                .get_or_insert_with(Default::default)
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(condition(kind, reason, message));
+            match self
+                .csrs
+                .replace_subresource("approval", &name, &PostParams::default(), &csr)
+                .await
+            {
+                Ok(_) => {
+                    log_decision(&view, &verdict.decision, false);
+                    self.event(&csr, event_type, reason, message, kind).await;
+                    return Ok(Action::await_change());
+                }
+                Err(error) if is_conflict(&error) => {
+                    tracing::info!(csr = %name, "approval conflicted with another change; re-reading and deciding again");
+                    match self.get(&name).await? {
+                        Some(fresh) if csr_state(&fresh) == CsrState::Pending => csr = fresh,
+                        // Decided by someone else meanwhile; if approved, the watch brings it
+                        // back for signing.
+                        _ => return Ok(Action::await_change()),
+                    }
+                }
+                Err(error) => return Err(kube_error("approve/deny", &name)(error)),
+            }
+        }
+        Err(Error::TooManyConflicts { csr: name })
+    }
+
+    /// Sign an approved CSR, or mark it Failed with the reason it cannot be signed.
+    async fn sign_approved(&self, mut csr: CertificateSigningRequest) -> Result<Action, Error> {
+        let name = csr.name_any();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let view = csr_view(&csr);
+            let outcome = self.certificate_for(&view)?;
+            if self.settings.dry_run {
+                match &outcome {
+                    Ok(_) => {
+                        tracing::info!(csr = %name, signer = %view.signer_name, dry_run = true, "would issue certificate")
+                    }
+                    Err((reason, message)) => {
+                        tracing::warn!(csr = %name, signer = %view.signer_name, %reason, %message, dry_run = true, "would fail the request")
+                    }
+                }
+                return Ok(Action::await_change());
+            }
+            let status = csr
+                .status
+                .get_or_insert_with(CertificateSigningRequestStatus::default);
+            match &outcome {
+                Ok(pem) => status.certificate = Some(ByteString(pem.clone().into_bytes())),
+                Err((reason, message)) => status
+                    .conditions
+                    .get_or_insert_with(Vec::new)
+                    .push(condition(FAILED, reason, message)),
+            }
+            match self
+                .csrs
+                .replace_status(&name, &PostParams::default(), &csr)
+                .await
+            {
+                Ok(_) => {
+                    match outcome {
+                        Ok(_) => {
+                            tracing::info!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "issued", "certificate issued");
+                            self.event(
+                                &csr,
+                                EventType::Normal,
+                                "Issued",
+                                &format!("certificate issued by {}", self.ca_subject()),
+                                "Sign",
+                            )
+                            .await;
+                        }
+                        Err((reason, message)) => {
+                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, %message, "certificate not issued");
+                            self.event(&csr, EventType::Warning, &reason, &message, "Sign")
+                                .await;
+                        }
+                    }
+                    return Ok(Action::await_change());
+                }
+                Err(error) if is_conflict(&error) => {
+                    tracing::info!(csr = %name, "status write conflicted; re-reading");
+                    match self.get(&name).await? {
+                        Some(fresh) if csr_state(&fresh) == CsrState::ApprovedUnsigned => {
+                            csr = fresh
+                        }
+                        _ => return Ok(Action::await_change()),
+                    }
+                }
+                Err(error) => return Err(kube_error("write status", &name)(error)),
+            }
+        }
+        Err(Error::TooManyConflicts { csr: name })
+    }
+
+    fn ca_subject(&self) -> String {
+        self.settings
+            .ca
+            .as_ref()
+            .map(|ca| ca.subject().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The certificate PEM, or (reason, message) for the Failed condition.
+    fn certificate_for(&self, view: &CsrView) -> Result<Result<String, (String, String)>, Error> {
+        let policy = &self.settings.policy;
+        // Approved by a human or not, we never sign what the policy forbids.
+        if let Some((reason, message)) = policy::signing_refusal(view, policy) {
+            return Ok(Err((reason.as_str().to_owned(), message)));
+        }
+        let request = match &view.request {
+            Ok(request) => request,
+            Err(error) => {
+                return Ok(Err((
+                    Reason::InvalidRequest.as_str().to_owned(),
+                    error.to_string(),
+                )));
+            }
+        };
+        let ca = match &self.settings.ca {
+            Ok(ca) => ca,
+            Err(why) => {
+                return Ok(Err((
+                    "CAUnavailable".to_owned(),
+                    format!("the signing CA is not loaded: {why}"),
+                )));
+            }
+        };
+        let serial = crate::ca::random_serial().map_err(|e| Error::Randomness(e.to_string()))?;
+        let approved = ApprovedRequest {
+            signer_name: &view.signer_name,
+            usages: &view.usages,
+            expiration_seconds: view.expiration_seconds,
+            request,
+        };
+        Ok(issue(
+            ca,
+            &approved,
+            policy.signing,
+            time::OffsetDateTime::now_utc(),
+            serial,
+        )
+        .map(|issued| issued.pem)
+        .map_err(|error: IssueError| (error.reason().to_owned(), error.to_string())))
+    }
+}
+
+/// The audit record: one structured line per decision. CSRs and their Events are garbage-collected
+/// an hour after a decision; this line is what remains.
+fn log_decision(view: &CsrView, decision: &Decision, dry_run: bool) {
+    let subject = subject_of(view);
+    let reason = decision.reason();
+    let message = decision.message();
+    match decision {
+        Decision::Leave {
+            reason: Reason::NotOurSigner,
+            ..
+        } => {
+            tracing::debug!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, decision = "ignored", %reason, "not our signer");
+        }
+        Decision::Deny { .. } => {
+            tracing::warn!(csr = %view.name, requester = %view.requester.username, groups = ?view.requester.groups, signer = %view.signer_name, %subject, decision = decision.verb(), %reason, %message, dry_run, "csr decision");
+        }
+        _ => {
+            tracing::info!(csr = %view.name, requester = %view.requester.username, groups = ?view.requester.groups, signer = %view.signer_name, %subject, decision = decision.verb(), %reason, %message, dry_run, "csr decision");
+        }
+    }
+}
+
+/// One reconcile: look at where the CSR stands and do the one thing it needs.
+pub async fn reconcile(
+    csr: Arc<CertificateSigningRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let name = csr.name_any();
+    if !ctx
+        .settings
+        .policy
+        .signer_names
+        .contains(&csr.spec.signer_name)
+    {
+        tracing::debug!(csr = %name, signer = %csr.spec.signer_name, decision = "ignored", "not our signer; untouched");
+        return Ok(Action::await_change());
+    }
+    match csr_state(&csr) {
+        CsrState::Pending => ctx.decide_pending((*csr).clone()).await,
+        CsrState::ApprovedUnsigned => ctx.sign_approved((*csr).clone()).await,
+        state => {
+            tracing::debug!(csr = %name, ?state, "already final; nothing to do");
+            Ok(Action::await_change())
+        }
+    }
+}
+
+pub fn error_policy(
+    csr: Arc<CertificateSigningRequest>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(csr = %csr.name_any(), error = %error, kind = error.label(), "reconcile failed; retrying");
+    Action::requeue(ERROR_REQUEUE)
+}
+
+/// Readiness the HTTP server reports: true once the first full list of CSRs has arrived.
+pub type Ready = watch::Receiver<bool>;
+
+/// Run the controller until a shutdown signal. `ready` flips to true once the watch has synced.
+pub async fn run(client: Client, settings: Settings, ready: watch::Sender<bool>) {
+    let ctx = Arc::new(Context::new(client.clone(), settings));
+    let csrs: Api<CertificateSigningRequest> = Api::all(client);
+    let controller = Controller::new(csrs, watcher::Config::default());
+    let store = controller.store();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            tracing::info!("watch synced; deciding CSRs");
+            let _ = ready.send(true);
+        }
+    });
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile loop");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,20 @@
+//! csr-warden: approves, denies and signs Kubernetes CertificateSigningRequests by policy.
+//!
+//! Where to look:
+//! - [`policy`]: why a CSR was approved, denied or left pending (pure, one file).
+//! - [`inspect`]: what a PEM request asks for (pure).
+//! - [`issue`]: how an approved request becomes a certificate (pure).
+//! - [`ca`]: loading the signing CA.
+//! - [`config`]: the policy file.
+//! - [`controller`]: all Kubernetes I/O.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod check;
+pub mod config;
+pub mod controller;
+pub mod http;
+pub mod inspect;
+pub mod issue;
+pub mod policy;
+pub mod telemetry;

@@ -1,0 +1,902 @@
+//! PURE: who asked + what they asked for + the policy + cluster facts → a decision with reasons.
+//!
+//! This is the one file to read to learn why a CSR was approved, denied or left pending. No I/O,
+//! no clock: the controller and `csr-warden check` both call [`decide`] and get the same answer.
+//!
+//! Rules run in this order and the first that decides wins:
+//! 1. signerName not ours → Leave (another signer owns it; we do not touch it)
+//! 2. malformed request, bad signature, weak key, bad usages/expiration → Deny
+//! 3. any subject O in `forbiddenGroups` (system:masters always) → Deny `ForbiddenGroup`
+//! 4. kubelet client certificates → Approve after a SubjectAccessReview, Deny on a wrong shape
+//! 5. kubelet serving certificates → Approve when every SAN belongs to the Node, else Deny
+//! 6. the allow-list → Approve, or Deny when a rule names the CN but something else is wrong
+//! 7. anything else → Leave for a human (or Deny `NotAllowListed` with `unmatched: deny`)
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::inspect::{CertificateRequest, InspectError};
+
+pub const SIGNER_KUBE_APISERVER_CLIENT: &str = "kubernetes.io/kube-apiserver-client";
+pub const SIGNER_KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const SIGNER_KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
+/// The group that bypasses RBAC entirely. Always forbidden, whatever the policy file says.
+pub const SYSTEM_MASTERS: &str = "system:masters";
+pub const NODE_GROUP: &str = "system:nodes";
+pub const NODE_USER_PREFIX: &str = "system:node:";
+/// The API server refuses shorter lifetimes at create time; a fake or old server may not.
+pub const MIN_EXPIRATION_SECONDS: i32 = 600;
+
+pub const USAGE_CLIENT_AUTH: &str = "client auth";
+pub const USAGE_SERVER_AUTH: &str = "server auth";
+pub const USAGE_DIGITAL_SIGNATURE: &str = "digital signature";
+pub const USAGE_KEY_ENCIPHERMENT: &str = "key encipherment";
+
+/// Every value `certificates.k8s.io/v1` accepts in spec.usages.
+pub const KNOWN_USAGES: &[&str] = &[
+    "signing",
+    "digital signature",
+    "content commitment",
+    "key encipherment",
+    "key agreement",
+    "data encipherment",
+    "cert sign",
+    "crl sign",
+    "encipher only",
+    "decipher only",
+    "any",
+    "server auth",
+    "client auth",
+    "code signing",
+    "email protection",
+    "s/mime",
+    "ipsec end system",
+    "ipsec tunnel",
+    "ipsec user",
+    "timestamping",
+    "ocsp signing",
+    "microsoft sgc",
+    "netscape sgc",
+];
+
+const CLIENT_USAGES: &[&str] = &[
+    USAGE_CLIENT_AUTH,
+    USAGE_DIGITAL_SIGNATURE,
+    USAGE_KEY_ENCIPHERMENT,
+];
+const SERVING_USAGES: &[&str] = &[
+    USAGE_SERVER_AUTH,
+    USAGE_DIGITAL_SIGNATURE,
+    USAGE_KEY_ENCIPHERMENT,
+];
+
+/// The validated policy. Built from the policy file by `config`; see README "Policy reference".
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub signer_names: BTreeSet<String>,
+    /// Always contains system:masters.
+    pub forbidden_groups: Vec<String>,
+    pub kubelet_client: bool,
+    pub kubelet_serving: bool,
+    pub allow_list: Vec<AllowRule>,
+    pub unmatched: Unmatched,
+    pub signing: SigningLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    Leave,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigningLimits {
+    pub default_expiration_seconds: u32,
+    pub max_expiration_seconds: u32,
+}
+
+/// One allow-list entry: who may hold a certificate for which subject.
+#[derive(Debug, Clone)]
+pub struct AllowRule {
+    pub common_name: CommonNameMatch,
+    /// The O values a certificate for this subject may carry.
+    pub groups: Vec<String>,
+    /// Who may ask besides the subject itself.
+    pub requester_users: Vec<String>,
+    pub requester_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CommonNameMatch {
+    Exact(String),
+    /// Anchored: the whole CN must match.
+    Pattern(regex::Regex),
+}
+
+impl CommonNameMatch {
+    fn matches(&self, common_name: &str) -> bool {
+        match self {
+            CommonNameMatch::Exact(name) => name == common_name,
+            CommonNameMatch::Pattern(pattern) => pattern.is_match(common_name),
+        }
+    }
+}
+
+impl std::fmt::Display for CommonNameMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommonNameMatch::Exact(name) => write!(f, "commonName {name:?}"),
+            CommonNameMatch::Pattern(pattern) => {
+                write!(f, "commonNamePattern {:?}", pattern.as_str())
+            }
+        }
+    }
+}
+
+/// Who created the CSR, as the API server recorded it. Clients cannot forge these fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub username: String,
+    pub uid: Option<String>,
+    pub groups: Vec<String>,
+}
+
+/// Everything about one CSR that the policy looks at.
+#[derive(Debug, Clone)]
+pub struct CsrView {
+    pub name: String,
+    pub signer_name: String,
+    pub usages: Vec<String>,
+    pub expiration_seconds: Option<i32>,
+    pub requester: Requester,
+    /// `spec.request`, decoded by [`crate::inspect::inspect`], or why it could not be.
+    pub request: Result<CertificateRequest, InspectError>,
+}
+
+/// What the cluster knows that the CSR cannot tell us. `None` means "not looked up" (offline, or
+/// not needed); the policy treats it as "not allowed" and leaves the request pending.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// SubjectAccessReview: may the requester `create certificatesigningrequests/nodeclient`?
+    pub node_client_allowed: Option<bool>,
+    /// SubjectAccessReview: may the requester `create certificatesigningrequests/selfnodeclient`?
+    pub self_node_client_allowed: Option<bool>,
+    /// The Node named by a kubelet serving request.
+    pub node: Option<NodeLookup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeLookup {
+    Missing,
+    /// Every entry of the Node's status.addresses, whatever its type.
+    Addresses(Vec<String>),
+}
+
+/// Which facts [`decide`] will want for this CSR, so the controller asks only for those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FactsNeeded {
+    pub node_client_review: bool,
+    pub self_node_client_review: bool,
+    pub node_name: Option<String>,
+}
+
+/// Stable reason codes: written into conditions and Events and used as metric labels. Operators
+/// alert on these; do not rename them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    NotOurSigner,
+    InvalidRequest,
+    WeakKey,
+    UnsupportedKey,
+    UnsupportedSubject,
+    ForbiddenGroup,
+    AutoApprovedKubeletClient,
+    KubeletClientNotAuthorized,
+    AutoApprovedKubeletServing,
+    SubjectMismatch,
+    DisallowedUsages,
+    DisallowedSANs,
+    NodeAddressMismatch,
+    NodeFactsUnavailable,
+    AutoApprovedAllowList,
+    DisallowedGroups,
+    RequesterNotAllowed,
+    NoMatchingRule,
+    NotAllowListed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotOurSigner => "NotOurSigner",
+            Reason::InvalidRequest => "InvalidRequest",
+            Reason::WeakKey => "WeakKey",
+            Reason::UnsupportedKey => "UnsupportedKey",
+            Reason::UnsupportedSubject => "UnsupportedSubject",
+            Reason::ForbiddenGroup => "ForbiddenGroup",
+            Reason::AutoApprovedKubeletClient => "AutoApprovedKubeletClient",
+            Reason::KubeletClientNotAuthorized => "KubeletClientNotAuthorized",
+            Reason::AutoApprovedKubeletServing => "AutoApprovedKubeletServing",
+            Reason::SubjectMismatch => "SubjectMismatch",
+            Reason::DisallowedUsages => "DisallowedUsages",
+            Reason::DisallowedSANs => "DisallowedSANs",
+            Reason::NodeAddressMismatch => "NodeAddressMismatch",
+            Reason::NodeFactsUnavailable => "NodeFactsUnavailable",
+            Reason::AutoApprovedAllowList => "AutoApprovedAllowList",
+            Reason::DisallowedGroups => "DisallowedGroups",
+            Reason::RequesterNotAllowed => "RequesterNotAllowed",
+            Reason::NoMatchingRule => "NoMatchingRule",
+            Reason::NotAllowListed => "NotAllowListed",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Approve {
+        reason: Reason,
+        message: String,
+    },
+    Deny {
+        reason: Reason,
+        message: String,
+    },
+    /// Do nothing: leave the CSR for a human or for another signer.
+    Leave {
+        reason: Reason,
+        message: String,
+    },
+}
+
+impl Decision {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::Approve { reason, .. }
+            | Decision::Deny { reason, .. }
+            | Decision::Leave { reason, .. } => *reason,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Decision::Approve { message, .. }
+            | Decision::Deny { message, .. }
+            | Decision::Leave { message, .. } => message,
+        }
+    }
+
+    /// "approve", "deny" or "leave": the `decision` field of log lines and metrics.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Decision::Approve { .. } => "approve",
+            Decision::Deny { .. } => "deny",
+            Decision::Leave { .. } => "leave",
+        }
+    }
+}
+
+/// One rule the policy looked at, for `csr-warden check` and debug logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleStep {
+    pub rule: &'static str,
+    pub outcome: StepOutcome,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The rule passed (or did not apply) and evaluation went on.
+    Passed,
+    /// The rule did not apply to this CSR.
+    NotApplicable,
+    /// The rule made the decision.
+    Decided,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Passed => "passed",
+            StepOutcome::NotApplicable => "not applicable",
+            StepOutcome::Decided => "decided",
+        }
+    }
+}
+
+/// The decision and how it was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub steps: Vec<RuleStep>,
+}
+
+struct Trace {
+    steps: Vec<RuleStep>,
+}
+
+impl Trace {
+    fn pass(&mut self, rule: &'static str, detail: impl Into<String>) {
+        self.steps.push(RuleStep {
+            rule,
+            outcome: StepOutcome::Passed,
+            detail: detail.into(),
+        });
+    }
+
+    fn skip(&mut self, rule: &'static str, detail: impl Into<String>) {
+        self.steps.push(RuleStep {
+            rule,
+            outcome: StepOutcome::NotApplicable,
+            detail: detail.into(),
+        });
+    }
+
+    fn decide(mut self, rule: &'static str, decision: Decision) -> Verdict {
+        self.steps.push(RuleStep {
+            rule,
+            outcome: StepOutcome::Decided,
+            detail: format!("{}: {}", decision.reason(), decision.message()),
+        });
+        Verdict {
+            decision,
+            steps: self.steps,
+        }
+    }
+}
+
+const RULE_SIGNER: &str = "signerName";
+const RULE_WELL_FORMED: &str = "well-formed request";
+const RULE_FORBIDDEN: &str = "forbiddenGroups";
+const RULE_KUBELET_CLIENT: &str = "kubelet client";
+const RULE_KUBELET_SERVING: &str = "kubelet serving";
+const RULE_ALLOW_LIST: &str = "allowList";
+const RULE_UNMATCHED: &str = "unmatched";
+
+fn approve(reason: Reason, message: impl Into<String>) -> Decision {
+    Decision::Approve {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn deny(reason: Reason, message: impl Into<String>) -> Decision {
+    Decision::Deny {
+        reason,
+        message: message.into(),
+    }
+}
+
+fn leave(reason: Reason, message: impl Into<String>) -> Decision {
+    Decision::Leave {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Which cluster facts `decide` will need for this CSR.
+pub fn facts_needed(csr: &CsrView, policy: &Policy) -> FactsNeeded {
+    let mut needed = FactsNeeded::default();
+    if !policy.signer_names.contains(&csr.signer_name) {
+        return needed;
+    }
+    let Ok(request) = &csr.request else {
+        return needed;
+    };
+    let Some(node_name) = request
+        .common_name
+        .as_deref()
+        .and_then(|cn| cn.strip_prefix(NODE_USER_PREFIX))
+    else {
+        return needed;
+    };
+    if csr.signer_name == SIGNER_KUBELET_CLIENT && policy.kubelet_client {
+        needed.node_client_review = true;
+        needed.self_node_client_review =
+            request.common_name.as_deref() == Some(&csr.requester.username);
+    }
+    if csr.signer_name == SIGNER_KUBELET_SERVING && policy.kubelet_serving && !node_name.is_empty()
+    {
+        needed.node_name = Some(node_name.to_owned());
+    }
+    needed
+}
+
+/// Decide what to do with one CSR. See the module documentation for the rule order.
+pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
+    let mut trace = Trace { steps: Vec::new() };
+
+    // 1. Only our signers. Everything else belongs to someone else and is never touched.
+    if !policy.signer_names.contains(&csr.signer_name) {
+        return trace.decide(
+            RULE_SIGNER,
+            leave(
+                Reason::NotOurSigner,
+                format!(
+                    "signerName {:?} is not one of ours ({}); another signer owns this request",
+                    csr.signer_name,
+                    join(&policy.signer_names)
+                ),
+            ),
+        );
+    }
+    trace.pass(RULE_SIGNER, format!("{} is one of ours", csr.signer_name));
+
+    // 2. A request we cannot read, or that asks for nonsense, is refused outright.
+    let request = match well_formed(csr) {
+        Ok(request) => request,
+        Err((reason, message)) => return trace.decide(RULE_WELL_FORMED, deny(reason, message)),
+    };
+    trace.pass(
+        RULE_WELL_FORMED,
+        format!(
+            "{} key, signature verified, subject {:?}",
+            request.key,
+            request.subject_string()
+        ),
+    );
+
+    // 3. Forbidden groups, whoever asks and whatever the signer: a certificate with
+    //    O=system:masters is cluster-admin that no RBAC rule can take away.
+    if let Some(message) = forbidden_group(request, &policy.forbidden_groups) {
+        return trace.decide(RULE_FORBIDDEN, deny(Reason::ForbiddenGroup, message));
+    }
+    trace.pass(RULE_FORBIDDEN, "no forbidden group requested");
+
+    // 4 and 5. The kubelet signers have fixed shapes.
+    if csr.signer_name == SIGNER_KUBELET_CLIENT {
+        if policy.kubelet_client {
+            return trace.decide(RULE_KUBELET_CLIENT, kubelet_client(csr, request, facts));
+        }
+        trace.skip(
+            RULE_KUBELET_CLIENT,
+            "disabled by policy (kubelet.client: false)",
+        );
+        return unmatched(trace, csr, request, policy);
+    }
+    trace.skip(RULE_KUBELET_CLIENT, "not the kubelet client signer");
+    if csr.signer_name == SIGNER_KUBELET_SERVING {
+        if policy.kubelet_serving {
+            return trace.decide(RULE_KUBELET_SERVING, kubelet_serving(csr, request, facts));
+        }
+        trace.skip(
+            RULE_KUBELET_SERVING,
+            "disabled by policy (kubelet.serving: false)",
+        );
+        return unmatched(trace, csr, request, policy);
+    }
+    trace.skip(RULE_KUBELET_SERVING, "not the kubelet serving signer");
+
+    // 6. The allow-list, for kube-apiserver-client and custom signers.
+    if let Some(decision) = allow_list(csr, request, policy, &mut trace) {
+        return trace.decide(RULE_ALLOW_LIST, decision);
+    }
+    unmatched(trace, csr, request, policy)
+}
+
+/// Why an approved CSR must still not be signed, whoever approved it: the same checks as rules
+/// 2 and 3. A human's `kubectl certificate approve agent-smith` does not make system:masters safe.
+pub fn signing_refusal(csr: &CsrView, policy: &Policy) -> Option<(Reason, String)> {
+    let request = match well_formed(csr) {
+        Ok(request) => request,
+        Err(refusal) => return Some(refusal),
+    };
+    forbidden_group(request, &policy.forbidden_groups)
+        .map(|message| (Reason::ForbiddenGroup, message))
+}
+
+fn well_formed(csr: &CsrView) -> Result<&CertificateRequest, (Reason, String)> {
+    let request = match &csr.request {
+        Ok(request) => request,
+        Err(error) => {
+            let reason = match error {
+                InspectError::WeakKey { .. } => Reason::WeakKey,
+                InspectError::UnsupportedKey(_) => Reason::UnsupportedKey,
+                _ => Reason::InvalidRequest,
+            };
+            return Err((reason, error.to_string()));
+        }
+    };
+    if let Some(problem) = spec_problem(csr) {
+        return Err((Reason::InvalidRequest, problem));
+    }
+    if let Some(problem) = subject_problem(request) {
+        return Err((Reason::UnsupportedSubject, problem));
+    }
+    Ok(request)
+}
+
+fn unmatched(
+    trace: Trace,
+    csr: &CsrView,
+    request: &CertificateRequest,
+    policy: &Policy,
+) -> Verdict {
+    let who = format!(
+        "no rule covers subject {:?} requested by {:?} for {}",
+        request.subject_string(),
+        csr.requester.username,
+        csr.signer_name
+    );
+    let decision = match policy.unmatched {
+        Unmatched::Leave => leave(
+            Reason::NoMatchingRule,
+            format!("{who}; left pending for a human to approve or deny"),
+        ),
+        Unmatched::Deny => deny(
+            Reason::NotAllowListed,
+            format!("{who} and the policy denies unmatched requests (unmatched: deny)"),
+        ),
+    };
+    trace.decide(RULE_UNMATCHED, decision)
+}
+
+/// Problems in the CSR object's own fields (the API server checks these too, but a fake or an
+/// old server may not, and we must not sign nonsense).
+fn spec_problem(csr: &CsrView) -> Option<String> {
+    if let Some(seconds) = csr.expiration_seconds {
+        if seconds < MIN_EXPIRATION_SECONDS {
+            return Some(format!(
+                "spec.expirationSeconds is {seconds}; the minimum is {MIN_EXPIRATION_SECONDS}"
+            ));
+        }
+    }
+    if csr.usages.is_empty() {
+        return Some("spec.usages is empty".into());
+    }
+    let mut seen = BTreeSet::new();
+    for usage in &csr.usages {
+        if !KNOWN_USAGES.contains(&usage.as_str()) {
+            return Some(format!("spec.usages has unknown usage {usage:?}"));
+        }
+        if !seen.insert(usage.as_str()) {
+            return Some(format!("spec.usages lists {usage:?} twice"));
+        }
+    }
+    None
+}
+
+/// Subjects we could not put into a certificate faithfully. The issuer writes one value per
+/// attribute type, so a second O would be silently dropped: refuse instead of guessing.
+fn subject_problem(request: &CertificateRequest) -> Option<String> {
+    let mut seen = BTreeSet::new();
+    for attribute in &request.subject {
+        if !seen.insert(attribute.oid.clone()) {
+            return Some(format!(
+                "subject {:?} repeats an attribute type; csr-warden issues at most one value per \
+                 attribute (one O per certificate): submit a request with a single O",
+                request.subject_string()
+            ));
+        }
+    }
+    None
+}
+
+/// Groups compare equal when they differ only in case, whitespace or invisible characters, so
+/// "System:Masters " cannot slip past a deny list that says "system:masters".
+pub fn normalize_group(group: &str) -> String {
+    group
+        .chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}'
+    )
+}
+
+fn forbidden_group(request: &CertificateRequest, forbidden: &[String]) -> Option<String> {
+    for organization in &request.organizations {
+        let normalized = normalize_group(organization);
+        let Some(group) = forbidden.iter().find(|g| normalize_group(g) == normalized) else {
+            continue;
+        };
+        let lookalike = if organization == group {
+            String::new()
+        } else {
+            format!(" (O={organization:?} differs from {group} only in case or whitespace)")
+        };
+        let consequence = if normalize_group(group) == SYSTEM_MASTERS {
+            "membership of system:masters grants unrestricted cluster-admin access that bypasses \
+             RBAC and cannot be revoked"
+        } else {
+            "the policy's forbiddenGroups lists it"
+        };
+        return Some(format!(
+            "the request asks for group O={group}{lookalike}; {consequence}, so csr-warden never \
+             approves it"
+        ));
+    }
+    None
+}
+
+fn usages_problem(csr: &CsrView, allowed: &[&str], required: &str) -> Option<String> {
+    if let Some(extra) = csr.usages.iter().find(|u| !allowed.contains(&u.as_str())) {
+        return Some(format!(
+            "usage {extra:?} is not allowed for {}; allowed: {}",
+            csr.signer_name,
+            allowed.join(", ")
+        ));
+    }
+    if !csr.usages.iter().any(|u| u == required) {
+        return Some(format!("usages must include {required:?}"));
+    }
+    None
+}
+
+/// Subject must be exactly CN=system:node:<name>, O=system:nodes.
+fn node_subject_problem(request: &CertificateRequest) -> Option<String> {
+    let node_name = request
+        .common_name
+        .as_deref()
+        .and_then(|cn| cn.strip_prefix(NODE_USER_PREFIX));
+    if node_name.is_none_or(str::is_empty) {
+        return Some(format!(
+            "CN must be \"system:node:<node name>\", got {:?}",
+            request.common_name.as_deref().unwrap_or("")
+        ));
+    }
+    if request.organizations != [NODE_GROUP] {
+        return Some(format!(
+            "O must be exactly [{NODE_GROUP}], got {:?}",
+            request.organizations
+        ));
+    }
+    None
+}
+
+fn kubelet_client(csr: &CsrView, request: &CertificateRequest, facts: &ClusterFacts) -> Decision {
+    if let Some(problem) = node_subject_problem(request) {
+        return deny(Reason::SubjectMismatch, problem);
+    }
+    if let Some(problem) = usages_problem(csr, CLIENT_USAGES, USAGE_CLIENT_AUTH) {
+        return deny(Reason::DisallowedUsages, problem);
+    }
+    if request.has_sans() {
+        return deny(
+            Reason::DisallowedSANs,
+            "kubelet client certificates carry no subject alternative names",
+        );
+    }
+    let common_name = request.common_name.as_deref().unwrap_or_default();
+    // As kube-controller-manager does: a bootstrap token may ask for any node (nodeclient); a
+    // node renewing its own certificate needs selfnodeclient.
+    if facts.node_client_allowed == Some(true) {
+        return approve(
+            Reason::AutoApprovedKubeletClient,
+            format!(
+                "kubelet client certificate for {common_name}: requester {:?} may create \
+                 certificatesigningrequests/nodeclient",
+                csr.requester.username
+            ),
+        );
+    }
+    if csr.requester.username == common_name && facts.self_node_client_allowed == Some(true) {
+        return approve(
+            Reason::AutoApprovedKubeletClient,
+            format!("kubelet client certificate renewal by {common_name} itself (selfnodeclient)"),
+        );
+    }
+    let unknown = facts.node_client_allowed.is_none()
+        || (csr.requester.username == common_name && facts.self_node_client_allowed.is_none());
+    let why = if unknown {
+        "the SubjectAccessReview was not performed (offline)"
+    } else {
+        "no SubjectAccessReview allows the requester to create \
+         certificatesigningrequests/nodeclient or selfnodeclient"
+    };
+    leave(
+        Reason::KubeletClientNotAuthorized,
+        format!(
+            "kubelet client request for {common_name} by {:?}: {why}; left pending",
+            csr.requester.username
+        ),
+    )
+}
+
+fn kubelet_serving(csr: &CsrView, request: &CertificateRequest, facts: &ClusterFacts) -> Decision {
+    if let Some(problem) = node_subject_problem(request) {
+        return deny(Reason::SubjectMismatch, problem);
+    }
+    let common_name = request.common_name.as_deref().unwrap_or_default();
+    // Only the node itself may ask for its serving certificate.
+    if csr.requester.username != common_name {
+        return deny(
+            Reason::SubjectMismatch,
+            format!(
+                "requester {:?} is not the node {common_name:?}; a kubelet may only request its \
+                 own serving certificate",
+                csr.requester.username
+            ),
+        );
+    }
+    if let Some(problem) = usages_problem(csr, SERVING_USAGES, USAGE_SERVER_AUTH) {
+        return deny(Reason::DisallowedUsages, problem);
+    }
+    if !request.email_addresses.is_empty() || !request.uris.is_empty() {
+        return deny(
+            Reason::DisallowedSANs,
+            "kubelet serving certificates may not carry email or URI SANs",
+        );
+    }
+    if request.dns_names.is_empty() && request.ip_addresses.is_empty() {
+        return deny(
+            Reason::DisallowedSANs,
+            "kubelet serving certificates need at least one DNS or IP SAN",
+        );
+    }
+    let node_name = common_name.trim_start_matches(NODE_USER_PREFIX);
+    let addresses = match &facts.node {
+        None => {
+            return leave(
+                Reason::NodeFactsUnavailable,
+                format!(
+                    "the addresses of Node {node_name:?} were not looked up (offline); left pending"
+                ),
+            );
+        }
+        Some(NodeLookup::Missing) => {
+            return deny(
+                Reason::NodeAddressMismatch,
+                format!("Node {node_name:?} does not exist, so its addresses cannot be checked"),
+            );
+        }
+        Some(NodeLookup::Addresses(addresses)) => addresses,
+    };
+    for dns in &request.dns_names {
+        if !addresses.iter().any(|a| a.eq_ignore_ascii_case(dns)) {
+            return deny(
+                Reason::NodeAddressMismatch,
+                format!(
+                    "DNS SAN {dns:?} is not an address of Node {node_name:?} (its addresses: {})",
+                    addresses.join(", ")
+                ),
+            );
+        }
+    }
+    for ip in &request.ip_addresses {
+        // Parse both sides so that 2001:db8::1 and 2001:0db8:0::1 compare equal.
+        let known = addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .any(|a| a == *ip);
+        if !known {
+            return deny(
+                Reason::NodeAddressMismatch,
+                format!(
+                    "IP SAN {ip} is not an address of Node {node_name:?} (its addresses: {})",
+                    addresses.join(", ")
+                ),
+            );
+        }
+    }
+    approve(
+        Reason::AutoApprovedKubeletServing,
+        format!(
+            "kubelet serving certificate for {common_name}: every SAN is an address of the Node"
+        ),
+    )
+}
+
+/// Some(decision) when a rule names this CN; None when no rule does.
+fn allow_list(
+    csr: &CsrView,
+    request: &CertificateRequest,
+    policy: &Policy,
+    trace: &mut Trace,
+) -> Option<Decision> {
+    let Some(common_name) = request.common_name.as_deref() else {
+        trace.skip(RULE_ALLOW_LIST, "the subject has no CN");
+        return None;
+    };
+    let mut first_failure = None;
+    for rule in policy
+        .allow_list
+        .iter()
+        .filter(|rule| rule.common_name.matches(common_name))
+    {
+        match allow_rule_problem(csr, request, rule) {
+            None => {
+                return Some(approve(
+                    Reason::AutoApprovedAllowList,
+                    format!(
+                        "allow-listed by {}: subject {:?} requested by {:?}",
+                        rule.common_name,
+                        request.subject_string(),
+                        csr.requester.username
+                    ),
+                ));
+            }
+            Some(failure) => {
+                trace.pass(
+                    RULE_ALLOW_LIST,
+                    format!("{} matched but: {}", rule.common_name, failure.1),
+                );
+                first_failure.get_or_insert(failure);
+            }
+        }
+    }
+    match first_failure {
+        Some((reason, message)) => Some(deny(reason, message)),
+        None => {
+            trace.skip(RULE_ALLOW_LIST, format!("no rule names CN {common_name:?}"));
+            None
+        }
+    }
+}
+
+fn allow_rule_problem(
+    csr: &CsrView,
+    request: &CertificateRequest,
+    rule: &AllowRule,
+) -> Option<(Reason, String)> {
+    let common_name = request.common_name.as_deref().unwrap_or_default();
+    if let Some(group) = request
+        .organizations
+        .iter()
+        .find(|o| !rule.groups.contains(o))
+    {
+        return Some((
+            Reason::DisallowedGroups,
+            format!(
+                "group O={group} is not allowed for CN {common_name:?} (allowed: [{}])",
+                rule.groups.join(", ")
+            ),
+        ));
+    }
+    if let Some(problem) = usages_problem(csr, CLIENT_USAGES, USAGE_CLIENT_AUTH) {
+        return Some((Reason::DisallowedUsages, problem));
+    }
+    if request.has_sans() {
+        return Some((
+            Reason::DisallowedSANs,
+            "allow-listed client certificates carry no subject alternative names".into(),
+        ));
+    }
+    let requester = &csr.requester;
+    let is_self = requester.username == common_name;
+    let named_user = rule.requester_users.contains(&requester.username);
+    let named_group = requester
+        .groups
+        .iter()
+        .any(|g| rule.requester_groups.contains(g));
+    if !(is_self || named_user || named_group) {
+        return Some((
+            Reason::RequesterNotAllowed,
+            format!(
+                "requester {:?} may not ask for a certificate for CN {common_name:?}; only the \
+                 subject itself{} may",
+                requester.username,
+                requester_list(rule)
+            ),
+        ));
+    }
+    None
+}
+
+fn requester_list(rule: &AllowRule) -> String {
+    let mut names: Vec<String> = rule
+        .requester_users
+        .iter()
+        .map(|u| format!("user {u}"))
+        .collect();
+    names.extend(rule.requester_groups.iter().map(|g| format!("group {g}")));
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" or {}", names.join(", "))
+    }
+}
+
+fn join(names: &BTreeSet<String>) -> String {
+    names.iter().cloned().collect::<Vec<_>>().join(", ")
+}
