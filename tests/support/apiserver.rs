@@ -1,0 +1,841 @@
+//! An in-process fake Kubernetes API server: just enough of kube-apiserver for csr-warden and for
+//! kubectl, with the behaviour that matters for correctness kept faithful:
+//! HTTPS, bearer tokens (401 otherwise), list + watch with resourceVersions, the /approval and
+//! /status subresources with 409 on a stale resourceVersion and 422 on illegal condition or
+//! certificate changes, Events (events.k8s.io/v1, also served as core/v1 for kubectl),
+//! SubjectAccessReviews answered from rules the test sets, and Nodes.
+//!
+//! Like a real API server without admission plugins, it sets spec.username/groups/uid from the
+//! caller's token and does not stop a CSR for O=system:masters: the controller must.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Who a bearer token stands for.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub username: String,
+    pub groups: Vec<String>,
+    pub uid: String,
+}
+
+/// One write a client made to a CSR, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsrWrite {
+    pub csr: String,
+    /// "approval" or "status"
+    pub subresource: String,
+    pub outcome: u16,
+}
+
+#[derive(Debug, Clone)]
+struct WatchEvent {
+    rv: u64,
+    kind: &'static str,
+    object: Value,
+}
+
+/// Faults a test can arm.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Answer the next N approval writes with 409, as if another client had just changed the CSR
+    /// (the CSR's resourceVersion is bumped so the controller's copy really is stale).
+    pub conflict_approvals: usize,
+    /// Same for status writes.
+    pub conflict_status: usize,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    csrs: BTreeMap<String, Value>,
+    history: Vec<WatchEvent>,
+    events: Vec<Value>,
+    nodes: BTreeMap<String, Value>,
+    /// (user or group, subresource) pairs a SubjectAccessReview allows.
+    sar_allow: Vec<(String, String)>,
+    writes: Vec<CsrWrite>,
+    faults: Faults,
+    tokens: HashMap<String, Identity>,
+}
+
+pub struct FakeApiServer {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    state: Arc<Mutex<State>>,
+    changes: watch::Receiver<u64>,
+    shared: Arc<Shared>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+struct Shared {
+    state: Arc<Mutex<State>>,
+    events_tx: broadcast::Sender<WatchEvent>,
+    changes_tx: watch::Sender<u64>,
+}
+
+impl Shared {
+    /// Run `f` on the state and tell waiters something changed.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let out = {
+            let mut state = self.state.lock().expect("fake apiserver state poisoned");
+            f(&mut state)
+        };
+        self.changes_tx.send_modify(|n| *n += 1);
+        out
+    }
+
+    fn record(&self, state: &mut State, kind: &'static str, object: Value) {
+        let event = WatchEvent {
+            rv: state.rv,
+            kind,
+            object,
+        };
+        state.history.push(event.clone());
+        let _ = self.events_tx.send(event);
+    }
+}
+
+pub const CONTROLLER_TOKEN: &str = "csr-warden-token";
+pub const CONTROLLER_USER: &str = "system:serviceaccount:csr-warden:csr-warden";
+pub const ADMIN_TOKEN: &str = "admin-token";
+
+impl FakeApiServer {
+    pub async fn start() -> FakeApiServer {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("server cert params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "fake-apiserver");
+        let cert = params.self_signed(&key).expect("server cert");
+        let ca_pem = cert.pem();
+        let server_config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("tls config");
+        let mut server_config = server_config;
+        server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+
+        let mut state = State {
+            rv: 1000,
+            ..Default::default()
+        };
+        state.tokens.insert(
+            CONTROLLER_TOKEN.into(),
+            Identity {
+                username: CONTROLLER_USER.into(),
+                groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+                uid: "sa-uid".into(),
+            },
+        );
+        state.tokens.insert(
+            ADMIN_TOKEN.into(),
+            Identity {
+                username: "kubernetes-admin".into(),
+                groups: vec!["kubeadm:cluster-admins".into(), "system:authenticated".into()],
+                uid: "admin-uid".into(),
+            },
+        );
+        let state = Arc::new(Mutex::new(state));
+        let (events_tx, _) = broadcast::channel(65_536);
+        let (changes_tx, changes) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            state: state.clone(),
+            events_tx,
+            changes_tx,
+        });
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve_shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = &mut shutdown_rx => return,
+                };
+                let Ok((tcp, _)) = accepted else { continue };
+                let acceptor = acceptor.clone();
+                let shared = serve_shared.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(move |request| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        FakeApiServer {
+            addr,
+            ca_pem,
+            state,
+            changes,
+            shared,
+            shutdown: Some(shutdown),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Register a user token (for kubectl as that user, or to create CSRs as them).
+    pub fn add_user(&self, token: &str, username: &str, groups: &[&str]) {
+        self.shared.mutate(|state| {
+            state.tokens.insert(
+                token.into(),
+                Identity {
+                    username: username.into(),
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                    uid: format!("uid-{username}"),
+                },
+            )
+        });
+    }
+
+    /// A kubeconfig file for `token`, for the controller binary and for kubectl.
+    pub fn kubeconfig(&self, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\ncurrent-context: fake\n",
+            self.url()
+        );
+        let path = dir.join(format!("kubeconfig-{token}"));
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// Create a CSR as the user behind `token`, as `kubectl create` would.
+    pub fn create_csr(&self, token: &str, csr: Value) -> Value {
+        let identity = self
+            .state
+            .lock()
+            .expect("state")
+            .tokens
+            .get(token)
+            .cloned()
+            .expect("known token");
+        let shared = self.shared.clone();
+        create_csr(&shared, &identity, csr).expect("create csr")
+    }
+
+    pub fn add_node(&self, name: &str, addresses: &[(&str, &str)]) {
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "uid": format!("node-{name}"), "resourceVersion": "1"},
+            "status": {"addresses": addresses.iter().map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>()}
+        });
+        self.shared.mutate(|state| state.nodes.insert(name.into(), node));
+    }
+
+    /// SubjectAccessReviews for `subresource` (nodeclient, selfnodeclient) allow this user or group.
+    pub fn allow_sar(&self, user_or_group: &str, subresource: &str) {
+        self.shared
+            .mutate(|state| state.sar_allow.push((user_or_group.into(), subresource.into())));
+    }
+
+    pub fn arm(&self, f: impl FnOnce(&mut Faults)) {
+        self.shared.mutate(|state| f(&mut state.faults));
+    }
+
+    pub fn csr(&self, name: &str) -> Option<Value> {
+        self.state.lock().expect("state").csrs.get(name).cloned()
+    }
+
+    pub fn writes(&self) -> Vec<CsrWrite> {
+        self.state.lock().expect("state").writes.clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().expect("state").events.clone()
+    }
+
+    /// Events about one CSR (by regarding.name).
+    pub fn events_for(&self, csr: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == csr)
+            .collect()
+    }
+
+    /// Wait until `check` holds on the server's state. Wakes on every change, so this is
+    /// synchronisation on observed state, not on time; the timeout only turns a hang into a
+    /// failure with a message.
+    pub async fn wait_for(&self, what: &str, mut check: impl FnMut(&FakeApiServer) -> bool) {
+        let mut changes = self.changes.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if check(self) {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!(
+                    "timed out waiting for: {what}\nCSRs: {:#?}\nwrites: {:#?}",
+                    self.state.lock().expect("state").csrs,
+                    self.writes()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request handling
+
+fn full(status: StatusCode, body: Value) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    response
+}
+
+fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    full(
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+fn query(request: &Request<Incoming>) -> HashMap<String, String> {
+    request
+        .uri()
+        .query()
+        .map(|q| {
+            url_decode_pairs(q)
+                .into_iter()
+                .collect::<HashMap<String, String>>()
+        })
+        .unwrap_or_default()
+}
+
+fn url_decode_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let identity = {
+        let state = shared.state.lock().expect("state");
+        token.and_then(|t| state.tokens.get(&t).cloned())
+    };
+    let Some(identity) = identity else {
+        return status_error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let params = query(&request);
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+
+    const CSRS: [&str; 4] = ["apis", "certificates.k8s.io", "v1", "certificatesigningrequests"];
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["version"]) => full(
+            StatusCode::OK,
+            json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake", "platform": "linux/amd64"}),
+        ),
+        (&Method::GET, ["api"]) => full(
+            StatusCode::OK,
+            json!({"kind": "APIVersions", "versions": ["v1"],
+                   "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        (&Method::GET, ["apis"]) => full(StatusCode::OK, api_groups()),
+        (&Method::GET, ["api", "v1"]) => full(StatusCode::OK, core_resources()),
+        (&Method::GET, ["apis", group, version]) => match group_resources(group, version) {
+            Some(list) => full(StatusCode::OK, list),
+            None => status_error(StatusCode::NOT_FOUND, "NotFound", "no such group"),
+        },
+        (&Method::GET, [a, b, c, d]) if [*a, *b, *c, *d] == CSRS => {
+            if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                watch_csrs(&shared, &params)
+            } else {
+                list_csrs(&shared, &params)
+            }
+        }
+        (&Method::POST, [a, b, c, d]) if [*a, *b, *c, *d] == CSRS => {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(csr) => match create_csr(&shared, &identity, csr) {
+                    Ok(created) => full(StatusCode::CREATED, created),
+                    Err(response) => response,
+                },
+                Err(e) => status_error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+            }
+        }
+        (&Method::GET, [a, b, c, d, name]) if [*a, *b, *c, *d] == CSRS => {
+            match shared.state.lock().expect("state").csrs.get(*name) {
+                Some(csr) => full(StatusCode::OK, csr.clone()),
+                None => not_found("certificatesigningrequests", name),
+            }
+        }
+        (&Method::DELETE, [a, b, c, d, name]) if [*a, *b, *c, *d] == CSRS => {
+            delete_csr(&shared, name)
+        }
+        (&Method::PUT, [a, b, c, d, name, sub]) if [*a, *b, *c, *d] == CSRS => {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(update) => write_subresource(&shared, name, sub, update),
+                Err(e) => status_error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+            }
+        }
+        (&Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
+            let mut review: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            let spec = &review["spec"];
+            let subresource = spec["resourceAttributes"]["subresource"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let user = spec["user"].as_str().unwrap_or_default().to_owned();
+            let groups: Vec<String> = spec["groups"]
+                .as_array()
+                .map(|g| g.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            let allowed = shared.state.lock().expect("state").sar_allow.iter().any(|(who, sub)| {
+                *sub == subresource && (*who == user || groups.contains(who))
+            });
+            review["status"] = json!({"allowed": allowed});
+            full(StatusCode::CREATED, review)
+        }
+        (&Method::GET, ["api", "v1", "nodes", name]) => {
+            match shared.state.lock().expect("state").nodes.get(*name) {
+                Some(node) => full(StatusCode::OK, node.clone()),
+                None => not_found("nodes", name),
+            }
+        }
+        (&Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", namespace, "events"]) => {
+            let mut event: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            shared.mutate(|state| {
+                state.rv += 1;
+                event["metadata"]["namespace"] = json!(namespace);
+                event["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+                event["metadata"]["uid"] = json!(format!("event-{}", state.rv));
+                state.events.push(event.clone());
+            });
+            full(StatusCode::CREATED, event)
+        }
+        (&Method::PATCH, ["apis", "events.k8s.io", "v1", "namespaces", _, "events", name]) => {
+            let patch: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            let patched = shared.mutate(|state| {
+                let event = state
+                    .events
+                    .iter_mut()
+                    .find(|e| e["metadata"]["name"] == *name)?;
+                if let Some(series) = patch.get("series") {
+                    event["series"] = series.clone();
+                }
+                Some(event.clone())
+            });
+            match patched {
+                Some(event) => full(StatusCode::OK, event),
+                None => not_found("events", name),
+            }
+        }
+        (&Method::GET, ["api", "v1", "events"])
+        | (&Method::GET, ["api", "v1", "namespaces", _, "events"]) => {
+            let namespace = segments.get(3).copied();
+            core_events(&shared, namespace, &params)
+        }
+        _ => status_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the fake API server does not serve {method} {path}"),
+        ),
+    }
+}
+
+fn not_found(resource: &str, name: &str) -> Response<Body> {
+    status_error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{resource} \"{name}\" not found"),
+    )
+}
+
+fn api_groups() -> Value {
+    let group = |name: &str| {
+        json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
+               "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
+    };
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+        group("certificates.k8s.io"), group("events.k8s.io"), group("authorization.k8s.io")
+    ]})
+}
+
+fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&str]) -> Value {
+    json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+           "verbs": verbs, "shortNames": short})
+}
+
+fn core_resources() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
+        resource("nodes", "Node", false, &["get", "list"], &["no"]),
+        resource("events", "Event", true, &["get", "list"], &["ev"]),
+    ]})
+}
+
+fn group_resources(group: &str, version: &str) -> Option<Value> {
+    if version != "v1" {
+        return None;
+    }
+    let resources = match group {
+        "certificates.k8s.io" => vec![
+            resource("certificatesigningrequests", "CertificateSigningRequest", false,
+                     &["create", "delete", "get", "list", "watch", "update"], &["csr"]),
+            resource("certificatesigningrequests/approval", "CertificateSigningRequest", false, &["get", "update"], &[]),
+            resource("certificatesigningrequests/status", "CertificateSigningRequest", false, &["get", "update"], &[]),
+        ],
+        "events.k8s.io" => vec![resource("events", "Event", true, &["create", "get", "list", "patch"], &["ev"])],
+        "authorization.k8s.io" => vec![resource("subjectaccessreviews", "SubjectAccessReview", false, &["create"], &[])],
+        _ => return None,
+    };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": format!("{group}/{version}"), "resources": resources}))
+}
+
+fn list_csrs(shared: &Shared, _params: &HashMap<String, String>) -> Response<Body> {
+    let state = shared.state.lock().expect("state");
+    full(
+        StatusCode::OK,
+        json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequestList",
+               "metadata": {"resourceVersion": state.rv.to_string()},
+               "items": state.csrs.values().cloned().collect::<Vec<_>>()}),
+    )
+}
+
+fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body> {
+    let since: u64 = params
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(300u64);
+    // Subscribe under the lock so no event falls between the backlog and the live stream.
+    let (backlog, receiver) = {
+        let state = shared.state.lock().expect("state");
+        let backlog: Vec<WatchEvent> = state
+            .history
+            .iter()
+            .filter(|e| e.rv > since)
+            .cloned()
+            .collect();
+        (backlog, shared.events_tx.subscribe())
+    };
+    let last_sent = backlog.last().map(|e| e.rv).unwrap_or(since);
+    let live = futures::stream::unfold((receiver, last_sent), |(mut receiver, last)| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) if event.rv > last => {
+                    let rv = event.rv;
+                    return Some((event, (receiver, rv)));
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::stream::iter(backlog)
+        .chain(live)
+        .map(|event| {
+            let line = json!({"type": event.kind, "object": event.object}).to_string() + "\n";
+            Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+        })
+        .take_until(tokio::time::sleep(Duration::from_secs(timeout)));
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    response
+}
+
+fn create_csr(shared: &Shared, identity: &Identity, mut csr: Value) -> Result<Value, Response<Body>> {
+    let Some(name) = csr["metadata"]["name"].as_str().map(str::to_owned) else {
+        return Err(status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value"));
+    };
+    if csr["spec"]["signerName"].as_str().unwrap_or_default().is_empty() {
+        return Err(status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "spec.signerName: Required value"));
+    }
+    shared.mutate(|state| {
+        if state.csrs.contains_key(&name) {
+            return Err(status_error(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                &format!("certificatesigningrequests.certificates.k8s.io \"{name}\" already exists"),
+            ));
+        }
+        state.rv += 1;
+        let metadata = &mut csr["metadata"];
+        metadata["uid"] = json!(format!("csr-uid-{}", state.rv));
+        metadata["resourceVersion"] = json!(state.rv.to_string());
+        metadata["creationTimestamp"] = json!("2026-11-22T00:00:00Z");
+        // The API server, not the client, says who asked.
+        csr["spec"]["username"] = json!(identity.username);
+        csr["spec"]["groups"] = json!(identity.groups);
+        csr["spec"]["uid"] = json!(identity.uid);
+        if csr.get("status").is_none() {
+            csr["status"] = json!({});
+        }
+        csr["apiVersion"] = json!("certificates.k8s.io/v1");
+        csr["kind"] = json!("CertificateSigningRequest");
+        state.csrs.insert(name.clone(), csr.clone());
+        shared.record(state, "ADDED", csr.clone());
+        Ok(csr)
+    })
+}
+
+fn delete_csr(shared: &Shared, name: &str) -> Response<Body> {
+    shared.mutate(|state| match state.csrs.remove(name) {
+        Some(csr) => {
+            state.rv += 1;
+            shared.record(state, "DELETED", csr.clone());
+            full(StatusCode::OK, csr)
+        }
+        None => not_found("certificatesigningrequests", name),
+    })
+}
+
+fn conditions(csr: &Value) -> Vec<Value> {
+    csr["status"]["conditions"].as_array().cloned().unwrap_or_default()
+}
+
+fn has_condition(list: &[Value], kind: &str) -> bool {
+    list.iter().any(|c| c["type"] == kind)
+}
+
+/// PUT .../approval and .../status, with kube-apiserver's rules.
+fn write_subresource(shared: &Shared, name: &str, subresource: &str, update: Value) -> Response<Body> {
+    shared.mutate(|state| {
+        let outcome = write_subresource_locked(shared, state, name, subresource, update);
+        state.writes.push(CsrWrite {
+            csr: name.into(),
+            subresource: subresource.into(),
+            outcome: outcome.status().as_u16(),
+        });
+        outcome
+    })
+}
+
+fn write_subresource_locked(
+    shared: &Shared,
+    state: &mut State,
+    name: &str,
+    subresource: &str,
+    update: Value,
+) -> Response<Body> {
+    let Some(current) = state.csrs.get(name).cloned() else {
+        return not_found("certificatesigningrequests", name);
+    };
+    let armed = match subresource {
+        "approval" => &mut state.faults.conflict_approvals,
+        "status" => &mut state.faults.conflict_status,
+        _ => return status_error(StatusCode::NOT_FOUND, "NotFound", "no such subresource"),
+    };
+    if *armed > 0 {
+        *armed -= 1;
+        // Another writer touched the object: its resourceVersion moves on.
+        state.rv += 1;
+        let mut bumped = current.clone();
+        bumped["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+        state.csrs.insert(name.into(), bumped.clone());
+        shared.record(state, "MODIFIED", bumped);
+        return conflict(name);
+    }
+    if let Some(rv) = update["metadata"]["resourceVersion"].as_str() {
+        if rv != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+            return conflict(name);
+        }
+    }
+    let old = conditions(&current);
+    let new = conditions(&update);
+    // Conditions may be added, never removed; at most one of each type.
+    for kind in ["Approved", "Denied", "Failed"] {
+        let count = new.iter().filter(|c| c["type"] == kind).count();
+        if count > 1 {
+            return invalid(&format!("status.conditions: Duplicate value: \"{kind}\""));
+        }
+        if has_condition(&old, kind) && count == 0 {
+            return invalid(&format!("status.conditions: Forbidden: updates may not remove a condition of type \"{kind}\""));
+        }
+    }
+    if has_condition(&new, "Approved") && has_condition(&new, "Denied") {
+        return invalid("status.conditions: Approved and Denied conditions are mutually exclusive");
+    }
+    let mut next = current.clone();
+    match subresource {
+        "approval" => {
+            // Only Approved/Denied may change here.
+            next["status"]["conditions"] = json!(new);
+        }
+        _ => {
+            for kind in ["Approved", "Denied"] {
+                if has_condition(&new, kind) != has_condition(&old, kind) {
+                    return invalid(&format!("status.conditions: Forbidden: {kind} may only be set through /approval"));
+                }
+            }
+            let old_cert = current["status"]["certificate"].as_str().unwrap_or_default();
+            let new_cert = update["status"]["certificate"].as_str().unwrap_or_default();
+            if !old_cert.is_empty() && old_cert != new_cert {
+                return invalid("status.certificate: Forbidden: updates may not modify existing certificate content");
+            }
+            next["status"]["conditions"] = json!(new);
+            if !new_cert.is_empty() {
+                next["status"]["certificate"] = json!(new_cert);
+            }
+        }
+    }
+    state.rv += 1;
+    next["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+    state.csrs.insert(name.into(), next.clone());
+    shared.record(state, "MODIFIED", next.clone());
+    full(StatusCode::OK, next)
+}
+
+fn conflict(name: &str) -> Response<Body> {
+    status_error(
+        StatusCode::CONFLICT,
+        "Conflict",
+        &format!("Operation cannot be fulfilled on certificatesigningrequests.certificates.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+    )
+}
+
+fn invalid(message: &str) -> Response<Body> {
+    status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+}
+
+/// events.k8s.io/v1 Events shown as core/v1 Events, as a real API server does, for kubectl.
+fn core_events(shared: &Shared, namespace: Option<&str>, params: &HashMap<String, String>) -> Response<Body> {
+    let selector: Vec<(String, String)> = params
+        .get("fieldSelector")
+        .map(|s| {
+            s.split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim_end_matches('=').to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let state = shared.state.lock().expect("state");
+    let items: Vec<Value> = state
+        .events
+        .iter()
+        .filter(|e| namespace.is_none_or(|ns| e["metadata"]["namespace"] == ns))
+        .map(|e| {
+            let count = e["series"]["count"].as_i64().unwrap_or(1);
+            json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": e["metadata"],
+                "involvedObject": e["regarding"],
+                "reason": e["reason"],
+                "message": e["note"],
+                "type": e["type"],
+                "count": count,
+                "source": {"component": e["reportingController"]},
+                "reportingComponent": e["reportingController"],
+                "reportingInstance": e["reportingInstance"],
+                "firstTimestamp": e["eventTime"],
+                "lastTimestamp": e["eventTime"],
+                "eventTime": e["eventTime"],
+                "action": e["action"],
+            })
+        })
+        .filter(|e| {
+            selector.iter().all(|(key, value)| {
+                let field = key
+                    .split('.')
+                    .fold(e, |v, part| &v[part]);
+                field.as_str().unwrap_or_default() == value
+            })
+        })
+        .collect();
+    full(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "EventList", "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+    )
+}

@@ -1,0 +1,258 @@
+//! Shared test support: a fake API server, keys and CSRs made by openssl, the controller binary
+//! run as a process.
+
+#![allow(dead_code)]
+
+pub mod apiserver;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+pub use apiserver::FakeApiServer;
+
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+/// Run openssl; panic with its stderr if it fails.
+pub fn openssl(args: &[&str]) -> Vec<u8> {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl must be installed (apt-get install openssl)");
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// Key types openssl makes for requests and CAs.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyKind {
+    Rsa(u32),
+    /// PKCS#1 "RSA PRIVATE KEY", as kubeadm writes ca.key.
+    RsaPkcs1(u32),
+    P256,
+    /// SEC1 "EC PRIVATE KEY".
+    P256Sec1,
+    P384,
+    Ed25519,
+}
+
+pub fn openssl_key(dir: &Path, name: &str, kind: KeyKind) -> PathBuf {
+    let path = dir.join(format!("{name}.key"));
+    let p = path.to_str().expect("utf-8 path");
+    match kind {
+        KeyKind::Rsa(bits) => openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}"), "-out", p]),
+        KeyKind::RsaPkcs1(bits) => openssl(&["genrsa", "-traditional", "-out", p, &bits.to_string()]),
+        KeyKind::P256 => openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p]),
+        KeyKind::P256Sec1 => openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", p]),
+        KeyKind::P384 => openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", p]),
+        KeyKind::Ed25519 => openssl(&["genpkey", "-algorithm", "ED25519", "-out", p]),
+    };
+    path
+}
+
+/// A CSR made by `openssl req`. `sans` like "DNS:worker-1,IP:10.0.0.1"; `extra` more req args.
+pub fn openssl_csr(dir: &Path, name: &str, kind: KeyKind, subject: &str, sans: Option<&str>, extra: &[&str]) -> String {
+    let key = openssl_key(dir, name, kind);
+    let out = dir.join(format!("{name}.csr"));
+    let mut args = vec!["req", "-new", "-key", key.to_str().expect("path"), "-subj", subject, "-out", out.to_str().expect("path")];
+    let san_arg;
+    if let Some(sans) = sans {
+        san_arg = format!("subjectAltName={sans}");
+        args.extend(["-addext", &san_arg]);
+    }
+    args.extend(extra);
+    openssl(&args);
+    std::fs::read_to_string(out).expect("read csr")
+}
+
+/// A CA made by openssl, as an operator would mount it: (tls.crt, tls.key).
+pub fn openssl_ca(dir: &Path, kind: KeyKind, days: u32) -> (PathBuf, PathBuf) {
+    let key = openssl_key(dir, "ca", kind);
+    let cert = dir.join("ca.crt");
+    openssl(&[
+        "req", "-x509", "-new", "-key", key.to_str().expect("path"), "-subj", "/CN=csr-warden test CA",
+        "-days", &days.to_string(), "-out", cert.to_str().expect("path"),
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    (cert, key)
+}
+
+/// A CSR object as a user would `kubectl create` it.
+pub fn csr_object(name: &str, signer: &str, usages: &[&str], pem: &str) -> Value {
+    json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+            "signerName": signer,
+            "usages": usages,
+            "expirationSeconds": 86400,
+        }
+    })
+}
+
+pub fn condition_types(csr: &Value) -> Vec<String> {
+    csr["status"]["conditions"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["type"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+pub fn condition<'a>(csr: &'a Value, kind: &str) -> Option<&'a Value> {
+    csr["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+pub fn certificate_pem(csr: &Value) -> Option<String> {
+    let b64 = csr["status"]["certificate"].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `openssl verify -CAfile ca cert` succeeds.
+pub fn openssl_verify(dir: &Path, ca: &Path, cert_pem: &str, purpose: &str) -> String {
+    let cert = dir.join("verify.crt");
+    std::fs::write(&cert, cert_pem).expect("write cert");
+    String::from_utf8_lossy(&openssl(&[
+        "verify", "-CAfile", ca.to_str().expect("path"), "-purpose", purpose, cert.to_str().expect("path"),
+    ]))
+    .into_owned()
+}
+
+/// `openssl x509 -text` of a PEM certificate.
+pub fn openssl_text(dir: &Path, cert_pem: &str) -> String {
+    let cert = dir.join("text.crt");
+    std::fs::write(&cert, cert_pem).expect("write cert");
+    String::from_utf8_lossy(&openssl(&["x509", "-noout", "-text", "-in", cert.to_str().expect("path")])).into_owned()
+}
+
+pub const POLICY: &str = r#"
+signerNames:
+  - kubernetes.io/kube-apiserver-client
+  - kubernetes.io/kube-apiserver-client-kubelet
+  - kubernetes.io/kubelet-serving
+forbiddenGroups: [system:masters]
+kubelet: { client: true, serving: true }
+allowList:
+  - commonName: jane
+    groups: [developers]
+unmatched: leave
+signing:
+  defaultExpirationSeconds: 86400
+  maxExpirationSeconds: 2592000
+"#;
+
+/// The csr-warden binary running against a fake API server, its log lines collected.
+pub struct ControllerProcess {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    changes: watch::Receiver<usize>,
+}
+
+impl ControllerProcess {
+    pub fn start(server: &FakeApiServer, dir: &Path, ca: &(PathBuf, PathBuf), extra: &[&str]) -> ControllerProcess {
+        let policy = dir.join("policy.yaml");
+        if !policy.exists() {
+            std::fs::write(&policy, POLICY).expect("write policy");
+        }
+        let kubeconfig = server.kubeconfig(dir, apiserver::CONTROLLER_TOKEN);
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"));
+        command
+            .args(["run", "--policy"]).arg(&policy)
+            .arg("--ca-cert").arg(&ca.0)
+            .arg("--ca-key").arg(&ca.1)
+            .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "csr_warden=debug,info")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start csr-warden");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, changes) = watch::channel(0usize);
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"raw": line}));
+                let count = {
+                    let mut lines = sink.lock().expect("lines");
+                    lines.push(value);
+                    lines.len()
+                };
+                let _ = tx.send(count);
+            }
+        });
+        ControllerProcess { child, lines, changes }
+    }
+
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// Wait for a log line matching `check` (wakes on each new line; timeout only reports a hang).
+    pub async fn wait_for_log(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let mut changes = self.changes.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.lines().into_iter().find(|l| check(l)) {
+                return line;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!("timed out waiting for log line: {what}\nlog:\n{:#?}", self.lines()),
+            }
+        }
+    }
+
+    /// Stop the process (SIGKILL, as a node failure would) and wait for it to exit.
+    pub async fn kill(mut self) -> Vec<Value> {
+        let _ = self.child.kill().await;
+        self.lines()
+    }
+}
+
+/// Log lines about one CSR.
+pub fn log_about<'a>(lines: &'a [Value], csr: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["csr"] == csr).collect()
+}
+
+/// Run kubectl against the fake server with the given kubeconfig; returns (success, stdout, stderr).
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().expect("dir"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl must be installed");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("kubectl output");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
