@@ -70,3 +70,202 @@ async fn jane_is_approved_and_signed() {
     assert_eq!(decision["subject"], "CN=jane,O=developers");
     assert_eq!(decision["reason"], "AutoApprovedAllowList");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_smith_is_denied_with_a_warning_event_naming_system_masters() {
+    let h = harness().await;
+    let pem = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
+    h.server.create_csr("smith-token", csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem));
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server.wait_for("agent-smith denied", |s| has(s, "agent-smith", "Denied")).await;
+    h.server.wait_for("its event", |s| !s.events_for("agent-smith").is_empty()).await;
+
+    let csr = csr_state(&h.server, "agent-smith");
+    let denied = condition(&csr, "Denied").expect("Denied");
+    assert_eq!(denied["reason"], "ForbiddenGroup");
+    assert!(denied["message"].as_str().unwrap_or_default().contains("system:masters"));
+    assert!(certificate_pem(&csr).is_none(), "a denied CSR must never get a certificate");
+    let events = h.server.events_for("agent-smith");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["reason"], "ForbiddenGroup");
+    assert!(events[0]["note"].as_str().unwrap_or_default().contains("system:masters"));
+    assert_eq!(events[0]["metadata"]["namespace"], "default");
+
+    let lines = controller.kill().await;
+    let line = lines.iter().find(|l| l["csr"] == "agent-smith" && l["decision"] == "deny").expect("deny log line");
+    assert_eq!(line["level"], "WARN");
+    assert_eq!(line["requester"], "agent-smith");
+    assert_eq!(line["subject"], "CN=agent-smith,O=system:masters");
+    assert!(line["message"].as_str().unwrap_or_default().contains("system:masters"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_client_csr_from_a_bootstrap_token_is_approved_and_signed() {
+    let h = harness().await;
+    h.server.add_user("bootstrap-token", "system:bootstrap:abcdef", &["system:bootstrappers", "system:authenticated"]);
+    h.server.allow_sar("system:bootstrappers", "nodeclient");
+    let pem = openssl_csr(h.dir.path(), "node", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", None, &[]);
+    h.server.create_csr(
+        "bootstrap-token",
+        csr_object("node-csr-1", KUBELET_CLIENT_SIGNER, &["digital signature", "client auth"], &pem),
+    );
+    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server.wait_for("kubelet client issued", |s| issued(s, "node-csr-1")).await;
+    let csr = csr_state(&h.server, "node-csr-1");
+    assert_eq!(condition(&csr, "Approved").expect("approved")["reason"], "AutoApprovedKubeletClient");
+    let cert = certificate_pem(&csr).expect("cert");
+    assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient").contains("OK"));
+    assert!(openssl_text(h.dir.path(), &cert).contains("system:node:worker-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_client_csr_without_an_allowing_review_is_left_pending() {
+    let h = harness().await;
+    h.server.add_user("bootstrap-token", "system:bootstrap:abcdef", &["system:bootstrappers"]);
+    // No SubjectAccessReview allows anyone.
+    let pem = openssl_csr(h.dir.path(), "node", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", None, &[]);
+    h.server.create_csr("bootstrap-token", csr_object("node-csr-2", KUBELET_CLIENT_SIGNER, &["digital signature", "client auth"], &pem));
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    let line = controller
+        .wait_for_log("leave decision", |l| l["csr"] == "node-csr-2" && l["decision"] == "leave")
+        .await;
+    assert_eq!(line["reason"], "KubeletClientNotAuthorized");
+    assert!(h.server.writes().is_empty(), "{:?}", h.server.writes());
+    assert!(condition_types(&csr_state(&h.server, "node-csr-2")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_serving_csr_with_a_foreign_san_is_denied() {
+    let h = harness().await;
+    h.server.add_user("node-token", "system:node:worker-1", &["system:nodes", "system:authenticated"]);
+    h.server.add_node("worker-1", &[("InternalIP", "10.0.0.11"), ("Hostname", "worker-1")]);
+    let good = openssl_csr(h.dir.path(), "good", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", Some("DNS:worker-1,IP:10.0.0.11"), &[]);
+    let bad = openssl_csr(h.dir.path(), "bad", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", Some("DNS:worker-1,DNS:KUBERNETES.default.svc"), &[]);
+    let usages = ["digital signature", "server auth"];
+    h.server.create_csr("node-token", csr_object("serving-good", KUBELET_SERVING_SIGNER, &usages, &good));
+    h.server.create_csr("node-token", csr_object("serving-bad", KUBELET_SERVING_SIGNER, &usages, &bad));
+    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server.wait_for("both decided", |s| issued(s, "serving-good") && has(s, "serving-bad", "Denied")).await;
+
+    let bad = csr_state(&h.server, "serving-bad");
+    let denied = condition(&bad, "Denied").expect("denied");
+    assert_eq!(denied["reason"], "NodeAddressMismatch");
+    assert!(denied["message"].as_str().unwrap_or_default().contains("KUBERNETES.default.svc"));
+    let cert = certificate_pem(&csr_state(&h.server, "serving-good")).expect("cert");
+    assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslserver").contains("OK"));
+    let text = openssl_text(h.dir.path(), &cert);
+    assert!(text.contains("DNS:worker-1") && text.contains("IP Address:10.0.0.11"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csr_for_another_signer_is_left_untouched() {
+    let h = harness().await;
+    let pem = openssl_csr(h.dir.path(), "other", KeyKind::P256, "/CN=jane/O=developers", None, &[]);
+    h.server.create_csr("jane-token", csr_object("other-signer", "example.com/some-signer", &["client auth"], &pem));
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    controller
+        .wait_for_log("ignored", |l| l["csr"] == "other-signer" && l["decision"] == "ignored")
+        .await;
+    assert!(h.server.writes().is_empty());
+    assert!(h.server.events().is_empty());
+    let csr = csr_state(&h.server, "other-signer");
+    assert!(condition_types(&csr).is_empty() && certificate_pem(&csr).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_request_is_denied() {
+    let h = harness().await;
+    let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n";
+    h.server.create_csr("jane-token", csr_object("garbage", CLIENT_SIGNER, &["client auth"], garbage));
+    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server
+        .wait_for("garbage denied, with its event", |s| has(s, "garbage", "Denied") && !s.events_for("garbage").is_empty())
+        .await;
+    let csr = csr_state(&h.server, "garbage");
+    assert_eq!(condition(&csr, "Denied").expect("denied")["reason"], "InvalidRequest");
+    assert_eq!(h.server.events_for("garbage")[0]["type"], "Warning");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_on_approval_is_retried_with_a_fresh_read() {
+    let h = harness().await;
+    h.server.arm(|f| f.conflict_approvals = 2);
+    let pem = openssl_csr(h.dir.path(), "jane", KeyKind::P256, "/CN=jane/O=developers", None, &[]);
+    h.server.create_csr("jane-token", csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem));
+    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server.wait_for("jane issued", |s| issued(s, "jane")).await;
+    let approvals: Vec<u16> = h.server.writes().iter().filter(|w| w.subresource == "approval").map(|w| w.outcome).collect();
+    assert_eq!(approvals, [409, 409, 200]);
+    let csr = csr_state(&h.server, "jane");
+    assert_eq!(condition_types(&csr), ["Approved"], "exactly one decision condition");
+    let approved_events = h.server.events_for("jane").iter().filter(|e| e["reason"] == "AutoApprovedAllowList").count();
+    assert_eq!(approved_events, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csr_approved_by_hand_with_kubectl_is_then_signed() {
+    let h = harness().await;
+    // Bob is not allow-listed: csr-warden leaves his request for a human.
+    h.server.add_user("bob-token", "bob", &["system:authenticated"]);
+    let pem = openssl_csr(h.dir.path(), "bob", KeyKind::Ed25519, "/CN=bob/O=ops", None, &[]);
+    h.server.create_csr("bob-token", csr_object("bob", CLIENT_SIGNER, &["client auth"], &pem));
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    controller.wait_for_log("bob left pending", |l| l["csr"] == "bob" && l["decision"] == "leave").await;
+    assert!(h.server.writes().is_empty());
+
+    let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
+    let (ok, out, err) = kubectl(&admin, &["certificate", "approve", "bob"], None);
+    assert!(ok, "kubectl certificate approve failed: {out}{err}");
+    h.server.wait_for("bob issued", |s| issued(s, "bob")).await;
+    let csr = csr_state(&h.server, "bob");
+    assert_eq!(condition(&csr, "Approved").expect("approved")["reason"], "KubectlApprove");
+    let cert = certificate_pem(&csr).expect("cert");
+    assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient").contains("OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_masters_approved_by_hand_is_failed_not_signed() {
+    let h = harness().await;
+    let pem = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
+    // Approved before csr-warden ever saw it, as a careless human would.
+    h.server.create_csr("smith-token", csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem));
+    let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
+    let (ok, out, err) = kubectl(&admin, &["certificate", "approve", "agent-smith"], None);
+    assert!(ok, "{out}{err}");
+    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server.wait_for("agent-smith failed", |s| has(s, "agent-smith", "Failed")).await;
+    let csr = csr_state(&h.server, "agent-smith");
+    assert!(certificate_pem(&csr).is_none());
+    assert_eq!(condition(&csr, "Failed").expect("failed")["reason"], "ForbiddenGroup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_controller_decides_and_signs_nothing_twice() {
+    let h = harness().await;
+    let jane = openssl_csr(h.dir.path(), "jane", KeyKind::P256, "/CN=jane/O=developers", None, &[]);
+    let smith = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
+    h.server.create_csr("jane-token", csr_object("jane", CLIENT_SIGNER, &["client auth"], &jane));
+    h.server.create_csr("smith-token", csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &smith));
+    let first = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server
+        .wait_for("first run done", |s| {
+            issued(s, "jane") && has(s, "agent-smith", "Denied") && s.events_for("jane").len() == 2 && s.events_for("agent-smith").len() == 1
+        })
+        .await;
+    first.kill().await;
+    let writes_before = h.server.writes();
+    let events_before = h.server.events();
+    let cert_before = certificate_pem(&csr_state(&h.server, "jane"));
+
+    let second = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    for name in ["jane", "agent-smith"] {
+        second
+            .wait_for_log("saw it final", |l| l["csr"] == name && l["fields"]["message"].is_null() && l["message"] == "already final; nothing to do")
+            .await;
+    }
+    assert_eq!(h.server.writes(), writes_before, "no new writes after restart");
+    assert_eq!(h.server.events().len(), events_before.len(), "no new events after restart");
+    assert_eq!(certificate_pem(&csr_state(&h.server, "jane")), cert_before);
+}

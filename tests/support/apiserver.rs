@@ -407,6 +407,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     let Some(identity) = identity else {
         return status_error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
+    if std::env::var("FAKE_APISERVER_TRACE").is_ok() {
+        eprintln!("fake-apiserver: {} {} {:?}", request.method(), request.uri(), request.headers().get("content-type"));
+    }
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let params = query(&request);
@@ -459,7 +462,13 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             delete_csr(&shared, name)
         }
         (&Method::PUT, [a, b, c, d, name, sub]) if [*a, *b, *c, *d] == CSRS => {
-            match serde_json::from_slice::<Value>(&body) {
+            // kubectl's typed client sends built-in types as protobuf.
+            let decoded = if body.starts_with(b"k8s\0") {
+                protobuf::csr_from_envelope(&body[4..]).ok_or_else(|| "undecodable protobuf".to_string())
+            } else {
+                serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
+            };
+            match decoded {
                 Ok(update) => write_subresource(&shared, name, sub, update),
                 Err(e) => status_error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
             }
@@ -838,4 +847,88 @@ fn core_events(shared: &Shared, namespace: Option<&str>, params: &HashMap<String
         StatusCode::OK,
         json!({"apiVersion": "v1", "kind": "EventList", "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
     )
+}
+
+/// The few protobuf fields of a CSR that an approval or status write carries (field numbers from
+/// k8s.io/api/certificates/v1/generated.proto), enough to understand kubectl's writes.
+mod protobuf {
+    use serde_json::{Value, json};
+
+    fn varint(buf: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = buf.split_first()?;
+            *buf = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// (field number, bytes) of each length-delimited field; other wire types are skipped.
+    fn fields(mut buf: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            let key = varint(&mut buf)?;
+            match key & 7 {
+                0 => {
+                    varint(&mut buf)?;
+                }
+                2 => {
+                    let len = usize::try_from(varint(&mut buf)?).ok()?;
+                    if buf.len() < len {
+                        return None;
+                    }
+                    out.push((key >> 3, &buf[..len]));
+                    buf = &buf[len..];
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    fn string(fields: &[(u64, &[u8])], number: u64) -> Option<String> {
+        fields
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+    }
+
+    pub fn csr_from_envelope(envelope: &[u8]) -> Option<Value> {
+        let unknown = fields(envelope)?;
+        let raw = unknown.iter().find(|(n, _)| *n == 2)?.1;
+        let csr = fields(raw)?;
+        let metadata = fields(csr.iter().find(|(n, _)| *n == 1)?.1)?;
+        let mut conditions = Vec::new();
+        let mut certificate = None;
+        if let Some((_, status)) = csr.iter().find(|(n, _)| *n == 3) {
+            for (number, value) in fields(status)? {
+                match number {
+                    1 => {
+                        let c = fields(value)?;
+                        conditions.push(json!({
+                            "type": string(&c, 1), "status": string(&c, 6),
+                            "reason": string(&c, 2), "message": string(&c, 3),
+                        }));
+                    }
+                    2 => {
+                        use base64::Engine;
+                        certificate = Some(base64::engine::general_purpose::STANDARD.encode(value));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut status = json!({"conditions": conditions});
+        if let Some(certificate) = certificate {
+            status["certificate"] = json!(certificate);
+        }
+        Some(json!({
+            "metadata": {"name": string(&metadata, 1), "resourceVersion": string(&metadata, 6)},
+            "status": status,
+        }))
+    }
 }
