@@ -269,3 +269,55 @@ async fn restarted_controller_decides_and_signs_nothing_twice() {
     assert_eq!(h.server.events().len(), events_before.len(), "no new events after restart");
     assert_eq!(certificate_pem(&csr_state(&h.server, "jane")), cert_before);
 }
+
+/// The README's user and operator flows, with kubectl itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_user_and_operator_flows() {
+    let h = harness().await;
+    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    let jane_kubeconfig = h.server.kubeconfig(h.dir.path(), "jane-token");
+    let smith_kubeconfig = h.server.kubeconfig(h.dir.path(), "smith-token");
+    let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
+
+    // The user: key + CSR with openssl, the CSR object with kubectl apply.
+    let pem = openssl_csr(h.dir.path(), "jane", KeyKind::Rsa(2048), "/CN=jane/O=developers", None, &[]);
+    let manifest = serde_json::to_string(&csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem)).expect("json");
+    let (ok, out, err) = kubectl(&jane_kubeconfig, &["apply", "--validate=false", "-f", "-"], Some(&manifest));
+    assert!(ok, "kubectl apply: {out}{err}");
+    let smith = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
+    let manifest = serde_json::to_string(&csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &smith)).expect("json");
+    let (ok, out, err) = kubectl(&smith_kubeconfig, &["create", "--validate=false", "-f", "-"], Some(&manifest));
+    assert!(ok, "kubectl create: {out}{err}");
+    h.server
+        .wait_for("decided", |s| issued(s, "jane") && has(s, "agent-smith", "Denied") && !s.events_for("agent-smith").is_empty())
+        .await;
+
+    let (ok, out, err) = kubectl(&jane_kubeconfig, &["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"], None);
+    assert!(ok, "{err}");
+    use base64::Engine;
+    let cert = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(out.trim()).expect("base64")).expect("pem");
+    assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient").contains("OK"));
+    let (ok, out, err) = kubectl(&admin, &["get", "csr"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("jane") && out.contains("agent-smith"), "{out}");
+
+    // The operator: why was agent-smith denied?
+    let (ok, out, err) = kubectl(&admin, &["describe", "csr", "agent-smith"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("Denied"), "{out}");
+    assert!(out.contains("ForbiddenGroup"), "{out}");
+    assert!(out.contains("system:masters"), "{out}");
+    let (ok, out, err) = kubectl(
+        &admin,
+        // custom-columns: the fake API server does not render server-side Tables.
+        &[
+            "get", "events", "-n", "default",
+            "--field-selector", "involvedObject.kind=CertificateSigningRequest,involvedObject.name=agent-smith",
+            "-o", "custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("ForbiddenGroup") && out.contains("Warning") && out.contains("system:masters"), "{out}");
+    assert!(!out.contains("jane"), "the field selector must filter: {out}");
+}
