@@ -539,12 +539,12 @@ fn unmatched(
 /// Problems in the CSR object's own fields (the API server checks these too, but a fake or an
 /// old server may not, and we must not sign nonsense).
 fn spec_problem(csr: &CsrView) -> Option<String> {
-    if let Some(seconds) = csr.expiration_seconds {
-        if seconds < MIN_EXPIRATION_SECONDS {
-            return Some(format!(
-                "spec.expirationSeconds is {seconds}; the minimum is {MIN_EXPIRATION_SECONDS}"
-            ));
-        }
+    if let Some(seconds) = csr.expiration_seconds
+        && seconds < MIN_EXPIRATION_SECONDS
+    {
+        return Some(format!(
+            "spec.expirationSeconds is {seconds}; the minimum is {MIN_EXPIRATION_SECONDS}"
+        ));
     }
     if csr.usages.is_empty() {
         return Some("spec.usages is empty".into());

@@ -31,16 +31,30 @@ fn issued(server: &FakeApiServer, name: &str) -> bool {
 }
 
 fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
-    server.csr(name).is_some_and(|c| condition(&c, kind).is_some())
+    server
+        .csr(name)
+        .is_some_and(|c| condition(&c, kind).is_some())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jane_is_approved_and_signed() {
     let h = harness().await;
-    let pem = openssl_csr(h.dir.path(), "jane", KeyKind::Rsa(2048), "/CN=jane/O=developers", None, &[]);
-    h.server.create_csr("jane-token", csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem));
+    let pem = openssl_csr(
+        h.dir.path(),
+        "jane",
+        KeyKind::Rsa(2048),
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "jane-token",
+        csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem),
+    );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    h.server.wait_for("jane issued", |s| issued(s, "jane")).await;
+    h.server
+        .wait_for("jane issued", |s| issued(s, "jane"))
+        .await;
 
     let csr = csr_state(&h.server, "jane");
     let approved = condition(&csr, "Approved").expect("Approved condition");
@@ -51,7 +65,11 @@ async fn jane_is_approved_and_signed() {
     let verified = openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient");
     assert!(verified.contains("OK"), "{verified}");
     let text = openssl_text(h.dir.path(), &cert);
-    assert!(text.contains("Subject: CN = jane, O = developers") || text.contains("Subject: CN=jane, O=developers"), "{text}");
+    assert!(
+        text.contains("Subject: CN = jane, O = developers")
+            || text.contains("Subject: CN=jane, O=developers"),
+        "{text}"
+    );
     assert!(text.contains("TLS Web Client Authentication"), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
 
@@ -74,46 +92,102 @@ async fn jane_is_approved_and_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_smith_is_denied_with_a_warning_event_naming_system_masters() {
     let h = harness().await;
-    let pem = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
-    h.server.create_csr("smith-token", csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem));
+    let pem = openssl_csr(
+        h.dir.path(),
+        "smith",
+        KeyKind::P256,
+        "/CN=agent-smith/O=system:masters",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "smith-token",
+        csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem),
+    );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    h.server.wait_for("agent-smith denied", |s| has(s, "agent-smith", "Denied")).await;
-    h.server.wait_for("its event", |s| !s.events_for("agent-smith").is_empty()).await;
+    h.server
+        .wait_for("agent-smith denied", |s| has(s, "agent-smith", "Denied"))
+        .await;
+    h.server
+        .wait_for("its event", |s| !s.events_for("agent-smith").is_empty())
+        .await;
 
     let csr = csr_state(&h.server, "agent-smith");
     let denied = condition(&csr, "Denied").expect("Denied");
     assert_eq!(denied["reason"], "ForbiddenGroup");
-    assert!(denied["message"].as_str().unwrap_or_default().contains("system:masters"));
-    assert!(certificate_pem(&csr).is_none(), "a denied CSR must never get a certificate");
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:masters")
+    );
+    assert!(
+        certificate_pem(&csr).is_none(),
+        "a denied CSR must never get a certificate"
+    );
     let events = h.server.events_for("agent-smith");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["type"], "Warning");
     assert_eq!(events[0]["reason"], "ForbiddenGroup");
-    assert!(events[0]["note"].as_str().unwrap_or_default().contains("system:masters"));
+    assert!(
+        events[0]["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:masters")
+    );
     assert_eq!(events[0]["metadata"]["namespace"], "default");
 
     let lines = controller.kill().await;
-    let line = lines.iter().find(|l| l["csr"] == "agent-smith" && l["decision"] == "deny").expect("deny log line");
+    let line = lines
+        .iter()
+        .find(|l| l["csr"] == "agent-smith" && l["decision"] == "deny")
+        .expect("deny log line");
     assert_eq!(line["level"], "WARN");
     assert_eq!(line["requester"], "agent-smith");
     assert_eq!(line["subject"], "CN=agent-smith,O=system:masters");
-    assert!(line["message"].as_str().unwrap_or_default().contains("system:masters"));
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:masters")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_client_csr_from_a_bootstrap_token_is_approved_and_signed() {
     let h = harness().await;
-    h.server.add_user("bootstrap-token", "system:bootstrap:abcdef", &["system:bootstrappers", "system:authenticated"]);
+    h.server.add_user(
+        "bootstrap-token",
+        "system:bootstrap:abcdef",
+        &["system:bootstrappers", "system:authenticated"],
+    );
     h.server.allow_sar("system:bootstrappers", "nodeclient");
-    let pem = openssl_csr(h.dir.path(), "node", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", None, &[]);
+    let pem = openssl_csr(
+        h.dir.path(),
+        "node",
+        KeyKind::P256,
+        "/CN=system:node:worker-1/O=system:nodes",
+        None,
+        &[],
+    );
     h.server.create_csr(
         "bootstrap-token",
-        csr_object("node-csr-1", KUBELET_CLIENT_SIGNER, &["digital signature", "client auth"], &pem),
+        csr_object(
+            "node-csr-1",
+            KUBELET_CLIENT_SIGNER,
+            &["digital signature", "client auth"],
+            &pem,
+        ),
     );
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    h.server.wait_for("kubelet client issued", |s| issued(s, "node-csr-1")).await;
+    h.server
+        .wait_for("kubelet client issued", |s| issued(s, "node-csr-1"))
+        .await;
     let csr = csr_state(&h.server, "node-csr-1");
-    assert_eq!(condition(&csr, "Approved").expect("approved")["reason"], "AutoApprovedKubeletClient");
+    assert_eq!(
+        condition(&csr, "Approved").expect("approved")["reason"],
+        "AutoApprovedKubeletClient"
+    );
     let cert = certificate_pem(&csr).expect("cert");
     assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient").contains("OK"));
     assert!(openssl_text(h.dir.path(), &cert).contains("system:node:worker-1"));
@@ -122,13 +196,34 @@ async fn kubelet_client_csr_from_a_bootstrap_token_is_approved_and_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_client_csr_without_an_allowing_review_is_left_pending() {
     let h = harness().await;
-    h.server.add_user("bootstrap-token", "system:bootstrap:abcdef", &["system:bootstrappers"]);
+    h.server.add_user(
+        "bootstrap-token",
+        "system:bootstrap:abcdef",
+        &["system:bootstrappers"],
+    );
     // No SubjectAccessReview allows anyone.
-    let pem = openssl_csr(h.dir.path(), "node", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", None, &[]);
-    h.server.create_csr("bootstrap-token", csr_object("node-csr-2", KUBELET_CLIENT_SIGNER, &["digital signature", "client auth"], &pem));
+    let pem = openssl_csr(
+        h.dir.path(),
+        "node",
+        KeyKind::P256,
+        "/CN=system:node:worker-1/O=system:nodes",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "bootstrap-token",
+        csr_object(
+            "node-csr-2",
+            KUBELET_CLIENT_SIGNER,
+            &["digital signature", "client auth"],
+            &pem,
+        ),
+    );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     let line = controller
-        .wait_for_log("leave decision", |l| l["csr"] == "node-csr-2" && l["decision"] == "leave")
+        .wait_for_log("leave decision", |l| {
+            l["csr"] == "node-csr-2" && l["decision"] == "leave"
+        })
         .await;
     assert_eq!(line["reason"], "KubeletClientNotAuthorized");
     assert!(h.server.writes().is_empty(), "{:?}", h.server.writes());
@@ -138,35 +233,91 @@ async fn kubelet_client_csr_without_an_allowing_review_is_left_pending() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_serving_csr_with_a_foreign_san_is_denied() {
     let h = harness().await;
-    h.server.add_user("node-token", "system:node:worker-1", &["system:nodes", "system:authenticated"]);
-    h.server.add_node("worker-1", &[("InternalIP", "10.0.0.11"), ("Hostname", "worker-1")]);
-    let good = openssl_csr(h.dir.path(), "good", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", Some("DNS:worker-1,IP:10.0.0.11"), &[]);
-    let bad = openssl_csr(h.dir.path(), "bad", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", Some("DNS:worker-1,DNS:KUBERNETES.default.svc"), &[]);
+    h.server.add_user(
+        "node-token",
+        "system:node:worker-1",
+        &["system:nodes", "system:authenticated"],
+    );
+    h.server.add_node(
+        "worker-1",
+        &[("InternalIP", "10.0.0.11"), ("Hostname", "worker-1")],
+    );
+    let good = openssl_csr(
+        h.dir.path(),
+        "good",
+        KeyKind::P256,
+        "/CN=system:node:worker-1/O=system:nodes",
+        Some("DNS:worker-1,IP:10.0.0.11"),
+        &[],
+    );
+    let bad = openssl_csr(
+        h.dir.path(),
+        "bad",
+        KeyKind::P256,
+        "/CN=system:node:worker-1/O=system:nodes",
+        Some("DNS:worker-1,DNS:KUBERNETES.default.svc"),
+        &[],
+    );
     let usages = ["digital signature", "server auth"];
-    h.server.create_csr("node-token", csr_object("serving-good", KUBELET_SERVING_SIGNER, &usages, &good));
-    h.server.create_csr("node-token", csr_object("serving-bad", KUBELET_SERVING_SIGNER, &usages, &bad));
+    h.server.create_csr(
+        "node-token",
+        csr_object("serving-good", KUBELET_SERVING_SIGNER, &usages, &good),
+    );
+    h.server.create_csr(
+        "node-token",
+        csr_object("serving-bad", KUBELET_SERVING_SIGNER, &usages, &bad),
+    );
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    h.server.wait_for("both decided", |s| issued(s, "serving-good") && has(s, "serving-bad", "Denied")).await;
+    h.server
+        .wait_for("both decided", |s| {
+            issued(s, "serving-good") && has(s, "serving-bad", "Denied")
+        })
+        .await;
 
     let bad = csr_state(&h.server, "serving-bad");
     let denied = condition(&bad, "Denied").expect("denied");
     assert_eq!(denied["reason"], "NodeAddressMismatch");
-    assert!(denied["message"].as_str().unwrap_or_default().contains("KUBERNETES.default.svc"));
+    assert!(
+        denied["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("KUBERNETES.default.svc")
+    );
     let cert = certificate_pem(&csr_state(&h.server, "serving-good")).expect("cert");
     assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslserver").contains("OK"));
     let text = openssl_text(h.dir.path(), &cert);
-    assert!(text.contains("DNS:worker-1") && text.contains("IP Address:10.0.0.11"), "{text}");
+    assert!(
+        text.contains("DNS:worker-1") && text.contains("IP Address:10.0.0.11"),
+        "{text}"
+    );
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csr_for_another_signer_is_left_untouched() {
     let h = harness().await;
-    let pem = openssl_csr(h.dir.path(), "other", KeyKind::P256, "/CN=jane/O=developers", None, &[]);
-    h.server.create_csr("jane-token", csr_object("other-signer", "example.com/some-signer", &["client auth"], &pem));
+    let pem = openssl_csr(
+        h.dir.path(),
+        "other",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "jane-token",
+        csr_object(
+            "other-signer",
+            "example.com/some-signer",
+            &["client auth"],
+            &pem,
+        ),
+    );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     controller
-        .wait_for_log("ignored", |l| l["csr"] == "other-signer" && l["decision"] == "ignored")
+        .wait_for_log("ignored", |l| {
+            l["csr"] == "other-signer" && l["decision"] == "ignored"
+        })
         .await;
     assert!(h.server.writes().is_empty());
     assert!(h.server.events().is_empty());
@@ -177,14 +328,23 @@ async fn csr_for_another_signer_is_left_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_request_is_denied() {
     let h = harness().await;
-    let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n";
-    h.server.create_csr("jane-token", csr_object("garbage", CLIENT_SIGNER, &["client auth"], garbage));
+    let garbage =
+        "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n";
+    h.server.create_csr(
+        "jane-token",
+        csr_object("garbage", CLIENT_SIGNER, &["client auth"], garbage),
+    );
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     h.server
-        .wait_for("garbage denied, with its event", |s| has(s, "garbage", "Denied") && !s.events_for("garbage").is_empty())
+        .wait_for("garbage denied, with its event", |s| {
+            has(s, "garbage", "Denied") && !s.events_for("garbage").is_empty()
+        })
         .await;
     let csr = csr_state(&h.server, "garbage");
-    assert_eq!(condition(&csr, "Denied").expect("denied")["reason"], "InvalidRequest");
+    assert_eq!(
+        condition(&csr, "Denied").expect("denied")["reason"],
+        "InvalidRequest"
+    );
     assert_eq!(h.server.events_for("garbage")[0]["type"], "Warning");
 }
 
@@ -192,15 +352,42 @@ async fn garbage_request_is_denied() {
 async fn conflict_on_approval_is_retried_with_a_fresh_read() {
     let h = harness().await;
     h.server.arm(|f| f.conflict_approvals = 2);
-    let pem = openssl_csr(h.dir.path(), "jane", KeyKind::P256, "/CN=jane/O=developers", None, &[]);
-    h.server.create_csr("jane-token", csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem));
+    let pem = openssl_csr(
+        h.dir.path(),
+        "jane",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "jane-token",
+        csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem),
+    );
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    h.server.wait_for("jane issued", |s| issued(s, "jane")).await;
-    let approvals: Vec<u16> = h.server.writes().iter().filter(|w| w.subresource == "approval").map(|w| w.outcome).collect();
+    h.server
+        .wait_for("jane issued", |s| issued(s, "jane"))
+        .await;
+    let approvals: Vec<u16> = h
+        .server
+        .writes()
+        .iter()
+        .filter(|w| w.subresource == "approval")
+        .map(|w| w.outcome)
+        .collect();
     assert_eq!(approvals, [409, 409, 200]);
     let csr = csr_state(&h.server, "jane");
-    assert_eq!(condition_types(&csr), ["Approved"], "exactly one decision condition");
-    let approved_events = h.server.events_for("jane").iter().filter(|e| e["reason"] == "AutoApprovedAllowList").count();
+    assert_eq!(
+        condition_types(&csr),
+        ["Approved"],
+        "exactly one decision condition"
+    );
+    let approved_events = h
+        .server
+        .events_for("jane")
+        .iter()
+        .filter(|e| e["reason"] == "AutoApprovedAllowList")
+        .count();
     assert_eq!(approved_events, 1);
 }
 
@@ -208,11 +395,26 @@ async fn conflict_on_approval_is_retried_with_a_fresh_read() {
 async fn csr_approved_by_hand_with_kubectl_is_then_signed() {
     let h = harness().await;
     // Bob is not allow-listed: csr-warden leaves his request for a human.
-    h.server.add_user("bob-token", "bob", &["system:authenticated"]);
-    let pem = openssl_csr(h.dir.path(), "bob", KeyKind::Ed25519, "/CN=bob/O=ops", None, &[]);
-    h.server.create_csr("bob-token", csr_object("bob", CLIENT_SIGNER, &["client auth"], &pem));
+    h.server
+        .add_user("bob-token", "bob", &["system:authenticated"]);
+    let pem = openssl_csr(
+        h.dir.path(),
+        "bob",
+        KeyKind::Ed25519,
+        "/CN=bob/O=ops",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "bob-token",
+        csr_object("bob", CLIENT_SIGNER, &["client auth"], &pem),
+    );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    controller.wait_for_log("bob left pending", |l| l["csr"] == "bob" && l["decision"] == "leave").await;
+    controller
+        .wait_for_log("bob left pending", |l| {
+            l["csr"] == "bob" && l["decision"] == "leave"
+        })
+        .await;
     assert!(h.server.writes().is_empty());
 
     let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
@@ -220,7 +422,10 @@ async fn csr_approved_by_hand_with_kubectl_is_then_signed() {
     assert!(ok, "kubectl certificate approve failed: {out}{err}");
     h.server.wait_for("bob issued", |s| issued(s, "bob")).await;
     let csr = csr_state(&h.server, "bob");
-    assert_eq!(condition(&csr, "Approved").expect("approved")["reason"], "KubectlApprove");
+    assert_eq!(
+        condition(&csr, "Approved").expect("approved")["reason"],
+        "KubectlApprove"
+    );
     let cert = certificate_pem(&csr).expect("cert");
     assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient").contains("OK"));
 }
@@ -228,30 +433,68 @@ async fn csr_approved_by_hand_with_kubectl_is_then_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_masters_approved_by_hand_is_failed_not_signed() {
     let h = harness().await;
-    let pem = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
+    let pem = openssl_csr(
+        h.dir.path(),
+        "smith",
+        KeyKind::P256,
+        "/CN=agent-smith/O=system:masters",
+        None,
+        &[],
+    );
     // Approved before csr-warden ever saw it, as a careless human would.
-    h.server.create_csr("smith-token", csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem));
+    h.server.create_csr(
+        "smith-token",
+        csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem),
+    );
     let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
     let (ok, out, err) = kubectl(&admin, &["certificate", "approve", "agent-smith"], None);
     assert!(ok, "{out}{err}");
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    h.server.wait_for("agent-smith failed", |s| has(s, "agent-smith", "Failed")).await;
+    h.server
+        .wait_for("agent-smith failed", |s| has(s, "agent-smith", "Failed"))
+        .await;
     let csr = csr_state(&h.server, "agent-smith");
     assert!(certificate_pem(&csr).is_none());
-    assert_eq!(condition(&csr, "Failed").expect("failed")["reason"], "ForbiddenGroup");
+    assert_eq!(
+        condition(&csr, "Failed").expect("failed")["reason"],
+        "ForbiddenGroup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_controller_decides_and_signs_nothing_twice() {
     let h = harness().await;
-    let jane = openssl_csr(h.dir.path(), "jane", KeyKind::P256, "/CN=jane/O=developers", None, &[]);
-    let smith = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
-    h.server.create_csr("jane-token", csr_object("jane", CLIENT_SIGNER, &["client auth"], &jane));
-    h.server.create_csr("smith-token", csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &smith));
+    let jane = openssl_csr(
+        h.dir.path(),
+        "jane",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    let smith = openssl_csr(
+        h.dir.path(),
+        "smith",
+        KeyKind::P256,
+        "/CN=agent-smith/O=system:masters",
+        None,
+        &[],
+    );
+    h.server.create_csr(
+        "jane-token",
+        csr_object("jane", CLIENT_SIGNER, &["client auth"], &jane),
+    );
+    h.server.create_csr(
+        "smith-token",
+        csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &smith),
+    );
     let first = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     h.server
         .wait_for("first run done", |s| {
-            issued(s, "jane") && has(s, "agent-smith", "Denied") && s.events_for("jane").len() == 2 && s.events_for("agent-smith").len() == 1
+            issued(s, "jane")
+                && has(s, "agent-smith", "Denied")
+                && s.events_for("jane").len() == 2
+                && s.events_for("agent-smith").len() == 1
         })
         .await;
     first.kill().await;
@@ -262,11 +505,23 @@ async fn restarted_controller_decides_and_signs_nothing_twice() {
     let second = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     for name in ["jane", "agent-smith"] {
         second
-            .wait_for_log("saw it final", |l| l["csr"] == name && l["fields"]["message"].is_null() && l["message"] == "already final; nothing to do")
+            .wait_for_log("saw it final", |l| {
+                l["csr"] == name
+                    && l["fields"]["message"].is_null()
+                    && l["message"] == "already final; nothing to do"
+            })
             .await;
     }
-    assert_eq!(h.server.writes(), writes_before, "no new writes after restart");
-    assert_eq!(h.server.events().len(), events_before.len(), "no new events after restart");
+    assert_eq!(
+        h.server.writes(),
+        writes_before,
+        "no new writes after restart"
+    );
+    assert_eq!(
+        h.server.events().len(),
+        events_before.len(),
+        "no new events after restart"
+    );
     assert_eq!(certificate_pem(&csr_state(&h.server, "jane")), cert_before);
 }
 
@@ -280,22 +535,65 @@ async fn kubectl_user_and_operator_flows() {
     let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
 
     // The user: key + CSR with openssl, the CSR object with kubectl apply.
-    let pem = openssl_csr(h.dir.path(), "jane", KeyKind::Rsa(2048), "/CN=jane/O=developers", None, &[]);
-    let manifest = serde_json::to_string(&csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem)).expect("json");
-    let (ok, out, err) = kubectl(&jane_kubeconfig, &["apply", "--validate=false", "-f", "-"], Some(&manifest));
+    let pem = openssl_csr(
+        h.dir.path(),
+        "jane",
+        KeyKind::Rsa(2048),
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    let manifest =
+        serde_json::to_string(&csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem))
+            .expect("json");
+    let (ok, out, err) = kubectl(
+        &jane_kubeconfig,
+        &["apply", "--validate=false", "-f", "-"],
+        Some(&manifest),
+    );
     assert!(ok, "kubectl apply: {out}{err}");
-    let smith = openssl_csr(h.dir.path(), "smith", KeyKind::P256, "/CN=agent-smith/O=system:masters", None, &[]);
-    let manifest = serde_json::to_string(&csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &smith)).expect("json");
-    let (ok, out, err) = kubectl(&smith_kubeconfig, &["create", "--validate=false", "-f", "-"], Some(&manifest));
+    let smith = openssl_csr(
+        h.dir.path(),
+        "smith",
+        KeyKind::P256,
+        "/CN=agent-smith/O=system:masters",
+        None,
+        &[],
+    );
+    let manifest = serde_json::to_string(&csr_object(
+        "agent-smith",
+        CLIENT_SIGNER,
+        &["client auth"],
+        &smith,
+    ))
+    .expect("json");
+    let (ok, out, err) = kubectl(
+        &smith_kubeconfig,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&manifest),
+    );
     assert!(ok, "kubectl create: {out}{err}");
     h.server
-        .wait_for("decided", |s| issued(s, "jane") && has(s, "agent-smith", "Denied") && !s.events_for("agent-smith").is_empty())
+        .wait_for("decided", |s| {
+            issued(s, "jane")
+                && has(s, "agent-smith", "Denied")
+                && !s.events_for("agent-smith").is_empty()
+        })
         .await;
 
-    let (ok, out, err) = kubectl(&jane_kubeconfig, &["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"], None);
+    let (ok, out, err) = kubectl(
+        &jane_kubeconfig,
+        &["get", "csr", "jane", "-o", "jsonpath={.status.certificate}"],
+        None,
+    );
     assert!(ok, "{err}");
     use base64::Engine;
-    let cert = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(out.trim()).expect("base64")).expect("pem");
+    let cert = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(out.trim())
+            .expect("base64"),
+    )
+    .expect("pem");
     assert!(openssl_verify(h.dir.path(), &h.ca.0, &cert, "sslclient").contains("OK"));
     let (ok, out, err) = kubectl(&admin, &["get", "csr"], None);
     assert!(ok, "{err}");
@@ -311,13 +609,24 @@ async fn kubectl_user_and_operator_flows() {
         &admin,
         // custom-columns: the fake API server does not render server-side Tables.
         &[
-            "get", "events", "-n", "default",
-            "--field-selector", "involvedObject.kind=CertificateSigningRequest,involvedObject.name=agent-smith",
-            "-o", "custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.kind=CertificateSigningRequest,involvedObject.name=agent-smith",
+            "-o",
+            "custom-columns=TYPE:.type,REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
         ],
         None,
     );
     assert!(ok, "{err}");
-    assert!(out.contains("ForbiddenGroup") && out.contains("Warning") && out.contains("system:masters"), "{out}");
-    assert!(!out.contains("jane"), "the field selector must filter: {out}");
+    assert!(
+        out.contains("ForbiddenGroup") && out.contains("Warning") && out.contains("system:masters"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("jane"),
+        "the field selector must filter: {out}"
+    );
 }

@@ -35,14 +35,26 @@ fn view(signer: &str, usages: &[&str], username: &str, groups: &[&str], pem: &st
 /// A CSR built with rcgen: subject attributes in order, DNS/IP SANs.
 fn rcgen_csr(common_name: &str, organizations: &[&str], sans: &[&str]) -> String {
     let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
     for (i, organization) in organizations.iter().enumerate() {
         // rcgen holds one value per type; a second O goes in as the same OID by number.
-        let kind = if i == 0 { rcgen::DnType::OrganizationName } else { rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]) };
+        let kind = if i == 0 {
+            rcgen::DnType::OrganizationName
+        } else {
+            rcgen::DnType::CustomDnType(vec![2, 5, 4, 10])
+        };
         params.distinguished_name.push(kind, *organization);
     }
-    params.serialize_request(&key).expect("csr").pem().expect("pem")
+    params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
 }
 
 fn decide_with(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Decision {
@@ -61,8 +73,21 @@ const SERVING: &[&str] = &["digital signature", "server auth"];
 #[test]
 fn other_signers_are_left_alone_even_for_system_masters() {
     let pem = rcgen_csr("agent-smith", &["system:masters"], &[]);
-    let decision = decide_with(&view("example.com/other", CLIENT, "agent-smith", &[], &pem), &ClusterFacts::default(), &default_policy());
-    assert!(matches!(decision, Decision::Leave { reason: Reason::NotOurSigner, .. }), "{decision:?}");
+    let decision = decide_with(
+        &view("example.com/other", CLIENT, "agent-smith", &[], &pem),
+        &ClusterFacts::default(),
+        &default_policy(),
+    );
+    assert!(
+        matches!(
+            decision,
+            Decision::Leave {
+                reason: Reason::NotOurSigner,
+                ..
+            }
+        ),
+        "{decision:?}"
+    );
 }
 
 // Rule 2 ------------------------------------------------------------------------------------
@@ -72,22 +97,47 @@ fn garbage_wrong_type_and_extra_blocks_are_invalid_requests() {
     let good = rcgen_csr("jane", &["developers"], &[]);
     let cases = [
         "not pem at all".to_owned(),
-        "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n".to_owned(),
+        "-----BEGIN CERTIFICATE REQUEST-----\nbm90IGEgY3Ny\n-----END CERTIFICATE REQUEST-----\n"
+            .to_owned(),
         good.replace("CERTIFICATE REQUEST", "CERTIFICATE"),
         format!("{good}{good}"),
         format!("{good}trailing junk"),
     ];
     for pem in cases {
-        let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem), &ClusterFacts::default(), &default_policy());
-        assert!(matches!(decision, Decision::Deny { reason: Reason::InvalidRequest, .. }), "{pem:?} → {decision:?}");
+        let decision = decide_with(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem),
+            &ClusterFacts::default(),
+            &default_policy(),
+        );
+        assert!(
+            matches!(
+                decision,
+                Decision::Deny {
+                    reason: Reason::InvalidRequest,
+                    ..
+                }
+            ),
+            "{pem:?} → {decision:?}"
+        );
     }
 }
 
 #[test]
 fn weak_rsa_key_is_denied_weak_key() {
     let dir = tempfile::tempdir().expect("dir");
-    let pem = openssl_csr(dir.path(), "weak", KeyKind::Rsa(1024), "/CN=jane/O=developers", None, &[]);
-    let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem), &ClusterFacts::default(), &default_policy());
+    let pem = openssl_csr(
+        dir.path(),
+        "weak",
+        KeyKind::Rsa(1024),
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    let decision = decide_with(
+        &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem),
+        &ClusterFacts::default(),
+        &default_policy(),
+    );
     assert_eq!(reason(&decision), Reason::WeakKey);
     assert!(decision.message().contains("1024"), "{decision:?}");
 }
@@ -96,13 +146,27 @@ fn weak_rsa_key_is_denied_weak_key() {
 fn a_signature_that_does_not_match_the_key_is_denied() {
     use base64::Engine;
     let pem = rcgen_csr("jane", &["developers"], &[]);
-    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem").1.contents;
+    let der = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .expect("pem")
+        .1
+        .contents;
     let mut tampered = der.clone();
     let last = tampered.len() - 1;
     tampered[last] ^= 0x01; // flip a bit of the signature
     let body = base64::engine::general_purpose::STANDARD.encode(&tampered);
-    let tampered_pem = format!("-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n");
-    let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &tampered_pem), &ClusterFacts::default(), &default_policy());
+    let tampered_pem =
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n");
+    let decision = decide_with(
+        &view(
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "jane",
+            &[],
+            &tampered_pem,
+        ),
+        &ClusterFacts::default(),
+        &default_policy(),
+    );
     assert_eq!(reason(&decision), Reason::InvalidRequest);
     assert!(decision.message().contains("signature"), "{decision:?}");
 }
@@ -114,10 +178,29 @@ fn short_expiration_unknown_and_duplicate_usages_are_invalid() {
     short.expiration_seconds = Some(599);
     for csr in [
         short,
-        view(SIGNER_KUBE_APISERVER_CLIENT, &["client auth", "flying"], "jane", &[], &pem),
-        view(SIGNER_KUBE_APISERVER_CLIENT, &["client auth", "client auth"], "jane", &[], &pem),
+        view(
+            SIGNER_KUBE_APISERVER_CLIENT,
+            &["client auth", "flying"],
+            "jane",
+            &[],
+            &pem,
+        ),
+        view(
+            SIGNER_KUBE_APISERVER_CLIENT,
+            &["client auth", "client auth"],
+            "jane",
+            &[],
+            &pem,
+        ),
     ] {
-        assert_eq!(reason(&decide_with(&csr, &ClusterFacts::default(), &default_policy())), Reason::InvalidRequest);
+        assert_eq!(
+            reason(&decide_with(
+                &csr,
+                &ClusterFacts::default(),
+                &default_policy()
+            )),
+            Reason::InvalidRequest
+        );
     }
 }
 
@@ -127,7 +210,14 @@ fn two_o_values_are_refused_rather_than_silently_dropped() {
     let csr = view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem);
     let request = csr.request.as_ref().expect("parsed");
     assert_eq!(request.organizations, ["developers", "qa"]);
-    assert_eq!(reason(&decide_with(&csr, &ClusterFacts::default(), &default_policy())), Reason::UnsupportedSubject);
+    assert_eq!(
+        reason(&decide_with(
+            &csr,
+            &ClusterFacts::default(),
+            &default_policy()
+        )),
+        Reason::UnsupportedSubject
+    );
 }
 
 // Rule 3 ------------------------------------------------------------------------------------
@@ -135,8 +225,22 @@ fn two_o_values_are_refused_rather_than_silently_dropped() {
 #[test]
 fn system_masters_is_denied_whoever_asks_and_whatever_the_signer() {
     let pem = rcgen_csr("agent-smith", &["system:masters"], &[]);
-    for (signer, usages) in [(SIGNER_KUBE_APISERVER_CLIENT, CLIENT), (SIGNER_KUBELET_CLIENT, CLIENT), (SIGNER_KUBELET_SERVING, SERVING)] {
-        let decision = decide_with(&view(signer, usages, "kubernetes-admin", &["system:masters"], &pem), &ClusterFacts::default(), &default_policy());
+    for (signer, usages) in [
+        (SIGNER_KUBE_APISERVER_CLIENT, CLIENT),
+        (SIGNER_KUBELET_CLIENT, CLIENT),
+        (SIGNER_KUBELET_SERVING, SERVING),
+    ] {
+        let decision = decide_with(
+            &view(
+                signer,
+                usages,
+                "kubernetes-admin",
+                &["system:masters"],
+                &pem,
+            ),
+            &ClusterFacts::default(),
+            &default_policy(),
+        );
         assert_eq!(reason(&decision), Reason::ForbiddenGroup, "{signer}");
         assert!(decision.message().contains("system:masters"));
         assert!(decision.message().contains("unrestricted"));
@@ -145,20 +249,46 @@ fn system_masters_is_denied_whoever_asks_and_whatever_the_signer() {
 
 #[test]
 fn look_alikes_of_system_masters_are_denied_too() {
-    for lookalike in ["System:Masters", " system:masters", "system:masters ", "SYSTEM:MASTERS", "system:\u{200B}masters"] {
+    for lookalike in [
+        "System:Masters",
+        " system:masters",
+        "system:masters ",
+        "SYSTEM:MASTERS",
+        "system:\u{200B}masters",
+    ] {
         let pem = rcgen_csr("agent-smith", &[lookalike], &[]);
-        let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "agent-smith", &[], &pem), &ClusterFacts::default(), &default_policy());
+        let decision = decide_with(
+            &view(
+                SIGNER_KUBE_APISERVER_CLIENT,
+                CLIENT,
+                "agent-smith",
+                &[],
+                &pem,
+            ),
+            &ClusterFacts::default(),
+            &default_policy(),
+        );
         assert_eq!(reason(&decision), Reason::ForbiddenGroup, "{lookalike:?}");
     }
 }
 
 #[test]
 fn system_masters_stays_forbidden_when_the_policy_leaves_it_out() {
-    let custom = policy("forbiddenGroups: [cluster-admins]\nallowList:\n  - commonName: jane\n    groups: [developers]\n");
-    assert!(custom.forbidden_groups.contains(&"system:masters".to_owned()));
+    let custom = policy(
+        "forbiddenGroups: [cluster-admins]\nallowList:\n  - commonName: jane\n    groups: [developers]\n",
+    );
+    assert!(
+        custom
+            .forbidden_groups
+            .contains(&"system:masters".to_owned())
+    );
     for group in ["system:masters", "cluster-admins"] {
         let pem = rcgen_csr("jane", &[group], &[]);
-        let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem), &ClusterFacts::default(), &custom);
+        let decision = decide_with(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem),
+            &ClusterFacts::default(),
+            &custom,
+        );
         assert_eq!(reason(&decision), Reason::ForbiddenGroup, "{group}");
     }
 }
@@ -166,17 +296,43 @@ fn system_masters_stays_forbidden_when_the_policy_leaves_it_out() {
 #[test]
 fn openssl_made_agent_smith_is_denied() {
     let dir = tempfile::tempdir().expect("dir");
-    let pem = openssl_csr(dir.path(), "smith", KeyKind::Rsa(2048), "/CN=agent-smith/O=system:masters", None, &[]);
-    let verdict = decide(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "agent-smith", &[], &pem), &ClusterFacts::default(), &default_policy());
+    let pem = openssl_csr(
+        dir.path(),
+        "smith",
+        KeyKind::Rsa(2048),
+        "/CN=agent-smith/O=system:masters",
+        None,
+        &[],
+    );
+    let verdict = decide(
+        &view(
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "agent-smith",
+            &[],
+            &pem,
+        ),
+        &ClusterFacts::default(),
+        &default_policy(),
+    );
     assert_eq!(verdict.decision.reason(), Reason::ForbiddenGroup);
-    assert_eq!(verdict.steps.last().map(|s| s.rule), Some("forbiddenGroups"));
+    assert_eq!(
+        verdict.steps.last().map(|s| s.rule),
+        Some("forbiddenGroups")
+    );
 }
 
 // Rule 4 ------------------------------------------------------------------------------------
 
 fn node_client(username: &str, groups: &[&str]) -> CsrView {
     let pem = rcgen_csr("system:node:worker-1", &["system:nodes"], &[]);
-    view(SIGNER_KUBELET_CLIENT, &["digital signature", "key encipherment", "client auth"], username, groups, &pem)
+    view(
+        SIGNER_KUBELET_CLIENT,
+        &["digital signature", "key encipherment", "client auth"],
+        username,
+        groups,
+        &pem,
+    )
 }
 
 #[test]
@@ -184,73 +340,178 @@ fn kubelet_client_bootstrap_is_approved_when_the_review_allows() {
     let csr = node_client("system:bootstrap:abcdef", &["system:bootstrappers"]);
     let needed = facts_needed(&csr, &default_policy());
     assert!(needed.node_client_review && !needed.self_node_client_review);
-    let facts = ClusterFacts { node_client_allowed: Some(true), ..Default::default() };
-    assert_eq!(reason(&decide_with(&csr, &facts, &default_policy())), Reason::AutoApprovedKubeletClient);
+    let facts = ClusterFacts {
+        node_client_allowed: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(
+        reason(&decide_with(&csr, &facts, &default_policy())),
+        Reason::AutoApprovedKubeletClient
+    );
 }
 
 #[test]
 fn kubelet_client_renewal_needs_selfnodeclient() {
     let csr = node_client("system:node:worker-1", &["system:nodes"]);
     assert!(facts_needed(&csr, &default_policy()).self_node_client_review);
-    let allowed = ClusterFacts { node_client_allowed: Some(false), self_node_client_allowed: Some(true), ..Default::default() };
-    assert_eq!(reason(&decide_with(&csr, &allowed, &default_policy())), Reason::AutoApprovedKubeletClient);
+    let allowed = ClusterFacts {
+        node_client_allowed: Some(false),
+        self_node_client_allowed: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(
+        reason(&decide_with(&csr, &allowed, &default_policy())),
+        Reason::AutoApprovedKubeletClient
+    );
     // selfnodeclient does not help someone renewing another node's identity
     let other = node_client("system:node:worker-2", &["system:nodes"]);
     let decision = decide_with(&other, &allowed, &default_policy());
-    assert!(matches!(decision, Decision::Leave { reason: Reason::KubeletClientNotAuthorized, .. }), "{decision:?}");
+    assert!(
+        matches!(
+            decision,
+            Decision::Leave {
+                reason: Reason::KubeletClientNotAuthorized,
+                ..
+            }
+        ),
+        "{decision:?}"
+    );
 }
 
 #[test]
 fn kubelet_client_without_an_allowing_review_is_left_pending() {
     let csr = node_client("someone", &[]);
-    let facts = ClusterFacts { node_client_allowed: Some(false), ..Default::default() };
-    assert!(matches!(decide_with(&csr, &facts, &default_policy()), Decision::Leave { reason: Reason::KubeletClientNotAuthorized, .. }));
+    let facts = ClusterFacts {
+        node_client_allowed: Some(false),
+        ..Default::default()
+    };
+    assert!(matches!(
+        decide_with(&csr, &facts, &default_policy()),
+        Decision::Leave {
+            reason: Reason::KubeletClientNotAuthorized,
+            ..
+        }
+    ));
     // Offline (no review performed) fails closed too.
-    assert!(matches!(decide_with(&csr, &ClusterFacts::default(), &default_policy()), Decision::Leave { .. }));
+    assert!(matches!(
+        decide_with(&csr, &ClusterFacts::default(), &default_policy()),
+        Decision::Leave { .. }
+    ));
 }
 
 #[test]
 fn kubelet_client_with_the_wrong_shape_is_denied() {
-    let allowed = ClusterFacts { node_client_allowed: Some(true), ..Default::default() };
+    let allowed = ClusterFacts {
+        node_client_allowed: Some(true),
+        ..Default::default()
+    };
     let cases = [
-        (rcgen_csr("system:node:worker-1", &["developers"], &[]), CLIENT, Reason::SubjectMismatch),
-        (rcgen_csr("worker-1", &["system:nodes"], &[]), CLIENT, Reason::SubjectMismatch),
-        (rcgen_csr("system:node:worker-1", &["system:nodes"], &[]), &["client auth", "server auth"][..], Reason::DisallowedUsages),
-        (rcgen_csr("system:node:worker-1", &["system:nodes"], &["worker-1"]), CLIENT, Reason::DisallowedSANs),
+        (
+            rcgen_csr("system:node:worker-1", &["developers"], &[]),
+            CLIENT,
+            Reason::SubjectMismatch,
+        ),
+        (
+            rcgen_csr("worker-1", &["system:nodes"], &[]),
+            CLIENT,
+            Reason::SubjectMismatch,
+        ),
+        (
+            rcgen_csr("system:node:worker-1", &["system:nodes"], &[]),
+            &["client auth", "server auth"][..],
+            Reason::DisallowedUsages,
+        ),
+        (
+            rcgen_csr("system:node:worker-1", &["system:nodes"], &["worker-1"]),
+            CLIENT,
+            Reason::DisallowedSANs,
+        ),
     ];
     for (pem, usages, expected) in cases {
-        let csr = view(SIGNER_KUBELET_CLIENT, usages, "system:bootstrap:x", &[], &pem);
+        let csr = view(
+            SIGNER_KUBELET_CLIENT,
+            usages,
+            "system:bootstrap:x",
+            &[],
+            &pem,
+        );
         let decision = decide_with(&csr, &allowed, &default_policy());
-        assert!(matches!(&decision, Decision::Deny { reason, .. } if *reason == expected), "{decision:?}");
+        assert!(
+            matches!(&decision, Decision::Deny { reason, .. } if *reason == expected),
+            "{decision:?}"
+        );
     }
 }
 
 // Rule 5 ------------------------------------------------------------------------------------
 
 fn node_facts(addresses: &[&str]) -> ClusterFacts {
-    ClusterFacts { node: Some(NodeLookup::Addresses(addresses.iter().map(|a| a.to_string()).collect())), ..Default::default() }
+    ClusterFacts {
+        node: Some(NodeLookup::Addresses(
+            addresses.iter().map(|a| a.to_string()).collect(),
+        )),
+        ..Default::default()
+    }
 }
 
 fn serving(sans: &[&str], username: &str) -> CsrView {
     let pem = rcgen_csr("system:node:worker-1", &["system:nodes"], sans);
-    view(SIGNER_KUBELET_SERVING, SERVING, username, &["system:nodes"], &pem)
+    view(
+        SIGNER_KUBELET_SERVING,
+        SERVING,
+        username,
+        &["system:nodes"],
+        &pem,
+    )
 }
 
 #[test]
 fn kubelet_serving_is_approved_when_every_san_is_a_node_address() {
-    let csr = serving(&["worker-1", "Worker-1.example.com", "10.0.0.11", "2001:db8::11"], "system:node:worker-1");
-    assert_eq!(facts_needed(&csr, &default_policy()).node_name.as_deref(), Some("worker-1"));
-    let facts = node_facts(&["10.0.0.11", "worker-1", "worker-1.example.com", "2001:0db8:0000::0011"]);
-    assert_eq!(reason(&decide_with(&csr, &facts, &default_policy())), Reason::AutoApprovedKubeletServing);
+    let csr = serving(
+        &[
+            "worker-1",
+            "Worker-1.example.com",
+            "10.0.0.11",
+            "2001:db8::11",
+        ],
+        "system:node:worker-1",
+    );
+    assert_eq!(
+        facts_needed(&csr, &default_policy()).node_name.as_deref(),
+        Some("worker-1")
+    );
+    let facts = node_facts(&[
+        "10.0.0.11",
+        "worker-1",
+        "worker-1.example.com",
+        "2001:0db8:0000::0011",
+    ]);
+    assert_eq!(
+        reason(&decide_with(&csr, &facts, &default_policy())),
+        Reason::AutoApprovedKubeletServing
+    );
 }
 
 #[test]
 fn kubelet_serving_with_a_foreign_or_in_cluster_name_is_denied() {
     let facts = node_facts(&["10.0.0.11", "worker-1"]);
-    for san in ["kubernetes.default.svc", "KUBERNETES.default.svc", "*.svc", "10.0.0.12", "worker-2"] {
-        let decision = decide_with(&serving(&["worker-1", san], "system:node:worker-1"), &facts, &default_policy());
+    for san in [
+        "kubernetes.default.svc",
+        "KUBERNETES.default.svc",
+        "*.svc",
+        "10.0.0.12",
+        "worker-2",
+    ] {
+        let decision = decide_with(
+            &serving(&["worker-1", san], "system:node:worker-1"),
+            &facts,
+            &default_policy(),
+        );
         assert_eq!(reason(&decision), Reason::NodeAddressMismatch, "{san}");
-        assert!(decision.message().contains(san) || decision.message().contains("10.0.0.12"), "{decision:?}");
+        assert!(
+            decision.message().contains(san) || decision.message().contains("10.0.0.12"),
+            "{decision:?}"
+        );
     }
 }
 
@@ -258,17 +519,60 @@ fn kubelet_serving_with_a_foreign_or_in_cluster_name_is_denied() {
 fn kubelet_serving_checks_requester_usages_and_san_kinds() {
     let facts = node_facts(&["10.0.0.11", "worker-1"]);
     let policy = default_policy();
-    assert_eq!(reason(&decide_with(&serving(&["worker-1"], "system:node:worker-2"), &facts, &policy)), Reason::SubjectMismatch);
-    assert_eq!(reason(&decide_with(&serving(&[], "system:node:worker-1"), &facts, &policy)), Reason::DisallowedSANs);
+    assert_eq!(
+        reason(&decide_with(
+            &serving(&["worker-1"], "system:node:worker-2"),
+            &facts,
+            &policy
+        )),
+        Reason::SubjectMismatch
+    );
+    assert_eq!(
+        reason(&decide_with(
+            &serving(&[], "system:node:worker-1"),
+            &facts,
+            &policy
+        )),
+        Reason::DisallowedSANs
+    );
     let mut client_usage = serving(&["worker-1"], "system:node:worker-1");
     client_usage.usages = vec!["client auth".into()];
-    assert_eq!(reason(&decide_with(&client_usage, &facts, &policy)), Reason::DisallowedUsages);
+    assert_eq!(
+        reason(&decide_with(&client_usage, &facts, &policy)),
+        Reason::DisallowedUsages
+    );
     let dir = tempfile::tempdir().expect("dir");
-    let pem = openssl_csr(dir.path(), "email", KeyKind::P256, "/CN=system:node:worker-1/O=system:nodes", Some("DNS:worker-1,email:a@b.c"), &[]);
-    let email = view(SIGNER_KUBELET_SERVING, SERVING, "system:node:worker-1", &[], &pem);
-    assert_eq!(reason(&decide_with(&email, &facts, &policy)), Reason::DisallowedSANs);
-    let missing = ClusterFacts { node: Some(NodeLookup::Missing), ..Default::default() };
-    assert_eq!(reason(&decide_with(&serving(&["worker-1"], "system:node:worker-1"), &missing, &policy)), Reason::NodeAddressMismatch);
+    let pem = openssl_csr(
+        dir.path(),
+        "email",
+        KeyKind::P256,
+        "/CN=system:node:worker-1/O=system:nodes",
+        Some("DNS:worker-1,email:a@b.c"),
+        &[],
+    );
+    let email = view(
+        SIGNER_KUBELET_SERVING,
+        SERVING,
+        "system:node:worker-1",
+        &[],
+        &pem,
+    );
+    assert_eq!(
+        reason(&decide_with(&email, &facts, &policy)),
+        Reason::DisallowedSANs
+    );
+    let missing = ClusterFacts {
+        node: Some(NodeLookup::Missing),
+        ..Default::default()
+    };
+    assert_eq!(
+        reason(&decide_with(
+            &serving(&["worker-1"], "system:node:worker-1"),
+            &missing,
+            &policy
+        )),
+        Reason::NodeAddressMismatch
+    );
 }
 
 // Rule 6 ------------------------------------------------------------------------------------
@@ -277,22 +581,62 @@ fn kubelet_serving_checks_requester_usages_and_san_kinds() {
 fn allow_list_approves_jane_for_herself_only() {
     let pem = rcgen_csr("jane", &["developers"], &[]);
     let policy = default_policy();
-    assert_eq!(reason(&decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem), &ClusterFacts::default(), &policy)), Reason::AutoApprovedAllowList);
-    let by_bob = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "bob", &[], &pem), &ClusterFacts::default(), &policy);
-    assert!(matches!(by_bob, Decision::Deny { reason: Reason::RequesterNotAllowed, .. }), "{by_bob:?}");
+    assert_eq!(
+        reason(&decide_with(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem),
+            &ClusterFacts::default(),
+            &policy
+        )),
+        Reason::AutoApprovedAllowList
+    );
+    let by_bob = decide_with(
+        &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "bob", &[], &pem),
+        &ClusterFacts::default(),
+        &policy,
+    );
+    assert!(
+        matches!(
+            by_bob,
+            Decision::Deny {
+                reason: Reason::RequesterNotAllowed,
+                ..
+            }
+        ),
+        "{by_bob:?}"
+    );
 }
 
 #[test]
 fn allow_list_denies_other_groups_usages_and_sans() {
     let policy = default_policy();
     let cases = [
-        (rcgen_csr("jane", &["admins"], &[]), CLIENT, Reason::DisallowedGroups),
-        (rcgen_csr("jane", &["developers"], &[]), &["client auth", "server auth"][..], Reason::DisallowedUsages),
-        (rcgen_csr("jane", &["developers"], &[]), &["digital signature"][..], Reason::DisallowedUsages),
-        (rcgen_csr("jane", &["developers"], &["jane.example.com"]), CLIENT, Reason::DisallowedSANs),
+        (
+            rcgen_csr("jane", &["admins"], &[]),
+            CLIENT,
+            Reason::DisallowedGroups,
+        ),
+        (
+            rcgen_csr("jane", &["developers"], &[]),
+            &["client auth", "server auth"][..],
+            Reason::DisallowedUsages,
+        ),
+        (
+            rcgen_csr("jane", &["developers"], &[]),
+            &["digital signature"][..],
+            Reason::DisallowedUsages,
+        ),
+        (
+            rcgen_csr("jane", &["developers"], &["jane.example.com"]),
+            CLIENT,
+            Reason::DisallowedSANs,
+        ),
     ];
     for (pem, usages, expected) in cases {
-        let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, usages, "jane", &[], &pem), &ClusterFacts::default(), &policy);
+        let decision = decide_with(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, usages, "jane", &[], &pem),
+            &ClusterFacts::default(),
+            &policy,
+        );
         assert_eq!(reason(&decision), expected, "{decision:?}");
     }
 }
@@ -303,16 +647,41 @@ fn allow_list_requesters_and_patterns() {
         "allowList:\n  - commonNamePattern: 'ci-[a-z0-9-]+'\n    groups: [ci]\n    requesters:\n      users: [system:serviceaccount:ci:minter]\n      groups: [ci-admins]\n",
     );
     let pem = rcgen_csr("ci-runner-1", &["ci"], &[]);
-    for (user, groups) in [("system:serviceaccount:ci:minter", &[][..]), ("alice", &["ci-admins"][..]), ("ci-runner-1", &[][..])] {
-        let decision = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, user, groups, &pem), &ClusterFacts::default(), &policy);
+    for (user, groups) in [
+        ("system:serviceaccount:ci:minter", &[][..]),
+        ("alice", &["ci-admins"][..]),
+        ("ci-runner-1", &[][..]),
+    ] {
+        let decision = decide_with(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, user, groups, &pem),
+            &ClusterFacts::default(),
+            &policy,
+        );
         assert_eq!(reason(&decision), Reason::AutoApprovedAllowList, "{user}");
     }
-    let denied = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "mallory", &[], &pem), &ClusterFacts::default(), &policy);
+    let denied = decide_with(
+        &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "mallory", &[], &pem),
+        &ClusterFacts::default(),
+        &policy,
+    );
     assert_eq!(reason(&denied), Reason::RequesterNotAllowed);
     // The pattern is anchored: a prefix match is not enough.
     let evil = rcgen_csr("ci-runner-1; cluster-admin", &["ci"], &[]);
-    let unmatched = decide_with(&view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "mallory", &[], &evil), &ClusterFacts::default(), &policy);
-    assert!(matches!(unmatched, Decision::Leave { reason: Reason::NoMatchingRule, .. }), "{unmatched:?}");
+    let unmatched = decide_with(
+        &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "mallory", &[], &evil),
+        &ClusterFacts::default(),
+        &policy,
+    );
+    assert!(
+        matches!(
+            unmatched,
+            Decision::Leave {
+                reason: Reason::NoMatchingRule,
+                ..
+            }
+        ),
+        "{unmatched:?}"
+    );
 }
 
 // Rule 7 ------------------------------------------------------------------------------------
@@ -321,9 +690,21 @@ fn allow_list_requesters_and_patterns() {
 fn unmatched_requests_are_left_or_denied_as_the_policy_says() {
     let pem = rcgen_csr("bob", &["ops"], &[]);
     let csr = view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "bob", &[], &pem);
-    assert!(matches!(decide_with(&csr, &ClusterFacts::default(), &default_policy()), Decision::Leave { reason: Reason::NoMatchingRule, .. }));
+    assert!(matches!(
+        decide_with(&csr, &ClusterFacts::default(), &default_policy()),
+        Decision::Leave {
+            reason: Reason::NoMatchingRule,
+            ..
+        }
+    ));
     let strict = policy("unmatched: deny\n");
-    assert!(matches!(decide_with(&csr, &ClusterFacts::default(), &strict), Decision::Deny { reason: Reason::NotAllowListed, .. }));
+    assert!(matches!(
+        decide_with(&csr, &ClusterFacts::default(), &strict),
+        Decision::Deny {
+            reason: Reason::NotAllowListed,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -331,15 +712,39 @@ fn disabled_kubelet_rules_fall_through_to_unmatched() {
     let off = policy("kubelet: { client: false, serving: false }\n");
     let csr = node_client("system:bootstrap:x", &[]);
     assert_eq!(facts_needed(&csr, &off), FactsNeeded::default());
-    let facts = ClusterFacts { node_client_allowed: Some(true), ..Default::default() };
-    assert!(matches!(decide_with(&csr, &facts, &off), Decision::Leave { reason: Reason::NoMatchingRule, .. }));
+    let facts = ClusterFacts {
+        node_client_allowed: Some(true),
+        ..Default::default()
+    };
+    assert!(matches!(
+        decide_with(&csr, &facts, &off),
+        Decision::Leave {
+            reason: Reason::NoMatchingRule,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn signing_refusal_repeats_the_safety_rules_for_hand_approved_requests() {
     let policy = default_policy();
-    let smith = view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "admin", &[], &rcgen_csr("agent-smith", &["system:masters"], &[]));
-    assert_eq!(signing_refusal(&smith, &policy).map(|r| r.0), Some(Reason::ForbiddenGroup));
-    let bob = view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "bob", &[], &rcgen_csr("bob", &["ops"], &[]));
+    let smith = view(
+        SIGNER_KUBE_APISERVER_CLIENT,
+        CLIENT,
+        "admin",
+        &[],
+        &rcgen_csr("agent-smith", &["system:masters"], &[]),
+    );
+    assert_eq!(
+        signing_refusal(&smith, &policy).map(|r| r.0),
+        Some(Reason::ForbiddenGroup)
+    );
+    let bob = view(
+        SIGNER_KUBE_APISERVER_CLIENT,
+        CLIENT,
+        "bob",
+        &[],
+        &rcgen_csr("bob", &["ops"], &[]),
+    );
     assert_eq!(signing_refusal(&bob, &policy), None);
 }

@@ -9,6 +9,8 @@
 //! caller's token and does not stop a CSR for O=system:masters: the controller must.
 
 #![allow(dead_code)]
+// Handlers return ready HTTP responses as errors; boxing them would only add noise in a test server.
+#![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -120,9 +122,12 @@ impl FakeApiServer {
     pub async fn start() -> FakeApiServer {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let key = rcgen::KeyPair::generate().expect("server key");
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server cert params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, "fake-apiserver");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+                .expect("server cert params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake-apiserver");
         let cert = params.self_signed(&key).expect("server cert");
         let ca_pem = cert.pem();
         let server_config = rustls::ServerConfig::builder()
@@ -144,7 +149,10 @@ impl FakeApiServer {
             CONTROLLER_TOKEN.into(),
             Identity {
                 username: CONTROLLER_USER.into(),
-                groups: vec!["system:serviceaccounts".into(), "system:authenticated".into()],
+                groups: vec![
+                    "system:serviceaccounts".into(),
+                    "system:authenticated".into(),
+                ],
                 uid: "sa-uid".into(),
             },
         );
@@ -152,7 +160,10 @@ impl FakeApiServer {
             ADMIN_TOKEN.into(),
             Identity {
                 username: "kubernetes-admin".into(),
-                groups: vec!["kubeadm:cluster-admins".into(), "system:authenticated".into()],
+                groups: vec![
+                    "kubeadm:cluster-admins".into(),
+                    "system:authenticated".into(),
+                ],
                 uid: "admin-uid".into(),
             },
         );
@@ -179,7 +190,9 @@ impl FakeApiServer {
                 let acceptor = acceptor.clone();
                 let shared = serve_shared.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(shared, request).await) }
@@ -251,13 +264,17 @@ impl FakeApiServer {
             "metadata": {"name": name, "uid": format!("node-{name}"), "resourceVersion": "1"},
             "status": {"addresses": addresses.iter().map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>()}
         });
-        self.shared.mutate(|state| state.nodes.insert(name.into(), node));
+        self.shared
+            .mutate(|state| state.nodes.insert(name.into(), node));
     }
 
     /// SubjectAccessReviews for `subresource` (nodeclient, selfnodeclient) allow this user or group.
     pub fn allow_sar(&self, user_or_group: &str, subresource: &str) {
-        self.shared
-            .mutate(|state| state.sar_allow.push((user_or_group.into(), subresource.into())));
+        self.shared.mutate(|state| {
+            state
+                .sar_allow
+                .push((user_or_group.into(), subresource.into()))
+        });
     }
 
     pub fn arm(&self, f: impl FnOnce(&mut Faults)) {
@@ -408,7 +425,12 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         return status_error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     };
     if std::env::var("FAKE_APISERVER_TRACE").is_ok() {
-        eprintln!("fake-apiserver: {} {} {:?}", request.method(), request.uri(), request.headers().get("content-type"));
+        eprintln!(
+            "fake-apiserver: {} {} {:?}",
+            request.method(),
+            request.uri(),
+            request.headers().get("content-type")
+        );
     }
     let method = request.method().clone();
     let path = request.uri().path().trim_end_matches('/').to_owned();
@@ -419,7 +441,12 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
 
-    const CSRS: [&str; 4] = ["apis", "certificates.k8s.io", "v1", "certificatesigningrequests"];
+    const CSRS: [&str; 4] = [
+        "apis",
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+    ];
     match (&method, segments.as_slice()) {
         (&Method::GET, ["version"]) => full(
             StatusCode::OK,
@@ -464,7 +491,8 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         (&Method::PUT, [a, b, c, d, name, sub]) if [*a, *b, *c, *d] == CSRS => {
             // kubectl's typed client sends built-in types as protobuf.
             let decoded = if body.starts_with(b"k8s\0") {
-                protobuf::csr_from_envelope(&body[4..]).ok_or_else(|| "undecodable protobuf".to_string())
+                protobuf::csr_from_envelope(&body[4..])
+                    .ok_or_else(|| "undecodable protobuf".to_string())
             } else {
                 serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
             };
@@ -483,11 +511,19 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             let user = spec["user"].as_str().unwrap_or_default().to_owned();
             let groups: Vec<String> = spec["groups"]
                 .as_array()
-                .map(|g| g.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|g| {
+                    g.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
-            let allowed = shared.state.lock().expect("state").sar_allow.iter().any(|(who, sub)| {
-                *sub == subresource && (*who == user || groups.contains(who))
-            });
+            let allowed = shared
+                .state
+                .lock()
+                .expect("state")
+                .sar_allow
+                .iter()
+                .any(|(who, sub)| *sub == subresource && (*who == user || groups.contains(who)));
             review["status"] = json!({"allowed": allowed});
             full(StatusCode::CREATED, review)
         }
@@ -497,7 +533,17 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
                 None => not_found("nodes", name),
             }
         }
-        (&Method::POST, ["apis", "events.k8s.io", "v1", "namespaces", namespace, "events"]) => {
+        (
+            &Method::POST,
+            [
+                "apis",
+                "events.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "events",
+            ],
+        ) => {
             let mut event: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
             shared.mutate(|state| {
                 state.rv += 1;
@@ -508,7 +554,18 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             });
             full(StatusCode::CREATED, event)
         }
-        (&Method::PATCH, ["apis", "events.k8s.io", "v1", "namespaces", _, "events", name]) => {
+        (
+            &Method::PATCH,
+            [
+                "apis",
+                "events.k8s.io",
+                "v1",
+                "namespaces",
+                _,
+                "events",
+                name,
+            ],
+        ) => {
             let patch: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
             let patched = shared.mutate(|state| {
                 let event = state
@@ -574,13 +631,42 @@ fn group_resources(group: &str, version: &str) -> Option<Value> {
     }
     let resources = match group {
         "certificates.k8s.io" => vec![
-            resource("certificatesigningrequests", "CertificateSigningRequest", false,
-                     &["create", "delete", "get", "list", "watch", "update"], &["csr"]),
-            resource("certificatesigningrequests/approval", "CertificateSigningRequest", false, &["get", "update"], &[]),
-            resource("certificatesigningrequests/status", "CertificateSigningRequest", false, &["get", "update"], &[]),
+            resource(
+                "certificatesigningrequests",
+                "CertificateSigningRequest",
+                false,
+                &["create", "delete", "get", "list", "watch", "update"],
+                &["csr"],
+            ),
+            resource(
+                "certificatesigningrequests/approval",
+                "CertificateSigningRequest",
+                false,
+                &["get", "update"],
+                &[],
+            ),
+            resource(
+                "certificatesigningrequests/status",
+                "CertificateSigningRequest",
+                false,
+                &["get", "update"],
+                &[],
+            ),
         ],
-        "events.k8s.io" => vec![resource("events", "Event", true, &["create", "get", "list", "patch"], &["ev"])],
-        "authorization.k8s.io" => vec![resource("subjectaccessreviews", "SubjectAccessReview", false, &["create"], &[])],
+        "events.k8s.io" => vec![resource(
+            "events",
+            "Event",
+            true,
+            &["create", "get", "list", "patch"],
+            &["ev"],
+        )],
+        "authorization.k8s.io" => vec![resource(
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+            &["create"],
+            &[],
+        )],
         _ => return None,
     };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1",
@@ -645,19 +731,37 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
     response
 }
 
-fn create_csr(shared: &Shared, identity: &Identity, mut csr: Value) -> Result<Value, Response<Body>> {
+fn create_csr(
+    shared: &Shared,
+    identity: &Identity,
+    mut csr: Value,
+) -> Result<Value, Response<Body>> {
     let Some(name) = csr["metadata"]["name"].as_str().map(str::to_owned) else {
-        return Err(status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value"));
+        return Err(status_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name: Required value",
+        ));
     };
-    if csr["spec"]["signerName"].as_str().unwrap_or_default().is_empty() {
-        return Err(status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "spec.signerName: Required value"));
+    if csr["spec"]["signerName"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        return Err(status_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "spec.signerName: Required value",
+        ));
     }
     shared.mutate(|state| {
         if state.csrs.contains_key(&name) {
             return Err(status_error(
                 StatusCode::CONFLICT,
                 "AlreadyExists",
-                &format!("certificatesigningrequests.certificates.k8s.io \"{name}\" already exists"),
+                &format!(
+                    "certificatesigningrequests.certificates.k8s.io \"{name}\" already exists"
+                ),
             ));
         }
         state.rv += 1;
@@ -692,7 +796,10 @@ fn delete_csr(shared: &Shared, name: &str) -> Response<Body> {
 }
 
 fn conditions(csr: &Value) -> Vec<Value> {
-    csr["status"]["conditions"].as_array().cloned().unwrap_or_default()
+    csr["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn has_condition(list: &[Value], kind: &str) -> bool {
@@ -700,7 +807,12 @@ fn has_condition(list: &[Value], kind: &str) -> bool {
 }
 
 /// PUT .../approval and .../status, with kube-apiserver's rules.
-fn write_subresource(shared: &Shared, name: &str, subresource: &str, update: Value) -> Response<Body> {
+fn write_subresource(
+    shared: &Shared,
+    name: &str,
+    subresource: &str,
+    update: Value,
+) -> Response<Body> {
     shared.mutate(|state| {
         let outcome = write_subresource_locked(shared, state, name, subresource, update);
         state.writes.push(CsrWrite {
@@ -737,10 +849,13 @@ fn write_subresource_locked(
         shared.record(state, "MODIFIED", bumped);
         return conflict(name);
     }
-    if let Some(rv) = update["metadata"]["resourceVersion"].as_str() {
-        if rv != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
-            return conflict(name);
-        }
+    if let Some(rv) = update["metadata"]["resourceVersion"].as_str()
+        && rv
+            != current["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+    {
+        return conflict(name);
     }
     let old = conditions(&current);
     let new = conditions(&update);
@@ -751,7 +866,9 @@ fn write_subresource_locked(
             return invalid(&format!("status.conditions: Duplicate value: \"{kind}\""));
         }
         if has_condition(&old, kind) && count == 0 {
-            return invalid(&format!("status.conditions: Forbidden: updates may not remove a condition of type \"{kind}\""));
+            return invalid(&format!(
+                "status.conditions: Forbidden: updates may not remove a condition of type \"{kind}\""
+            ));
         }
     }
     if has_condition(&new, "Approved") && has_condition(&new, "Denied") {
@@ -766,13 +883,19 @@ fn write_subresource_locked(
         _ => {
             for kind in ["Approved", "Denied"] {
                 if has_condition(&new, kind) != has_condition(&old, kind) {
-                    return invalid(&format!("status.conditions: Forbidden: {kind} may only be set through /approval"));
+                    return invalid(&format!(
+                        "status.conditions: Forbidden: {kind} may only be set through /approval"
+                    ));
                 }
             }
-            let old_cert = current["status"]["certificate"].as_str().unwrap_or_default();
+            let old_cert = current["status"]["certificate"]
+                .as_str()
+                .unwrap_or_default();
             let new_cert = update["status"]["certificate"].as_str().unwrap_or_default();
             if !old_cert.is_empty() && old_cert != new_cert {
-                return invalid("status.certificate: Forbidden: updates may not modify existing certificate content");
+                return invalid(
+                    "status.certificate: Forbidden: updates may not modify existing certificate content",
+                );
             }
             next["status"]["conditions"] = json!(new);
             if !new_cert.is_empty() {
@@ -791,7 +914,9 @@ fn conflict(name: &str) -> Response<Body> {
     status_error(
         StatusCode::CONFLICT,
         "Conflict",
-        &format!("Operation cannot be fulfilled on certificatesigningrequests.certificates.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"),
+        &format!(
+            "Operation cannot be fulfilled on certificatesigningrequests.certificates.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
     )
 }
 
@@ -800,7 +925,11 @@ fn invalid(message: &str) -> Response<Body> {
 }
 
 /// events.k8s.io/v1 Events shown as core/v1 Events, as a real API server does, for kubectl.
-fn core_events(shared: &Shared, namespace: Option<&str>, params: &HashMap<String, String>) -> Response<Body> {
+fn core_events(
+    shared: &Shared,
+    namespace: Option<&str>,
+    params: &HashMap<String, String>,
+) -> Response<Body> {
     let selector: Vec<(String, String)> = params
         .get("fieldSelector")
         .map(|s| {
@@ -836,9 +965,7 @@ fn core_events(shared: &Shared, namespace: Option<&str>, params: &HashMap<String
         })
         .filter(|e| {
             selector.iter().all(|(key, value)| {
-                let field = key
-                    .split('.')
-                    .fold(e, |v, part| &v[part]);
+                let field = key.split('.').fold(e, |v, part| &v[part]);
                 field.as_str().unwrap_or_default() == value
             })
         })

@@ -52,21 +52,71 @@ pub fn openssl_key(dir: &Path, name: &str, kind: KeyKind) -> PathBuf {
     let path = dir.join(format!("{name}.key"));
     let p = path.to_str().expect("utf-8 path");
     match kind {
-        KeyKind::Rsa(bits) => openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}"), "-out", p]),
-        KeyKind::RsaPkcs1(bits) => openssl(&["genrsa", "-traditional", "-out", p, &bits.to_string()]),
-        KeyKind::P256 => openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", p]),
-        KeyKind::P256Sec1 => openssl(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", p]),
-        KeyKind::P384 => openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", p]),
+        KeyKind::Rsa(bits) => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            &format!("rsa_keygen_bits:{bits}"),
+            "-out",
+            p,
+        ]),
+        KeyKind::RsaPkcs1(bits) => {
+            openssl(&["genrsa", "-traditional", "-out", p, &bits.to_string()])
+        }
+        KeyKind::P256 => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            p,
+        ]),
+        KeyKind::P256Sec1 => openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            p,
+        ]),
+        KeyKind::P384 => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+            p,
+        ]),
         KeyKind::Ed25519 => openssl(&["genpkey", "-algorithm", "ED25519", "-out", p]),
     };
     path
 }
 
 /// A CSR made by `openssl req`. `sans` like "DNS:worker-1,IP:10.0.0.1"; `extra` more req args.
-pub fn openssl_csr(dir: &Path, name: &str, kind: KeyKind, subject: &str, sans: Option<&str>, extra: &[&str]) -> String {
+pub fn openssl_csr(
+    dir: &Path,
+    name: &str,
+    kind: KeyKind,
+    subject: &str,
+    sans: Option<&str>,
+    extra: &[&str],
+) -> String {
     let key = openssl_key(dir, name, kind);
     let out = dir.join(format!("{name}.csr"));
-    let mut args = vec!["req", "-new", "-key", key.to_str().expect("path"), "-subj", subject, "-out", out.to_str().expect("path")];
+    let mut args = vec![
+        "req",
+        "-new",
+        "-key",
+        key.to_str().expect("path"),
+        "-subj",
+        subject,
+        "-out",
+        out.to_str().expect("path"),
+    ];
     let san_arg;
     if let Some(sans) = sans {
         san_arg = format!("subjectAltName={sans}");
@@ -82,10 +132,21 @@ pub fn openssl_ca(dir: &Path, kind: KeyKind, days: u32) -> (PathBuf, PathBuf) {
     let key = openssl_key(dir, "ca", kind);
     let cert = dir.join("ca.crt");
     openssl(&[
-        "req", "-x509", "-new", "-key", key.to_str().expect("path"), "-subj", "/CN=csr-warden test CA",
-        "-days", &days.to_string(), "-out", cert.to_str().expect("path"),
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        key.to_str().expect("path"),
+        "-subj",
+        "/CN=csr-warden test CA",
+        "-days",
+        &days.to_string(),
+        "-out",
+        cert.to_str().expect("path"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     (cert, key)
 }
@@ -108,12 +169,19 @@ pub fn csr_object(name: &str, signer: &str, usages: &[&str], pem: &str) -> Value
 pub fn condition_types(csr: &Value) -> Vec<String> {
     csr["status"]["conditions"]
         .as_array()
-        .map(|c| c.iter().filter_map(|c| c["type"].as_str().map(String::from)).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["type"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 pub fn condition<'a>(csr: &'a Value, kind: &str) -> Option<&'a Value> {
-    csr["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
+    csr["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }
 
 pub fn certificate_pem(csr: &Value) -> Option<String> {
@@ -127,7 +195,12 @@ pub fn openssl_verify(dir: &Path, ca: &Path, cert_pem: &str, purpose: &str) -> S
     let cert = dir.join("verify.crt");
     std::fs::write(&cert, cert_pem).expect("write cert");
     String::from_utf8_lossy(&openssl(&[
-        "verify", "-CAfile", ca.to_str().expect("path"), "-purpose", purpose, cert.to_str().expect("path"),
+        "verify",
+        "-CAfile",
+        ca.to_str().expect("path"),
+        "-purpose",
+        purpose,
+        cert.to_str().expect("path"),
     ]))
     .into_owned()
 }
@@ -136,7 +209,14 @@ pub fn openssl_verify(dir: &Path, ca: &Path, cert_pem: &str, purpose: &str) -> S
 pub fn openssl_text(dir: &Path, cert_pem: &str) -> String {
     let cert = dir.join("text.crt");
     std::fs::write(&cert, cert_pem).expect("write cert");
-    String::from_utf8_lossy(&openssl(&["x509", "-noout", "-text", "-in", cert.to_str().expect("path")])).into_owned()
+    String::from_utf8_lossy(&openssl(&[
+        "x509",
+        "-noout",
+        "-text",
+        "-in",
+        cert.to_str().expect("path"),
+    ]))
+    .into_owned()
 }
 
 pub const POLICY: &str = r#"
@@ -163,7 +243,12 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    pub fn start(server: &FakeApiServer, dir: &Path, ca: &(PathBuf, PathBuf), extra: &[&str]) -> ControllerProcess {
+    pub fn start(
+        server: &FakeApiServer,
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        extra: &[&str],
+    ) -> ControllerProcess {
         let policy = dir.join("policy.yaml");
         if !policy.exists() {
             std::fs::write(&policy, POLICY).expect("write policy");
@@ -171,9 +256,12 @@ impl ControllerProcess {
         let kubeconfig = server.kubeconfig(dir, apiserver::CONTROLLER_TOKEN);
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"));
         command
-            .args(["run", "--policy"]).arg(&policy)
-            .arg("--ca-cert").arg(&ca.0)
-            .arg("--ca-key").arg(&ca.1)
+            .args(["run", "--policy"])
+            .arg(&policy)
+            .arg("--ca-cert")
+            .arg(&ca.0)
+            .arg("--ca-key")
+            .arg(&ca.1)
             .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
@@ -199,7 +287,11 @@ impl ControllerProcess {
                 let _ = tx.send(count);
             }
         });
-        ControllerProcess { child, lines, changes }
+        ControllerProcess {
+            child,
+            lines,
+            changes,
+        }
     }
 
     pub fn lines(&self) -> Vec<Value> {
@@ -216,7 +308,10 @@ impl ControllerProcess {
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
-                _ => panic!("timed out waiting for log line: {what}\nlog:\n{:#?}", self.lines()),
+                _ => panic!(
+                    "timed out waiting for log line: {what}\nlog:\n{:#?}",
+                    self.lines()
+                ),
             }
         }
     }
@@ -246,7 +341,12 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, 
         .spawn()
         .expect("kubectl must be installed");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     let output = child.wait_with_output().expect("kubectl output");

@@ -1,0 +1,120 @@
+//! `csr-warden check` and `policy validate` as a user runs them, on the shipped examples.
+
+use std::process::Command;
+
+fn csr_warden(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_csr-warden"))
+        .args(args)
+        .output()
+        .expect("run csr-warden");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn check_json(object: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let mut args = vec![
+        "check",
+        "--policy",
+        "examples/policy.yaml",
+        "--csr-object",
+        object,
+        "--output",
+        "json",
+    ];
+    args.extend(extra);
+    let (code, out, err) = csr_warden(&args);
+    (
+        code,
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}")),
+    )
+}
+
+#[test]
+fn agent_smith_example_is_denied_and_says_why() {
+    let (code, out, _) = csr_warden(&[
+        "check",
+        "--policy",
+        "examples/policy.yaml",
+        "--csr-object",
+        "examples/agent-smith.yaml",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("DENY (ForbiddenGroup)") && out.contains("system:masters"),
+        "{out}"
+    );
+    assert!(out.contains("forbiddenGroups"), "names the rule: {out}");
+}
+
+#[test]
+fn examples_decide_as_documented() {
+    let (code, jane) = check_json("examples/jane.yaml", &[]);
+    assert_eq!((code, jane["decision"].as_str()), (0, Some("approve")));
+    assert_eq!(jane["reason"], "AutoApprovedAllowList");
+    let rules: Vec<&str> = jane["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter_map(|r| r["rule"].as_str())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "signerName",
+            "well-formed request",
+            "forbiddenGroups",
+            "kubelet client",
+            "kubelet serving",
+            "allowList"
+        ]
+    );
+
+    // Offline, the SubjectAccessReview is not done: left pending unless assumed.
+    let (code, node) = check_json("examples/kubelet-client.yaml", &[]);
+    assert_eq!(
+        (code, node["reason"].as_str()),
+        (2, Some("KubeletClientNotAuthorized"))
+    );
+    let (code, _) = check_json(
+        "examples/kubelet-client.yaml",
+        &["--assume-node-client-allowed"],
+    );
+    assert_eq!(code, 0);
+
+    let (code, _) = check_json(
+        "examples/kubelet-serving.yaml",
+        &["--node-addresses", "10.0.0.11,worker-1"],
+    );
+    assert_eq!(code, 0);
+    let (code, serving) = check_json(
+        "examples/kubelet-serving.yaml",
+        &["--node-addresses", "10.0.0.99,worker-1"],
+    );
+    assert_eq!(
+        (code, serving["reason"].as_str()),
+        (1, Some("NodeAddressMismatch"))
+    );
+}
+
+#[test]
+fn bad_input_exits_3_and_policy_validate_reports_lines() {
+    let (code, _, err) = csr_warden(&[
+        "check",
+        "--policy",
+        "examples/policy.yaml",
+        "--csr-object",
+        "Cargo.toml",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "signerNames: [x]\nunmatched: maybe\n").expect("write");
+    let (code, _, err) = csr_warden(&["policy", "validate", bad.to_str().expect("path")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("line 2"), "{err}");
+    let (code, out, _) = csr_warden(&["policy", "validate", "examples/policy.yaml"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -1,0 +1,424 @@
+//! Issuing: CA loading in the formats operators have, and certificates checked with x509-parser
+//! and openssl. Each rcgen trap from shared/reference/style.md has a test here.
+
+mod support;
+
+use std::path::Path;
+
+use csr_warden::ca::{CaError, CertificateAuthority, random_serial};
+use csr_warden::inspect::{CertificateRequest, InspectError, inspect};
+use csr_warden::issue::{ApprovedRequest, IssueError, issue, validity};
+use csr_warden::policy::SigningLimits;
+use support::*;
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+const LIMITS: SigningLimits = SigningLimits {
+    default_expiration_seconds: 86_400,
+    max_expiration_seconds: 30 * 86_400,
+};
+
+fn load(ca: &(std::path::PathBuf, std::path::PathBuf)) -> CertificateAuthority {
+    CertificateAuthority::load(&ca.0, &ca.1).expect("CA loads")
+}
+
+fn usages(list: &[&str]) -> Vec<String> {
+    list.iter().map(|u| u.to_string()).collect()
+}
+
+fn issue_for(
+    ca: &CertificateAuthority,
+    request: &CertificateRequest,
+    signer: &str,
+    usage: &[String],
+    expiration: Option<i32>,
+    now: OffsetDateTime,
+) -> Result<String, IssueError> {
+    let approved = ApprovedRequest {
+        signer_name: signer,
+        usages: usage,
+        expiration_seconds: expiration,
+        request,
+    };
+    issue(
+        ca,
+        &approved,
+        LIMITS,
+        now,
+        random_serial().expect("randomness"),
+    )
+    .map(|c| c.pem)
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .expect("pem")
+        .1
+        .contents
+}
+
+fn jane(dir: &Path, kind: KeyKind) -> CertificateRequest {
+    inspect(openssl_csr(dir, "jane", kind, "/CN=jane/O=developers", None, &[]).as_bytes())
+        .expect("inspect")
+}
+
+#[test]
+fn ca_keys_load_in_every_format_operators_mount_and_sign_verifiable_certificates() {
+    for kind in [
+        KeyKind::RsaPkcs1(2048),
+        KeyKind::Rsa(2048),
+        KeyKind::P256Sec1,
+        KeyKind::P256,
+        KeyKind::P384,
+        KeyKind::Ed25519,
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca_files = openssl_ca(dir.path(), kind, 365);
+        let key_text = std::fs::read_to_string(&ca_files.1).expect("key");
+        if matches!(kind, KeyKind::RsaPkcs1(_)) {
+            assert!(
+                key_text.contains("BEGIN RSA PRIVATE KEY"),
+                "kubeadm's format"
+            );
+        }
+        if matches!(kind, KeyKind::P256Sec1) {
+            assert!(key_text.contains("BEGIN EC PRIVATE KEY"), "SEC1");
+        }
+        let ca = load(&ca_files);
+        assert!(
+            !format!("{ca:?}").contains("PRIVATE"),
+            "Debug must redact the key"
+        );
+        let request = jane(dir.path(), KeyKind::P256);
+        let pem = issue_for(
+            &ca,
+            &request,
+            CLIENT_SIGNER,
+            &usages(&["client auth"]),
+            None,
+            OffsetDateTime::now_utc(),
+        )
+        .expect("issue");
+        let verified = openssl_verify(dir.path(), &ca_files.0, &pem, "sslclient");
+        assert!(verified.contains("OK"), "{kind:?}: {verified}");
+    }
+}
+
+#[test]
+fn certificate_fields_come_from_the_csr_and_spec_usages() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_files = openssl_ca(dir.path(), KeyKind::P256, 365);
+    let ca = load(&ca_files);
+    let request = inspect(
+        openssl_csr(
+            dir.path(),
+            "node",
+            KeyKind::P256,
+            "/CN=system:node:worker-1/O=system:nodes",
+            Some("DNS:worker-1,IP:10.0.0.11,IP:2001:db8::11"),
+            &[],
+        )
+        .as_bytes(),
+    )
+    .expect("inspect");
+    let pem = issue_for(
+        &ca,
+        &request,
+        SERVING_SIGNER,
+        &usages(&["digital signature", "key encipherment", "server auth"]),
+        Some(3600),
+        OffsetDateTime::now_utc(),
+    )
+    .expect("issue");
+    let text = openssl_text(dir.path(), &pem);
+    assert!(
+        text.contains("CN=system:node:worker-1, O=system:nodes")
+            || text.contains("CN = system:node:worker-1, O = system:nodes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DNS:worker-1, IP Address:10.0.0.11, IP Address:2001:DB8:0:0:0:0:0:11"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TLS Web Server Authentication") && !text.contains("Client Authentication"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Digital Signature, Key Encipherment"),
+        "{text}"
+    );
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(
+        text.contains("Subject Key Identifier") && text.contains("Authority Key Identifier"),
+        "{text}"
+    );
+
+    let der = der_of(&pem);
+    let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+    let ca_der = der_of(&std::fs::read_to_string(&ca_files.0).expect("ca"));
+    let (_, ca_cert) = X509Certificate::from_der(&ca_der).expect("ca x509");
+    use x509_parser::extensions::ParsedExtension;
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("AKI");
+    let ski = ca_cert
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0.to_vec()),
+            _ => None,
+        })
+        .expect("CA SKI");
+    assert_eq!(aki, ski, "AKI must name the CA's SKI");
+    assert_eq!(cert.issuer(), ca_cert.subject());
+}
+
+const SERVING_SIGNER: &str = KUBELET_SERVING_SIGNER;
+
+#[test]
+fn validity_is_backdated_set_clamped_and_never_beyond_the_ca() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = load(&openssl_ca(dir.path(), KeyKind::P256, 365));
+    let request = jane(dir.path(), KeyKind::P256);
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("ns");
+    let times = |expiration: Option<i32>| {
+        let pem = issue_for(
+            &ca,
+            &request,
+            CLIENT_SIGNER,
+            &usages(&["client auth"]),
+            expiration,
+            now,
+        )
+        .expect("issue");
+        let der = der_of(&pem);
+        let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+        (
+            cert.validity().not_before.to_datetime(),
+            cert.validity().not_after.to_datetime(),
+        )
+    };
+    // rcgen would default to 1975..4096: we always set both.
+    let (nb, na) = times(Some(3600));
+    assert_eq!(nb, now - Duration::minutes(5));
+    assert_eq!(na, now + Duration::hours(1));
+    assert_eq!(times(None).1, now + Duration::days(1), "policy default");
+    assert_eq!(
+        times(Some(i32::MAX)).1,
+        now + Duration::days(30),
+        "clamped to maxExpirationSeconds"
+    );
+    // A CA that expires in 2 days caps the certificate.
+    let short_dir = tempfile::tempdir().expect("dir");
+    let short_ca = load(&openssl_ca(short_dir.path(), KeyKind::P256, 2));
+    let pem = issue_for(
+        &short_ca,
+        &request,
+        CLIENT_SIGNER,
+        &usages(&["client auth"]),
+        Some(10 * 86_400),
+        now,
+    )
+    .expect("issue");
+    let der = der_of(&pem);
+    let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+    assert_eq!(
+        cert.validity().not_after.to_datetime(),
+        short_ca.not_after()
+    );
+    // A CA about to expire issues nothing.
+    let err =
+        validity(Some(3600), LIMITS, now, now + Duration::minutes(3)).expect_err("expiring CA");
+    assert!(matches!(err, IssueError::CaExpiring { .. }));
+}
+
+#[test]
+fn serials_are_random_positive_and_long_even_for_the_same_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = load(&openssl_ca(dir.path(), KeyKind::P256, 365));
+    let request = jane(dir.path(), KeyKind::P256);
+    let serial = |_: usize| {
+        let pem = issue_for(
+            &ca,
+            &request,
+            CLIENT_SIGNER,
+            &usages(&["client auth"]),
+            None,
+            OffsetDateTime::now_utc(),
+        )
+        .expect("issue");
+        let der = der_of(&pem);
+        let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+        cert.raw_serial().to_vec()
+    };
+    let serials: Vec<Vec<u8>> = (0..8).map(serial).collect();
+    for s in &serials {
+        assert!(s.len() * 8 >= 64 && s.len() <= 20, "{s:?}");
+        assert!(s[0] & 0x80 == 0, "positive");
+    }
+    let unique: std::collections::BTreeSet<_> = serials.iter().collect();
+    assert_eq!(
+        unique.len(),
+        serials.len(),
+        "rcgen derives serials from the key unless told otherwise"
+    );
+}
+
+#[test]
+fn requested_ca_true_eku_and_other_extensions_do_not_carry_over() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_files = openssl_ca(dir.path(), KeyKind::P256, 365);
+    let ca = load(&ca_files);
+    let pem = openssl_csr(
+        dir.path(),
+        "greedy",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "extendedKeyUsage=serverAuth,codeSigning",
+            "-addext",
+            "keyUsage=keyCertSign",
+            "-addext",
+            "certificatePolicies=1.2.3.4",
+        ],
+    );
+    let request = inspect(pem.as_bytes()).expect("extensions are ignored, not fatal");
+    let cert = issue_for(
+        &ca,
+        &request,
+        CLIENT_SIGNER,
+        &usages(&["client auth"]),
+        None,
+        OffsetDateTime::now_utc(),
+    )
+    .expect("issue");
+    let text = openssl_text(dir.path(), &cert);
+    assert!(
+        text.contains("CA:FALSE") && !text.contains("CA:TRUE"),
+        "{text}"
+    );
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(
+        !text.contains("Server Authentication")
+            && !text.contains("Code Signing")
+            && !text.contains("Certificate Sign"),
+        "{text}"
+    );
+    assert!(!text.contains("1.2.3.4"), "{text}");
+}
+
+#[test]
+fn p384_key_signed_with_sha256_is_refused_before_it_can_be_misissued() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mismatched = openssl_csr(
+        dir.path(),
+        "p384",
+        KeyKind::P384,
+        "/CN=jane/O=developers",
+        None,
+        &["-sha256"],
+    );
+    assert!(matches!(
+        inspect(mismatched.as_bytes()),
+        Err(InspectError::UnsupportedKey(_))
+    ));
+    // The matching pair is fine, and the issued certificate keeps the P-384 key.
+    let matched = openssl_csr(
+        dir.path(),
+        "p384ok",
+        KeyKind::P384,
+        "/CN=jane/O=developers",
+        None,
+        &["-sha384"],
+    );
+    let request = inspect(matched.as_bytes()).expect("P-384 with SHA-384");
+    let ca_files = openssl_ca(dir.path(), KeyKind::P256, 365);
+    let cert = issue_for(
+        &load(&ca_files),
+        &request,
+        CLIENT_SIGNER,
+        &usages(&["client auth"]),
+        None,
+        OffsetDateTime::now_utc(),
+    )
+    .expect("issue");
+    assert!(openssl_text(dir.path(), &cert).contains("NIST CURVE: P-384"));
+    assert!(openssl_verify(dir.path(), &ca_files.0, &cert, "sslclient").contains("OK"));
+}
+
+#[test]
+fn signer_rules_refuse_usages_and_shapes_the_signer_does_not_issue() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = load(&openssl_ca(dir.path(), KeyKind::P256, 365));
+    let request = jane(dir.path(), KeyKind::P256);
+    let now = OffsetDateTime::now_utc();
+    for bad in [
+        &["client auth", "server auth"][..],
+        &["cert sign", "client auth"][..],
+        &["digital signature"][..],
+    ] {
+        let err =
+            issue_for(&ca, &request, CLIENT_SIGNER, &usages(bad), None, now).expect_err("refused");
+        assert_eq!(err.reason(), "SignerValidationFailure", "{err}");
+    }
+    let err = issue_for(
+        &ca,
+        &request,
+        KUBELET_CLIENT_SIGNER,
+        &usages(&["client auth"]),
+        None,
+        now,
+    )
+    .expect_err("not a node");
+    assert!(err.to_string().contains("system:node:"), "{err}");
+}
+
+#[test]
+fn broken_ca_files_give_errors_that_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = openssl_ca(dir.path(), KeyKind::P256, 365);
+    let other_key = openssl_key(dir.path(), "other", KeyKind::P256);
+    let err = CertificateAuthority::load(&cert, &other_key).expect_err("mismatch");
+    assert!(matches!(err, CaError::KeyMismatch { .. }));
+    assert!(err.to_string().contains("matching tls.crt and tls.key"));
+    let missing =
+        CertificateAuthority::load(&dir.path().join("nope.crt"), &key).expect_err("missing");
+    assert!(
+        missing.to_string().contains("Secret is mounted"),
+        "{missing}"
+    );
+    // A leaf is not a CA.
+    let leaf_key = openssl_key(dir.path(), "leaf", KeyKind::P256);
+    let leaf = dir.path().join("leaf.crt");
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        leaf_key.to_str().expect("p"),
+        "-subj",
+        "/CN=leaf",
+        "-days",
+        "1",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-out",
+        leaf.to_str().expect("p"),
+    ]);
+    assert!(matches!(
+        CertificateAuthority::load(&leaf, &leaf_key),
+        Err(CaError::NotCa { .. })
+    ));
+}
