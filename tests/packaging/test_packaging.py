@@ -1,0 +1,202 @@
+"""Packaging checks with tools nobody here wrote: Helm's Go SDK (helm-python-sdk),
+kubernetes-validate and hadolint. Run by the README's test command."""
+import copy
+import pathlib
+import subprocess
+import sys
+
+import helm_python as helm
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+render_manifests = __import__("render-manifests")
+
+CHART = ROOT / "charts" / "csr-warden"
+MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
+KUBE_VERSION = "1.34.0"
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+# Every documented key changed.
+FULL_VALUES = {
+    "image": {"repository": "registry.example.com/csr-warden", "tag": "9.9.9", "pullPolicy": "Always"},
+    "imagePullSecrets": [{"name": "regcred"}],
+    "replicaCount": 2,
+    "namespace": {"create": False},
+    "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
+    "caSecretName": "my-ca",
+    "policy": {
+        "signerNames": ["example.com/internal-client"],
+        "forbiddenGroups": ["system:masters", "cluster-admins"],
+        "kubelet": {"client": False, "serving": False},
+        "allowList": [{"commonNamePattern": "^ci-[a-z0-9-]+$", "groups": ["ci"],
+                       "requesters": {"users": ["system:serviceaccount:ci:minter"], "groups": []}}],
+        "unmatched": "deny",
+        "signing": {"defaultExpirationSeconds": 3600, "maxExpirationSeconds": 7200},
+    },
+    "logFormat": "text",
+    "logLevel": "csr_warden=debug,info",
+    "dryRun": True,
+    "httpPort": 9090,
+    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "128Mi"}},
+    "extraLabels": {"team": "platform"},
+    "extraAnnotations": {"example.com/audit": "yes"},
+    "podAnnotations": {"prometheus.io/scrape": "false"},
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists"}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+    "priorityClassName": "system-cluster-critical",
+    "hostNetwork": True,
+}
+
+
+def manifest_objects():
+    objects = []
+    for path in MANIFESTS:
+        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return objects
+
+
+def by_kind(objects, kind):
+    found = [o for o in objects if o["kind"] == kind]
+    assert found, f"no {kind}"
+    return found
+
+
+def deployment(objects):
+    return by_kind(objects, "Deployment")[0]
+
+
+def test_full_values_change_every_documented_key():
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert set(FULL_VALUES) == set(defaults), "FULL_VALUES must cover every key of values.yaml"
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES], ids=["defaults", "every-key"])
+def test_chart_lints_strictly(values):
+    report = helm.lint(str(CHART), values, strict=True, namespace="csr-warden", kube_version="v" + KUBE_VERSION)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report.get("errors", [])
+    assert not problems, problems
+
+
+def test_schema_rejects_unknown_and_wrong_values():
+    chart = helm.Chart.load(str(CHART))
+    chart.validate_schema(FULL_VALUES)
+    for bad in ({"replicaCount": "two"}, {"nope": 1}, {"policy": {"signerNames": ["x"]}},
+                {"logFormat": "xml"}, {"policy": {"signerNames": ["a.io/b"], "unmatched": "maybe"}}):
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(bad)
+
+
+def test_manifests_are_the_chart_rendered_with_defaults():
+    def key(o):
+        return (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+    assert sorted(manifest_objects(), key=key) == sorted(render_manifests.render(), key=key), (
+        "manifests/ drifted from the chart: run scripts/render-manifests.py")
+
+
+def test_full_values_reach_the_objects():
+    objects = render_manifests.render(copy.deepcopy(FULL_VALUES))
+    assert not [o for o in objects if o["kind"] == "Namespace"]
+    deploy = deployment(objects)
+    spec = deploy["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["image"] == "registry.example.com/csr-warden:9.9.9"
+    assert "--dry-run" in container["args"] and "--log-format=text" in container["args"]
+    assert container["ports"][0]["containerPort"] == 9090
+    assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-cluster-critical"
+    assert spec["tolerations"] == FULL_VALUES["tolerations"]
+    assert spec["volumes"][1]["secret"]["secretName"] == "my-ca"
+    assert deploy["metadata"]["labels"]["team"] == "platform"
+    role = by_kind(objects, "ClusterRole")[0]
+    signers = [r for r in role["rules"] if r["resources"] == ["signers"]][0]
+    assert signers["resourceNames"] == ["example.com/internal-client"]
+    policy = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
+    assert policy == FULL_VALUES["policy"]
+
+
+def test_every_manifest_passes_kubernetes_validate_strict():
+    result = subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "-k", KUBE_VERSION,
+                             *map(str, MANIFESTS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_full_values_rendering_passes_kubernetes_validate_strict(tmp_path):
+    out = tmp_path / "full.yaml"
+    out.write_text("---\n".join(yaml.safe_dump(o) for o in render_manifests.render(copy.deepcopy(FULL_VALUES))))
+    result = subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "-k", KUBE_VERSION, str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cluster_role_is_exactly_least_privilege():
+    role = by_kind(manifest_objects(), "ClusterRole")[0]
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", [])), tuple(r["verbs"]))
+             for r in role["rules"]}
+    assert rules == {
+        (("certificates.k8s.io",), ("certificatesigningrequests",), (), ("get", "list", "watch")),
+        (("certificates.k8s.io",), ("certificatesigningrequests/approval",), (), ("update",)),
+        (("certificates.k8s.io",), ("certificatesigningrequests/status",), (), ("update",)),
+        (("certificates.k8s.io",), ("signers",), ("kubernetes.io/kube-apiserver-client",
+                                                  "kubernetes.io/kube-apiserver-client-kubelet",
+                                                  "kubernetes.io/kubelet-serving"), ("approve", "sign")),
+        (("events.k8s.io",), ("events",), (), ("create", "patch")),
+        (("authorization.k8s.io",), ("subjectaccessreviews",), (), ("create",)),
+        (("",), ("nodes",), (), ("get",)),
+    }
+    for r in role["rules"]:
+        assert "*" not in r["verbs"] + r["resources"] + r["apiGroups"]
+    lease_role = [r for r in by_kind(manifest_objects(), "Role") if "leader-election" in r["metadata"]["name"]][0]
+    assert lease_role["metadata"]["namespace"] == "csr-warden"
+    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                    "verbs": ["get", "create", "update"]}]
+    assert not any("secrets" in r["resources"] for o in manifest_objects() if o["kind"] in ("ClusterRole", "Role")
+                   for r in o["rules"])
+
+
+def test_deployment_meets_the_restricted_pod_security_standard():
+    objects = manifest_objects()
+    namespace = by_kind(objects, "Namespace")[0]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    spec = deployment(objects)["spec"]["template"]["spec"]
+    pod = spec["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod["runAsUser"] != 0
+    assert pod["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    for volume in spec["volumes"]:
+        assert set(volume) - {"name"} <= {"configMap", "secret", "projected", "emptyDir", "downwardAPI"}
+    for container in spec["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc.get("privileged") is not True
+        assert all(m.get("readOnly") for m in container["volumeMounts"])
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_shipped_policy_is_valid_for_the_binary(tmp_path):
+    policy = by_kind(manifest_objects(), "ConfigMap")[0]["data"]["policy.yaml"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy)
+    binary = ROOT / "target" / "release" / "csr-warden"
+    result = subprocess.run([str(binary), "policy", "validate", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([str(VENV_BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_builds_the_binary_as_ci_does():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "cargo build --release --locked --bin csr-warden" in dockerfile
+    assert "USER 65532:65532" in dockerfile
+    ci = (ROOT / "scripts" / "test").read_text()
+    assert "cargo build --release --locked --bin csr-warden" in ci
