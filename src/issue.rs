@@ -14,8 +14,8 @@ use time::{Duration, OffsetDateTime};
 use crate::ca::CertificateAuthority;
 use crate::inspect::{CertificateRequest, SubjectAttribute};
 use crate::policy::{
-    NODE_GROUP, NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING, SigningLimits,
-    USAGE_CLIENT_AUTH, USAGE_DIGITAL_SIGNATURE, USAGE_KEY_ENCIPHERMENT, USAGE_SERVER_AUTH,
+    CLIENT_USAGES, NODE_GROUP, NODE_USER_PREFIX, SERVING_USAGES, SIGNER_KUBELET_CLIENT,
+    SIGNER_KUBELET_SERVING, SigningLimits, USAGE_CLIENT_AUTH, USAGE_SERVER_AUTH,
 };
 
 /// Certificates start this far in the past, so clocks that lag a little still accept them.
@@ -131,26 +131,12 @@ fn rules_error(approved: &ApprovedRequest<'_>, problem: impl Into<String>) -> Is
 
 fn check_signer_rules(approved: &ApprovedRequest<'_>) -> Result<(), IssueError> {
     let request = approved.request;
-    let (allowed, required): (&[&str], &str) = if approved.signer_name == SIGNER_KUBELET_SERVING {
-        (
-            &[
-                USAGE_SERVER_AUTH,
-                USAGE_DIGITAL_SIGNATURE,
-                USAGE_KEY_ENCIPHERMENT,
-            ],
-            USAGE_SERVER_AUTH,
-        )
+    // kube-apiserver-client, the kubelet client signer and custom signers issue client
+    // certificates only; kubelet-serving issues serving certificates only.
+    let (allowed, required) = if approved.signer_name == SIGNER_KUBELET_SERVING {
+        (SERVING_USAGES, USAGE_SERVER_AUTH)
     } else {
-        // kube-apiserver-client, the kubelet client signer and custom signers issue client
-        // certificates only.
-        (
-            &[
-                USAGE_CLIENT_AUTH,
-                USAGE_DIGITAL_SIGNATURE,
-                USAGE_KEY_ENCIPHERMENT,
-            ],
-            USAGE_CLIENT_AUTH,
-        )
+        (CLIENT_USAGES, USAGE_CLIENT_AUTH)
     };
     if let Some(bad) = approved
         .usages

@@ -59,12 +59,15 @@ pub const KNOWN_USAGES: &[&str] = &[
     "netscape sgc",
 ];
 
-const CLIENT_USAGES: &[&str] = &[
+/// Usages a client certificate may carry (kube-apiserver-client, the kubelet client signer,
+/// custom signers). The signer in `issue` enforces the same sets.
+pub const CLIENT_USAGES: &[&str] = &[
     USAGE_CLIENT_AUTH,
     USAGE_DIGITAL_SIGNATURE,
     USAGE_KEY_ENCIPHERMENT,
 ];
-const SERVING_USAGES: &[&str] = &[
+/// Usages a kubelet serving certificate may carry.
+pub const SERVING_USAGES: &[&str] = &[
     USAGE_SERVER_AUTH,
     USAGE_DIGITAL_SIGNATURE,
     USAGE_KEY_ENCIPHERMENT,
