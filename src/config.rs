@@ -409,9 +409,23 @@ pub struct RunArgs {
     /// Decide and report (logs, Events with a DryRun prefix) but write nothing to CSRs.
     #[arg(long, env = "CSR_WARDEN_DRY_RUN")]
     pub dry_run: bool,
-    /// Reported as the Event source instance; the pod name in a cluster.
+    /// Reported as the Event source instance and used as the leader identity; the pod name.
     #[arg(long, env = "POD_NAME", default_value = "csr-warden")]
     pub instance: String,
+    /// Elect a leader on a Lease so that only one replica acts. Off: this replica always acts.
+    #[arg(long, env = "CSR_WARDEN_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Namespace of the Lease (the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "csr-warden")]
+    pub lease_namespace: String,
+    #[arg(long, env = "CSR_WARDEN_LEASE_NAME", default_value = "csr-warden")]
+    pub lease_name: String,
+    /// A standby takes over within this many seconds after the leader dies.
+    #[arg(long, env = "CSR_WARDEN_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_duration_seconds: u64,
+    /// How often the mounted policy and CA files are checked for changes, in milliseconds.
+    #[arg(long, env = "CSR_WARDEN_RELOAD_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
+    pub reload_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

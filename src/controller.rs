@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -21,15 +21,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::watch;
 
-use crate::ca::CertificateAuthority;
 use crate::inspect::inspect;
 use crate::issue::{ApprovedRequest, IssueError, issue};
+use crate::live::Live;
+use crate::metrics::{DecisionLabels, ErrorLabels, FailureLabels, SignerLabels};
 use crate::policy::{
-    self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup, Policy, Reason, Requester,
+    self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup, Reason, Requester,
 };
 
 /// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
@@ -81,11 +82,8 @@ fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_conflict())
 }
 
-/// What the controller runs with.
+/// Fixed for the life of the process; the policy and CA live in [`Live`] and can be reloaded.
 pub struct Settings {
-    pub policy: Policy,
-    /// `Err` when the CA failed to load: approvals still happen, signing writes Failed with why.
-    pub ca: Result<CertificateAuthority, String>,
     /// Decide and report, but write nothing to CSRs.
     pub dry_run: bool,
     /// The name Events are reported under (the pod name in a cluster).
@@ -97,6 +95,7 @@ pub struct Context {
     client: Client,
     csrs: Api<CertificateSigningRequest>,
     recorder: Recorder,
+    live: Arc<Live>,
     settings: Settings,
 }
 
@@ -174,8 +173,15 @@ fn subject_of(view: &CsrView) -> String {
         .unwrap_or_else(|e| format!("<unreadable: {e}>"))
 }
 
+/// Seconds since the CSR was created, for the latency histograms.
+fn age_seconds(csr: &CertificateSigningRequest) -> Option<f64> {
+    let created = csr.metadata.creation_timestamp.as_ref()?;
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
+    Some(age.as_secs_f64().max(0.0))
+}
+
 impl Context {
-    pub fn new(client: Client, settings: Settings) -> Self {
+    pub fn new(client: Client, live: Arc<Live>, settings: Settings) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -187,6 +193,7 @@ impl Context {
             csrs: Api::all(client.clone()),
             client,
             recorder,
+            live,
             settings,
         }
     }
@@ -282,15 +289,22 @@ impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
     async fn decide_pending(&self, mut csr: CertificateSigningRequest) -> Result<Action, Error> {
         let name = csr.name_any();
+        let policy = self.live.policy();
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = csr_view(&csr);
             let facts = self
-                .facts(&policy::facts_needed(&view, &self.settings.policy), &view)
+                .facts(&policy::facts_needed(&view, &policy), &view)
                 .await?;
-            let verdict = policy::decide(&view, &facts, &self.settings.policy);
+            let verdict = policy::decide(&view, &facts, &policy);
+            let counted = DecisionLabels {
+                signer: view.signer_name.clone(),
+                decision: verdict.decision.verb().to_owned(),
+                reason: verdict.decision.reason().as_str().to_owned(),
+            };
             let (kind, event_type) = match &verdict.decision {
                 Decision::Leave { reason, message } => {
                     log_decision(&view, &verdict.decision, self.settings.dry_run);
+                    self.live.metrics.decisions.get_or_create(&counted).inc();
                     if *reason != Reason::NotOurSigner {
                         tracing::debug!(csr = %name, steps = ?verdict.steps, "left pending");
                     }
@@ -304,6 +318,7 @@ impl Context {
             let message = verdict.decision.message();
             if self.settings.dry_run {
                 log_decision(&view, &verdict.decision, true);
+                self.live.metrics.decisions.get_or_create(&counted).inc();
                 self.event(&csr, event_type, reason, message, kind).await;
                 return Ok(Action::await_change());
             }
@@ -319,6 +334,10 @@ impl Context {
             {
                 Ok(_) => {
                     log_decision(&view, &verdict.decision, false);
+                    self.live.metrics.decisions.get_or_create(&counted).inc();
+                    if let Some(age) = age_seconds(&csr) {
+                        self.live.metrics.seconds_to_decision.observe(age);
+                    }
                     self.event(&csr, event_type, reason, message, kind).await;
                     return Ok(Action::await_change());
                 }
@@ -373,6 +392,16 @@ impl Context {
                     match outcome {
                         Ok(_) => {
                             tracing::info!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "issued", "certificate issued");
+                            self.live
+                                .metrics
+                                .certificates_issued
+                                .get_or_create(&SignerLabels {
+                                    signer: view.signer_name.clone(),
+                                })
+                                .inc();
+                            if let Some(age) = age_seconds(&csr) {
+                                self.live.metrics.seconds_to_certificate.observe(age);
+                            }
                             self.event(
                                 &csr,
                                 EventType::Normal,
@@ -384,6 +413,14 @@ impl Context {
                         }
                         Err((reason, message)) => {
                             tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, %message, "certificate not issued");
+                            self.live
+                                .metrics
+                                .issuance_failures
+                                .get_or_create(&FailureLabels {
+                                    signer: view.signer_name.clone(),
+                                    reason: reason.clone(),
+                                })
+                                .inc();
                             self.event(&csr, EventType::Warning, &reason, &message, "Sign")
                                 .await;
                         }
@@ -406,8 +443,9 @@ impl Context {
     }
 
     fn ca_subject(&self) -> String {
-        self.settings
-            .ca
+        self.live
+            .ca()
+            .as_ref()
             .as_ref()
             .map(|ca| ca.subject().to_owned())
             .unwrap_or_default()
@@ -415,9 +453,9 @@ impl Context {
 
     /// The certificate PEM, or (reason, message) for the Failed condition.
     fn certificate_for(&self, view: &CsrView) -> Result<Result<String, (String, String)>, Error> {
-        let policy = &self.settings.policy;
+        let policy = self.live.policy();
         // Approved by a human or not, we never sign what the policy forbids.
-        if let Some((reason, message)) = policy::signing_refusal(view, policy) {
+        if let Some((reason, message)) = policy::signing_refusal(view, &policy) {
             return Ok(Err((reason.as_str().to_owned(), message)));
         }
         let request = match &view.request {
@@ -429,7 +467,8 @@ impl Context {
                 )));
             }
         };
-        let ca = match &self.settings.ca {
+        let ca_slot = self.live.ca();
+        let ca = match ca_slot.as_ref() {
             Ok(ca) => ca,
             Err(why) => {
                 return Ok(Err((
@@ -486,12 +525,17 @@ pub async fn reconcile(
 ) -> Result<Action, Error> {
     let name = csr.name_any();
     if !ctx
-        .settings
-        .policy
+        .live
+        .policy()
         .signer_names
         .contains(&csr.spec.signer_name)
     {
         tracing::debug!(csr = %name, signer = %csr.spec.signer_name, decision = "ignored", "not our signer; untouched");
+        return Ok(Action::await_change());
+    }
+    if !ctx.live.is_leader() {
+        // Gaining leadership re-runs every CSR.
+        tracing::debug!(csr = %name, "standby; the leader handles it");
         return Ok(Action::await_change());
     }
     match csr_state(&csr) {
@@ -507,28 +551,87 @@ pub async fn reconcile(
 pub fn error_policy(
     csr: Arc<CertificateSigningRequest>,
     error: &Error,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
     tracing::warn!(csr = %csr.name_any(), error = %error, kind = error.label(), "reconcile failed; retrying");
+    ctx.live
+        .metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            kind: error.label().to_owned(),
+        })
+        .inc();
     Action::requeue(ERROR_REQUEUE)
 }
 
-/// Readiness the HTTP server reports: true once the first full list of CSRs has arrived.
-pub type Ready = watch::Receiver<bool>;
+/// Keep the pending-CSR gauges current: operators alert on a growing queue or an old request.
+async fn watch_queue(store: Store<CertificateSigningRequest>, live: Arc<Live>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        ticker.tick().await;
+        let policy = live.policy();
+        let waiting: Vec<f64> = store
+            .state()
+            .iter()
+            .filter(|csr| policy.signer_names.contains(&csr.spec.signer_name))
+            .filter(|csr| {
+                matches!(
+                    csr_state(csr),
+                    CsrState::Pending | CsrState::ApprovedUnsigned
+                )
+            })
+            .filter_map(|csr| age_seconds(csr))
+            .collect();
+        live.metrics
+            .pending
+            .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+        let oldest = waiting.iter().copied().fold(0.0_f64, f64::max);
+        live.metrics.oldest_pending_age.set(oldest as i64);
+    }
+}
 
-/// Run the controller until a shutdown signal. `ready` flips to true once the watch has synced.
-pub async fn run(client: Client, settings: Settings, ready: watch::Sender<bool>) {
-    let ctx = Arc::new(Context::new(client.clone(), settings));
+/// Run the controller until a shutdown signal.
+pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
+    let ctx = Arc::new(Context::new(client.clone(), live.clone(), settings));
     let csrs: Api<CertificateSigningRequest> = Api::all(client);
-    let controller = Controller::new(csrs, watcher::Config::default());
-    let store = controller.store();
+    let (store, writer) = reflector::store();
+    let restarts = live.clone();
+    let mut first_list = true;
+    // The cache keeps what decisions need, not managedFields (most of a CSR's bytes after the
+    // request itself).
+    let stream = watcher(csrs, watcher::Config::default())
+        .default_backoff()
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::Init) {
+                if first_list {
+                    first_list = false;
+                } else {
+                    tracing::info!("CSR watch restarted; relisting");
+                    restarts.metrics.watch_restarts.inc();
+                }
+            }
+        })
+        .modify(|csr| csr.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+
+    let synced = live.clone();
+    let ready_store = store.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
+        if ready_store.wait_until_ready().await.is_ok() {
             tracing::info!("watch synced; deciding CSRs");
-            let _ = ready.send(true);
+            synced.set_synced();
         }
     });
-    controller
+    tokio::spawn(watch_queue(store.clone(), live.clone()));
+    // A new policy or newly won leadership: look at every CSR again.
+    let recheck = futures::stream::unfold(live.recheck_events(), |mut changes| async move {
+        changes.changed().await.ok()?;
+        Some(((), changes))
+    });
+
+    Controller::for_stream(stream, store)
+        .reconcile_all_on(recheck)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

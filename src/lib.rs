@@ -16,5 +16,8 @@ pub mod controller;
 pub mod http;
 pub mod inspect;
 pub mod issue;
+pub mod leader;
+pub mod live;
+pub mod metrics;
 pub mod policy;
 pub mod telemetry;

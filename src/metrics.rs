@@ -1,0 +1,172 @@
+//! Prometheus metrics, served at /metrics. Names are the operator's contract: alert on them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub signer: String,
+    pub decision: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignerLabels {
+    pub signer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub signer: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// "policy" or "ca"
+    pub kind: String,
+    /// "success" or "failure"
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub certificates_issued: Family<SignerLabels, Counter>,
+    pub issuance_failures: Family<FailureLabels, Counter>,
+    pub seconds_to_decision: Histogram,
+    pub seconds_to_certificate: Histogram,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub watch_restarts: Counter,
+    pub reloads: Family<ReloadLabels, Counter>,
+    pub ca_not_after: Gauge<i64>,
+    pub ca_expiring_soon: Gauge,
+    pub leader: Gauge,
+    pub pending: Gauge,
+    pub oldest_pending_age: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("csr_warden");
+        let metrics = Metrics {
+            decisions: Family::default(),
+            certificates_issued: Family::default(),
+            issuance_failures: Family::default(),
+            // 10 ms .. ~3 h
+            seconds_to_decision: Histogram::new(exponential_buckets(0.01, 3.0, 14)),
+            seconds_to_certificate: Histogram::new(exponential_buckets(0.01, 3.0, 14)),
+            reconcile_errors: Family::default(),
+            watch_restarts: Counter::default(),
+            reloads: Family::default(),
+            ca_not_after: Gauge::default(),
+            ca_expiring_soon: Gauge::default(),
+            leader: Gauge::default(),
+            pending: Gauge::default(),
+            oldest_pending_age: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "decisions",
+            "CSR decisions by signer, decision and reason",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "certificates_issued",
+            "Certificates issued by signer",
+            metrics.certificates_issued.clone(),
+        );
+        registry.register(
+            "issuance_failures",
+            "Approved CSRs marked Failed, by signer and reason",
+            metrics.issuance_failures.clone(),
+        );
+        registry.register(
+            "seconds_to_decision",
+            "Time from CSR creation to our approve/deny",
+            metrics.seconds_to_decision.clone(),
+        );
+        registry.register(
+            "seconds_to_certificate",
+            "Time from CSR creation to the certificate",
+            metrics.seconds_to_certificate.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconcile failures (retried), by kind",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "watch_restarts",
+            "Times the CSR watch restarted (drops, 410 Gone, errors)",
+            metrics.watch_restarts.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Policy and CA reloads, by kind and result",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "ca_not_after_timestamp_seconds",
+            "When the signing CA expires (Unix time)",
+            metrics.ca_not_after.clone(),
+        );
+        registry.register(
+            "ca_expiring_soon",
+            "1 when the signing CA expires within 30 days",
+            metrics.ca_expiring_soon.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "pending_csrs",
+            "CSRs for our signers waiting for a decision or a certificate",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "oldest_pending_csr_age_seconds",
+            "Age of the oldest such CSR",
+            metrics.oldest_pending_age.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn reload(&self, kind: &str, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                kind: kind.into(),
+                result: if ok { "success" } else { "failure" }.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(%error, "could not encode metrics");
+        }
+        out
+    }
+}
