@@ -368,7 +368,7 @@ impl Context {
                         tracing::info!(csr = %name, signer = %view.signer_name, dry_run = true, "would issue certificate")
                     }
                     Err((reason, message)) => {
-                        tracing::warn!(csr = %name, signer = %view.signer_name, %reason, %message, dry_run = true, "would fail the request")
+                        tracing::warn!(csr = %name, signer = %view.signer_name, %reason, dry_run = true, "would fail the request: {message}")
                     }
                 }
                 return Ok(Action::await_change());
@@ -412,7 +412,7 @@ impl Context {
                             .await;
                         }
                         Err((reason, message)) => {
-                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, %message, "certificate not issued");
+                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, "certificate not issued: {message}");
                             self.live
                                 .metrics
                                 .issuance_failures
@@ -510,10 +510,10 @@ fn log_decision(view: &CsrView, decision: &Decision, dry_run: bool) {
             tracing::debug!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, decision = "ignored", %reason, "not our signer");
         }
         Decision::Deny { .. } => {
-            tracing::warn!(csr = %view.name, requester = %view.requester.username, groups = ?view.requester.groups, signer = %view.signer_name, %subject, decision = decision.verb(), %reason, %message, dry_run, "csr decision");
+            tracing::warn!(csr = %view.name, requester = %view.requester.username, groups = ?view.requester.groups, signer = %view.signer_name, %subject, decision = decision.verb(), %reason, dry_run, "{message}");
         }
         _ => {
-            tracing::info!(csr = %view.name, requester = %view.requester.username, groups = ?view.requester.groups, signer = %view.signer_name, %subject, decision = decision.verb(), %reason, %message, dry_run, "csr decision");
+            tracing::info!(csr = %view.name, requester = %view.requester.username, groups = ?view.requester.groups, signer = %view.signer_name, %subject, decision = decision.verb(), %reason, dry_run, "{message}");
         }
     }
 }
@@ -595,34 +595,30 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     let ctx = Arc::new(Context::new(client.clone(), live.clone(), settings));
     let csrs: Api<CertificateSigningRequest> = Api::all(client);
     let (store, writer) = reflector::store();
-    let restarts = live.clone();
+    let watched = live.clone();
     let mut first_list = true;
     // The cache keeps what decisions need, not managedFields (most of a CSR's bytes after the
     // request itself).
     let stream = watcher(csrs, watcher::Config::default())
         .default_backoff()
-        .inspect_ok(move |event| {
-            if matches!(event, watcher::Event::Init) {
-                if first_list {
-                    first_list = false;
-                } else {
-                    tracing::info!("CSR watch restarted; relisting");
-                    restarts.metrics.watch_restarts.inc();
-                }
+        .inspect_ok(move |event| match event {
+            watcher::Event::Init if !first_list => {
+                tracing::info!("CSR watch restarted; relisting");
+                watched.metrics.watch_restarts.inc();
             }
+            // Readiness comes from the stream itself: kube's Store::wait_until_ready wakes only
+            // one waiter, and the controller's own runner is already waiting on it.
+            watcher::Event::InitDone if first_list => {
+                first_list = false;
+                tracing::info!("watch synced; deciding CSRs");
+                watched.set_synced();
+            }
+            _ => {}
         })
         .modify(|csr| csr.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects();
 
-    let synced = live.clone();
-    let ready_store = store.clone();
-    tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            tracing::info!("watch synced; deciding CSRs");
-            synced.set_synced();
-        }
-    });
     tokio::spawn(watch_queue(store.clone(), live.clone()));
     // A new policy or newly won leadership: look at every CSR again.
     let recheck = futures::stream::unfold(live.recheck_events(), |mut changes| async move {

@@ -75,6 +75,9 @@ struct State {
     writes: Vec<CsrWrite>,
     faults: Faults,
     tokens: HashMap<String, Identity>,
+    /// coordination.k8s.io Leases by namespace/name, with the field manager that owns
+    /// spec.holderIdentity (enough server-side-apply conflict logic for leader election).
+    leases: BTreeMap<String, (Value, Option<String>)>,
 }
 
 pub struct FakeApiServer {
@@ -433,6 +436,12 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         );
     }
     let method = request.method().clone();
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let params = query(&request);
     let body = match request.into_body().collect().await {
@@ -534,6 +543,90 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             }
         }
         (
+            &Method::GET,
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "leases",
+                name,
+            ],
+        ) => {
+            match shared
+                .state
+                .lock()
+                .expect("state")
+                .leases
+                .get(&format!("{namespace}/{name}"))
+            {
+                Some((lease, _)) => full(StatusCode::OK, lease.clone()),
+                None => not_found("leases", name),
+            }
+        }
+        (
+            &Method::POST,
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "leases",
+            ],
+        ) => {
+            let mut lease: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            let name = lease["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let key = format!("{namespace}/{name}");
+            shared.mutate(|state| {
+                if state.leases.contains_key(&key) {
+                    return status_error(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        &format!("leases \"{name}\" already exists"),
+                    );
+                }
+                state.rv += 1;
+                lease["metadata"]["namespace"] = json!(namespace);
+                lease["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+                lease["apiVersion"] = json!("coordination.k8s.io/v1");
+                lease["kind"] = json!("Lease");
+                let owner = lease["spec"]["holderIdentity"]
+                    .as_str()
+                    .map(|_| identity.username.clone());
+                state.leases.insert(key, (lease.clone(), owner));
+                full(StatusCode::CREATED, lease)
+            })
+        }
+        (
+            &Method::PATCH,
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                namespace,
+                "leases",
+                name,
+            ],
+        ) => {
+            let patch: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            let manager = params.get("fieldManager").cloned().unwrap_or_default();
+            let apply = content_type.contains("apply-patch");
+            patch_lease(
+                &shared,
+                &format!("{namespace}/{name}"),
+                name,
+                &manager,
+                apply,
+                patch,
+            )
+        }
+        (
             &Method::POST,
             [
                 "apis",
@@ -609,7 +702,8 @@ fn api_groups() -> Value {
                "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
     };
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-        group("certificates.k8s.io"), group("events.k8s.io"), group("authorization.k8s.io")
+        group("certificates.k8s.io"), group("events.k8s.io"), group("authorization.k8s.io"),
+        group("coordination.k8s.io")
     ]})
 }
 
@@ -653,6 +747,13 @@ fn group_resources(group: &str, version: &str) -> Option<Value> {
                 &[],
             ),
         ],
+        "coordination.k8s.io" => vec![resource(
+            "leases",
+            "Lease",
+            true,
+            &["create", "get", "update", "patch"],
+            &[],
+        )],
         "events.k8s.io" => vec![resource(
             "events",
             "Event",
@@ -1058,4 +1159,65 @@ mod protobuf {
             "status": status,
         }))
     }
+}
+
+/// PATCH of a Lease: merge/strategic patches set or (with null) remove spec fields; an apply
+/// patch that would take spec.holderIdentity from another field manager is a 409 Conflict, as
+/// server-side apply does without force.
+fn patch_lease(
+    shared: &Shared,
+    key: &str,
+    name: &str,
+    manager: &str,
+    apply: bool,
+    patch: Value,
+) -> Response<Body> {
+    shared.mutate(|state| {
+        let Some((lease, owner)) = state.leases.get(key).cloned() else {
+            return not_found("leases", name);
+        };
+        let empty = serde_json::Map::new();
+        let changes = patch["spec"].as_object().unwrap_or(&empty);
+        if apply && let Some(holder) = changes.get("holderIdentity").and_then(Value::as_str) {
+            let current = lease["spec"]["holderIdentity"].as_str();
+            if owner.as_deref().is_some_and(|o| o != manager)
+                && current.is_some_and(|c| c != holder)
+            {
+                return status_error(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!(
+                        "Apply failed with 1 conflict: conflict with \"{}\": .spec.holderIdentity",
+                        owner.unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        let mut next = lease.clone();
+        if !next["spec"].is_object() {
+            next["spec"] = json!({});
+        }
+        let mut next_owner = owner;
+        for (field, value) in changes {
+            if value.is_null() {
+                if let Some(spec) = next["spec"].as_object_mut() {
+                    spec.remove(field);
+                }
+                if field == "holderIdentity" {
+                    next_owner = None;
+                }
+            } else {
+                next["spec"][field] = value.clone();
+                if field == "holderIdentity" {
+                    next_owner = Some(manager.to_owned());
+                }
+            }
+        }
+        state.rv += 1;
+        next["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+        state
+            .leases
+            .insert(key.to_owned(), (next.clone(), next_owner));
+        full(StatusCode::OK, next)
+    })
 }

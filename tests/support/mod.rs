@@ -265,10 +265,15 @@ impl ControllerProcess {
             .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "csr_warden=debug,info")
+            .env(
+                "RUST_LOG",
+                std::env::var("CSR_WARDEN_TEST_LOG")
+                    .unwrap_or_else(|_| "csr_warden=debug,info".into()),
+            )
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .stdin(Stdio::null())
             .kill_on_drop(true);
         let mut child = command.spawn().expect("start csr-warden");
         let stdout = child.stdout.take().expect("stdout");
@@ -316,9 +321,48 @@ impl ControllerProcess {
         }
     }
 
+    /// GET a path from the controller's HTTP server (address from its start-up log line).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let line = self
+            .wait_for_log("HTTP server address", |l| {
+                l["message"] == "serving /healthz, /readyz and /metrics"
+            })
+            .await;
+        let addr = line["addr"].as_str().expect("addr field").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect to csr-warden");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
     /// Stop the process (SIGKILL, as a node failure would) and wait for it to exit.
     pub async fn kill(mut self) -> Vec<Value> {
         let _ = self.child.kill().await;
+        self.lines()
+    }
+
+    /// Stop the process with SIGTERM, as Kubernetes does, and wait for it to exit.
+    pub async fn terminate(mut self) -> Vec<Value> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = self.child.wait().await;
         self.lines()
     }
 }

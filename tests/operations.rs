@@ -1,0 +1,337 @@
+//! Operating csr-warden: dry-run, metrics and health, live reload, leader election. The real
+//! binary against the fake API server.
+
+mod support;
+
+use support::*;
+
+struct Harness {
+    server: FakeApiServer,
+    dir: tempfile::TempDir,
+    ca: (std::path::PathBuf, std::path::PathBuf),
+}
+
+async fn harness() -> Harness {
+    let server = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = openssl_ca(dir.path(), KeyKind::P256, 365);
+    server.add_user("jane-token", "jane", &["system:authenticated"]);
+    server.add_user("bob-token", "bob", &["system:authenticated"]);
+    server.add_user("smith-token", "agent-smith", &["system:authenticated"]);
+    Harness { server, dir, ca }
+}
+
+fn issued(server: &FakeApiServer, name: &str) -> bool {
+    server.csr(name).and_then(|c| certificate_pem(&c)).is_some()
+}
+
+fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
+    server
+        .csr(name)
+        .is_some_and(|c| condition(&c, kind).is_some())
+}
+
+fn create(h: &Harness, token: &str, name: &str, subject: &str) {
+    let pem = openssl_csr(h.dir.path(), name, KeyKind::P256, subject, None, &[]);
+    h.server.create_csr(
+        token,
+        csr_object(name, CLIENT_SIGNER, &["client auth"], &pem),
+    );
+}
+
+/// The value of one sample line, e.g. `csr_warden_certificates_issued_total{signer="..."}`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_but_writes_nothing() {
+    let h = harness().await;
+    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
+    create(
+        &h,
+        "smith-token",
+        "agent-smith",
+        "/CN=agent-smith/O=system:masters",
+    );
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &["--dry-run"]);
+    h.server
+        .wait_for("dry-run events", |s| {
+            !s.events_for("jane").is_empty() && !s.events_for("agent-smith").is_empty()
+        })
+        .await;
+    assert_eq!(
+        h.server.events_for("agent-smith")[0]["reason"],
+        "DryRunForbiddenGroup"
+    );
+    assert_eq!(
+        h.server.events_for("jane")[0]["reason"],
+        "DryRunAutoApprovedAllowList"
+    );
+    assert!(
+        h.server.writes().is_empty(),
+        "dry-run wrote {:?}",
+        h.server.writes()
+    );
+    let lines = controller.kill().await;
+    let smith = lines
+        .iter()
+        .find(|l| l["csr"] == "agent-smith" && l["decision"] == "deny")
+        .expect("logged");
+    assert_eq!(smith["dry_run"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_report_what_happened() {
+    let h = harness().await;
+    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
+    create(
+        &h,
+        "smith-token",
+        "agent-smith",
+        "/CN=agent-smith/O=system:masters",
+    );
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    h.server
+        .wait_for("decided", |s| {
+            issued(s, "jane") && has(s, "agent-smith", "Denied")
+        })
+        .await;
+    controller
+        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+        .await;
+
+    let (status, body) = controller.http_get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _) = controller.http_get("/readyz").await;
+    assert_eq!(status, 200);
+    let (status, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let approve = r#"csr_warden_decisions_total{signer="kubernetes.io/kube-apiserver-client",decision="approve",reason="AutoApprovedAllowList"}"#;
+    let deny = r#"csr_warden_decisions_total{signer="kubernetes.io/kube-apiserver-client",decision="deny",reason="ForbiddenGroup"}"#;
+    assert_eq!(sample(&metrics, approve), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, deny), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"csr_warden_certificates_issued_total{signer="kubernetes.io/kube-apiserver-client"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "csr_warden_seconds_to_certificate_count"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "csr_warden_leader "),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "csr_warden_ca_not_after_timestamp_seconds").is_some_and(|t| t > 1.7e9),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "csr_warden_ca_expiring_soon"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_ca_is_missing() {
+    let h = harness().await;
+    let missing = (
+        h.dir.path().join("missing.crt"),
+        h.dir.path().join("missing.key"),
+    );
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &missing, &[]);
+    controller
+        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+        .await;
+    let (status, body) = controller.http_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("CA is not loaded"), "{body}");
+    // Approvals still happen; signing fails loudly, never silently.
+    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
+    h.server
+        .wait_for("jane failed", |s| has(s, "jane", "Failed"))
+        .await;
+    let csr = h.server.csr("jane").expect("jane");
+    assert_eq!(
+        condition(&csr, "Failed").expect("failed")["reason"],
+        "CAUnavailable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reload_takes_effect_and_a_broken_policy_is_rejected() {
+    let h = harness().await;
+    let policy = h.dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let controller = ControllerProcess::start(
+        &h.server,
+        h.dir.path(),
+        &h.ca,
+        &["--reload-interval-ms", "100"],
+    );
+    create(&h, "bob-token", "bob", "/CN=bob/O=ops");
+    controller
+        .wait_for_log("bob left", |l| {
+            l["csr"] == "bob" && l["decision"] == "leave"
+        })
+        .await;
+
+    // Allow-list bob: the reload re-checks pending CSRs.
+    let with_bob = format!("{POLICY}  - commonName: bob\n    groups: [ops]\n")
+        .replace("unmatched: leave\nsigning:", "unmatched: leave\nsigning:");
+    let with_bob = with_bob.replace(
+        "    groups: [developers]\n",
+        "    groups: [developers]\n  - commonName: bob\n    groups: [ops]\n",
+    );
+    let with_bob = with_bob
+        .trim_end_matches("  - commonName: bob\n    groups: [ops]\n")
+        .to_owned()
+        + "\n";
+    std::fs::write(&policy, &with_bob).expect("new policy");
+    controller
+        .wait_for_log("policy reloaded", |l| l["message"] == "policy reloaded")
+        .await;
+    h.server.wait_for("bob issued", |s| issued(s, "bob")).await;
+
+    // A broken policy is rejected and the last good one stays in force.
+    std::fs::write(
+        &policy,
+        "signerNames: [kubernetes.io/kube-apiserver-client]\nallowList: {oops\n",
+    )
+    .expect("broken");
+    controller
+        .wait_for_log("rejected", |l| {
+            l["message"] == "new policy rejected; the previous policy stays in force"
+        })
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"csr_warden_reloads_total{kind="policy",result="failure"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"csr_warden_reloads_total{kind="policy",result="success"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    create(&h, "bob-token", "bob-2", "/CN=bob/O=ops");
+    h.server
+        .wait_for("bob-2 issued under the last good policy", |s| {
+            issued(s, "bob-2")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_acts_and_a_standby_takes_over() {
+    let h = harness().await;
+    let leader_args = |name: &'static str| {
+        vec![
+            "--leader-election",
+            "--lease-duration-seconds",
+            "2",
+            "--lease-namespace",
+            "csr-warden",
+            "--instance",
+            name,
+        ]
+    };
+    let first = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &leader_args("replica-a"));
+    first
+        .wait_for_log("a leads", |l| {
+            l["message"] == "became leader: deciding and signing"
+        })
+        .await;
+    let second =
+        ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &leader_args("replica-b"));
+    second
+        .wait_for_log("b started", |l| l["message"] == "leader election started")
+        .await;
+
+    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
+    create(
+        &h,
+        "smith-token",
+        "agent-smith",
+        "/CN=agent-smith/O=system:masters",
+    );
+    h.server
+        .wait_for("decided", |s| {
+            issued(s, "jane") && has(s, "agent-smith", "Denied")
+        })
+        .await;
+    second
+        .wait_for_log("b stands by for jane", |l| {
+            l["csr"] == "jane" && l["message"] == "standby; the leader handles it"
+        })
+        .await;
+
+    // The leader dies without releasing the lease; the standby takes over when it expires.
+    let first_lines = first.kill().await;
+    assert!(
+        first_lines
+            .iter()
+            .any(|l| l["csr"] == "jane" && l["decision"] == "approve")
+    );
+    second
+        .wait_for_log("b leads", |l| {
+            l["message"] == "became leader: deciding and signing"
+        })
+        .await;
+    create(&h, "jane-token", "jane-2", "/CN=jane/O=developers");
+    h.server
+        .wait_for("jane-2 issued by b", |s| issued(s, "jane-2"))
+        .await;
+
+    let lines = second.terminate().await;
+    let decided_by_b: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["decision"] == "approve" || l["decision"] == "deny")
+        .filter_map(|l| l["csr"].as_str())
+        .collect();
+    assert_eq!(
+        decided_by_b,
+        ["jane-2"],
+        "b decided only what came after it led"
+    );
+    let successful: Vec<(String, String)> = h
+        .server
+        .writes()
+        .into_iter()
+        .filter(|w| w.outcome == 200)
+        .map(|w| (w.csr, w.subresource))
+        .collect();
+    let once = |csr: &str, sub: &str| {
+        successful
+            .iter()
+            .filter(|(c, s)| c == csr && s == sub)
+            .count()
+    };
+    for csr in ["jane", "agent-smith", "jane-2"] {
+        assert_eq!(
+            once(csr, "approval"),
+            1,
+            "{csr} decided exactly once: {successful:?}"
+        );
+    }
+    assert_eq!(once("jane", "status"), 1);
+    assert_eq!(once("jane-2", "status"), 1);
+}
