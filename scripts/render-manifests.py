@@ -24,6 +24,8 @@ FILES = {
     "RoleBinding": "20-rbac.yaml",
     "ConfigMap": "30-configmap.yaml",
     "Deployment": "40-deployment.yaml",
+    "PodDisruptionBudget": "50-poddisruptionbudget.yaml",
+    "Service": "60-service.yaml",
 }
 
 

@@ -22,7 +22,12 @@ VENV_BIN = pathlib.Path(sys.executable).parent
 FULL_VALUES = {
     "image": {"repository": "registry.example.com/csr-warden", "tag": "9.9.9", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
-    "replicaCount": 2,
+    "replicaCount": 3,
+    "leaderElection": {"enabled": False, "leaseDurationSeconds": 30},
+    "podDisruptionBudget": {"enabled": False},
+    "reloadIntervalMs": 2000,
+    "metrics": {"service": {"enabled": False},
+                "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
     "namespace": {"create": False},
     "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
     "caSecretName": "my-ca",
@@ -100,12 +105,17 @@ def test_manifests_are_the_chart_rendered_with_defaults():
 
 def test_full_values_reach_the_objects():
     objects = render_manifests.render(copy.deepcopy(FULL_VALUES))
-    assert not [o for o in objects if o["kind"] == "Namespace"]
+    assert not [o for o in objects if o["kind"] in ("Namespace", "PodDisruptionBudget", "Service")]
+    monitor = by_kind(objects, "ServiceMonitor")[0]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["endpoints"][0]["interval"] == "15s"
     deploy = deployment(objects)
     spec = deploy["spec"]["template"]["spec"]
     container = spec["containers"][0]
     assert container["image"] == "registry.example.com/csr-warden:9.9.9"
     assert "--dry-run" in container["args"] and "--log-format=text" in container["args"]
+    assert "--leader-election" not in container["args"] and deploy["spec"]["strategy"]["type"] == "Recreate"
+    assert "--reload-interval-ms=2000" in container["args"]
     assert container["ports"][0]["containerPort"] == 9090
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-cluster-critical"
     assert spec["tolerations"] == FULL_VALUES["tolerations"]
@@ -126,7 +136,8 @@ def test_every_manifest_passes_kubernetes_validate_strict():
 
 def test_full_values_rendering_passes_kubernetes_validate_strict(tmp_path):
     out = tmp_path / "full.yaml"
-    out.write_text("---\n".join(yaml.safe_dump(o) for o in render_manifests.render(copy.deepcopy(FULL_VALUES))))
+    builtin = [o for o in render_manifests.render(copy.deepcopy(FULL_VALUES)) if o["kind"] != "ServiceMonitor"]
+    out.write_text("---\n".join(yaml.safe_dump(o) for o in builtin))
     result = subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "-k", KUBE_VERSION, str(out)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -151,8 +162,13 @@ def test_cluster_role_is_exactly_least_privilege():
         assert "*" not in r["verbs"] + r["resources"] + r["apiGroups"]
     lease_role = [r for r in by_kind(manifest_objects(), "Role") if "leader-election" in r["metadata"]["name"]][0]
     assert lease_role["metadata"]["namespace"] == "csr-warden"
-    assert lease_role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                                    "verbs": ["get", "create", "update"]}]
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["csr-warden"],
+         "verbs": ["get", "patch"]},
+    ]
+    args = deployment(manifest_objects())["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--lease-name=csr-warden" in args, "the Role names the Lease the controller uses"
     assert not any("secrets" in r["resources"] for o in manifest_objects() if o["kind"] in ("ClusterRole", "Role")
                    for r in o["rules"])
 
@@ -200,3 +216,18 @@ def test_dockerfile_builds_the_binary_as_ci_does():
     assert "USER 65532:65532" in dockerfile
     ci = (ROOT / "scripts" / "test").read_text()
     assert "cargo build --release --locked --bin csr-warden" in ci
+
+
+def test_default_install_is_highly_available_with_leader_election():
+    objects = manifest_objects()
+    deploy = deployment(objects)
+    assert deploy["spec"]["replicas"] >= 2
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-election" in args
+    env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    pdb = by_kind(objects, "PodDisruptionBudget")[0]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    service = by_kind(objects, "Service")[0]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
