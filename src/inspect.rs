@@ -19,6 +19,9 @@ use x509_parser::public_key::PublicKey;
 /// The largest PEM we look at. Real requests are a few KiB; anything far larger is an attack on
 /// our memory, not a certificate request.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Longest subject attribute value accepted. X.520 bounds a CN at 64 characters; Kubernetes user
+/// names (service accounts) run longer, so allow those, but not a 16 KiB subject.
+pub const MAX_ATTRIBUTE_CHARS: usize = 1024;
 /// RSA keys below this are refused (NIST SP 800-131A; also kube-controller-manager's floor).
 pub const MIN_RSA_BITS: usize = 2048;
 /// RSA keys above this are refused: signature verification cost grows fast and nothing needs them.
@@ -284,6 +287,12 @@ fn read_subject(
         let value = attribute
             .as_str()
             .map_err(|_| InspectError::BadSubject(format!("attribute {oid} is not a string")))?;
+        if value.chars().count() > MAX_ATTRIBUTE_CHARS {
+            return Err(InspectError::BadSubject(format!(
+                "attribute {oid} is {} characters long; the limit is {MAX_ATTRIBUTE_CHARS}",
+                value.chars().count()
+            )));
+        }
         if value.chars().any(char::is_control) {
             return Err(InspectError::BadSubject(format!(
                 "attribute {oid} contains control characters: {value:?}"
