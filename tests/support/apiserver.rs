@@ -44,6 +44,8 @@ pub struct CsrWrite {
     /// "approval" or "status"
     pub subresource: String,
     pub outcome: u16,
+    /// When the server answered, for latency figures in the load test.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -920,6 +922,7 @@ fn write_subresource(
             csr: name.into(),
             subresource: subresource.into(),
             outcome: outcome.status().as_u16(),
+            at: std::time::Instant::now(),
         });
         outcome
     })

@@ -249,6 +249,19 @@ impl ControllerProcess {
         ca: &(PathBuf, PathBuf),
         extra: &[&str],
     ) -> ControllerProcess {
+        let log =
+            std::env::var("CSR_WARDEN_TEST_LOG").unwrap_or_else(|_| "csr_warden=debug,info".into());
+        Self::start_logging(server, dir, ca, extra, &log)
+    }
+
+    /// `start`, with the controller's RUST_LOG given explicitly.
+    pub fn start_logging(
+        server: &FakeApiServer,
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        extra: &[&str],
+        rust_log: &str,
+    ) -> ControllerProcess {
         let policy = dir.join("policy.yaml");
         if !policy.exists() {
             std::fs::write(&policy, POLICY).expect("write policy");
@@ -265,11 +278,7 @@ impl ControllerProcess {
             .args(["--http-addr", "127.0.0.1:0", "--log-format", "json"])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("CSR_WARDEN_TEST_LOG")
-                    .unwrap_or_else(|_| "csr_warden=debug,info".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -297,6 +306,10 @@ impl ControllerProcess {
             lines,
             changes,
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn lines(&self) -> Vec<Value> {
