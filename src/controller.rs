@@ -35,8 +35,12 @@ use crate::policy::{
 
 /// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
 const MAX_CONFLICT_RETRIES: usize = 5;
-/// Requeue delay after an API error (429, 5xx, network): the controller retries, never gives up.
-const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+/// Retry delay after an API error (429, 5xx, network) on one CSR: doubles from the first to the
+/// last, per CSR, and resets when that CSR next succeeds. The controller never gives up.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(60);
+/// Attempts at writing one Event before it is given up (the decision is in the log regardless).
+const EVENT_ATTEMPTS: u32 = 4;
 
 pub const APPROVED: &str = "Approved";
 pub const DENIED: &str = "Denied";
@@ -97,6 +101,8 @@ pub struct Context {
     recorder: Recorder,
     live: Arc<Live>,
     settings: Settings,
+    /// Consecutive failures per CSR, for the retry backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// Where a CSR stands, from its conditions and certificate.
@@ -195,6 +201,7 @@ impl Context {
             recorder,
             live,
             settings,
+            failures: Default::default(),
         }
     }
 
@@ -218,9 +225,22 @@ impl Context {
             action: action.to_owned(),
             secondary: None,
         };
-        // An Event that cannot be written must not undo a decision already made: log it.
-        if let Err(error) = self.recorder.publish(&event, &csr.object_ref(&())).await {
-            tracing::warn!(csr = %csr.name_any(), %error, "could not record Event; the decision stands and is in this log");
+        // An Event that cannot be written must not undo a decision already made: retry a few
+        // times, then leave it to the log line.
+        let reference = csr.object_ref(&());
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=EVENT_ATTEMPTS {
+            match self.recorder.publish(&event, &reference).await {
+                Ok(()) => return,
+                Err(error) if attempt == EVENT_ATTEMPTS => {
+                    tracing::warn!(csr = %csr.name_any(), %error, "could not record Event; the decision stands and is in this log");
+                }
+                Err(error) => {
+                    tracing::debug!(csr = %csr.name_any(), %error, attempt, "Event write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
     }
 
@@ -538,14 +558,21 @@ pub async fn reconcile(
         tracing::debug!(csr = %name, "standby; the leader handles it");
         return Ok(Action::await_change());
     }
-    match csr_state(&csr) {
+    let outcome = match csr_state(&csr) {
         CsrState::Pending => ctx.decide_pending((*csr).clone()).await,
         CsrState::ApprovedUnsigned => ctx.sign_approved((*csr).clone()).await,
         state => {
             tracing::debug!(csr = %name, ?state, "already final; nothing to do");
             Ok(Action::await_change())
         }
+    };
+    if outcome.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
     }
+    outcome
 }
 
 pub fn error_policy(
@@ -553,7 +580,17 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(csr = %csr.name_any(), error = %error, kind = error.label(), "reconcile failed; retrying");
+    let name = csr.name_any();
+    let failures = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(name.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(LAST_RETRY);
+    tracing::warn!(csr = %name, error = %error, kind = error.label(), failures, retry_in = ?delay, "reconcile failed; retrying");
     ctx.live
         .metrics
         .reconcile_errors
@@ -561,7 +598,7 @@ pub fn error_policy(
             kind: error.label().to_owned(),
         })
         .inc();
-    Action::requeue(ERROR_REQUEUE)
+    Action::requeue(delay)
 }
 
 /// Keep the pending-CSR gauges current: operators alert on a growing queue or an old request.

@@ -19,15 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+pub use hyper::Method;
 use hyper::body::{Bytes, Frame, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
-type Body = BoxBody<Bytes, Infallible>;
+type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Who a bearer token stands for.
 #[derive(Debug, Clone)]
@@ -63,6 +64,38 @@ pub struct Faults {
     pub conflict_approvals: usize,
     /// Same for status writes.
     pub conflict_status: usize,
+    /// Error answers for matching requests, used up in order.
+    pub errors: Vec<ErrorFault>,
+    /// The next `cut_watches` watch streams end in the middle of an event, after
+    /// `cut_after_events` whole events.
+    pub cut_watches: usize,
+    pub cut_after_events: usize,
+    /// The next N watch requests get a 410 Gone "too old resource version" in the stream.
+    pub gone_watches: usize,
+    /// Every response waits this long first.
+    pub delay: Duration,
+}
+
+/// Answer `remaining` requests whose method and path match with `status` (and Retry-After).
+#[derive(Debug, Clone)]
+pub struct ErrorFault {
+    pub method: Option<Method>,
+    pub path_contains: String,
+    pub status: u16,
+    pub retry_after_seconds: Option<u32>,
+    pub remaining: usize,
+}
+
+impl ErrorFault {
+    pub fn new(method: Option<Method>, path_contains: &str, status: u16, remaining: usize) -> Self {
+        ErrorFault {
+            method,
+            path_contains: path_contains.into(),
+            status,
+            retry_after_seconds: (status == 429).then_some(1),
+            remaining,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -92,6 +125,10 @@ pub struct FakeApiServer {
 }
 
 struct Shared {
+    /// Open connections, so that a "restart" can drop them all.
+    connections: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Bumped by a restart: open watch streams end.
+    restarts: watch::Sender<u64>,
     state: Arc<Mutex<State>>,
     events_tx: broadcast::Sender<WatchEvent>,
     changes_tx: watch::Sender<u64>,
@@ -176,6 +213,8 @@ impl FakeApiServer {
         let (events_tx, _) = broadcast::channel(65_536);
         let (changes_tx, changes) = watch::channel(0);
         let shared = Arc::new(Shared {
+            connections: Mutex::new(Vec::new()),
+            restarts: watch::channel(0).0,
             state: state.clone(),
             events_tx,
             changes_tx,
@@ -194,7 +233,7 @@ impl FakeApiServer {
                 let Ok((tcp, _)) = accepted else { continue };
                 let acceptor = acceptor.clone();
                 let shared = serve_shared.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -206,6 +245,9 @@ impl FakeApiServer {
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
                 });
+                let mut open = serve_shared.connections.lock().expect("connections");
+                open.retain(|c| !c.is_finished());
+                open.push(task.abort_handle());
             }
         });
         FakeApiServer {
@@ -286,6 +328,30 @@ impl FakeApiServer {
         self.shared.mutate(|state| f(&mut state.faults));
     }
 
+    /// An API server restart: every open connection and watch is dropped at once; state and
+    /// resourceVersions carry on, as they do with etcd behind a real API server.
+    pub fn restart(&self) {
+        self.shared.restarts.send_modify(|n| *n += 1);
+        for connection in self
+            .shared
+            .connections
+            .lock()
+            .expect("connections")
+            .drain(..)
+        {
+            connection.abort();
+        }
+    }
+
+    /// Replace a token: requests with the old one get 401 from now on.
+    pub fn rotate_token(&self, old: &str, new: &str) {
+        self.shared.mutate(|state| {
+            if let Some(identity) = state.tokens.remove(old) {
+                state.tokens.insert(new.into(), identity);
+            }
+        });
+    }
+
     pub fn csr(&self, name: &str) -> Option<Value> {
         self.state.lock().expect("state").csrs.get(name).cloned()
     }
@@ -343,7 +409,7 @@ fn full(status: StatusCode, body: Value) -> Response<Body> {
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
-            .boxed(),
+            .boxed_unsync(),
     );
     *response.status_mut() = status;
     response
@@ -438,6 +504,34 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         );
     }
     let method = request.method().clone();
+    let injected = {
+        let mut state = shared.state.lock().expect("state");
+        let delay = state.faults.delay;
+        let path = request.uri().path();
+        let fault = state.faults.errors.iter_mut().find(|f| {
+            f.remaining > 0
+                && f.method.as_ref().is_none_or(|m| *m == method)
+                && path.contains(&f.path_contains)
+        });
+        let answer = fault.map(|f| {
+            f.remaining -= 1;
+            (f.status, f.retry_after_seconds)
+        });
+        (delay, answer)
+    };
+    if !injected.0.is_zero() {
+        tokio::time::sleep(injected.0).await;
+    }
+    if let Some((status, retry_after)) = injected.1 {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = status_error(code, "InternalError", "injected fault");
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", seconds.to_string().parse().expect("header"));
+        }
+        return response;
+    }
     let content_type = request
         .headers()
         .get("content-type")
@@ -796,16 +890,30 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
         .and_then(|t| t.parse().ok())
         .unwrap_or(300u64);
     // Subscribe under the lock so no event falls between the backlog and the live stream.
-    let (backlog, receiver) = {
-        let state = shared.state.lock().expect("state");
+    let (backlog, receiver, gone, cut) = {
+        let mut state = shared.state.lock().expect("state");
         let backlog: Vec<WatchEvent> = state
             .history
             .iter()
             .filter(|e| e.rv > since)
             .cloned()
             .collect();
-        (backlog, shared.events_tx.subscribe())
+        let faults = &mut state.faults;
+        let gone = faults.gone_watches > 0;
+        faults.gone_watches = faults.gone_watches.saturating_sub(1);
+        let cut = (!gone && faults.cut_watches > 0).then_some(faults.cut_after_events);
+        if cut.is_some() {
+            faults.cut_watches -= 1;
+        }
+        (backlog, shared.events_tx.subscribe(), gone, cut)
     };
+    if gone {
+        // What kube-apiserver sends when the resourceVersion has been compacted away.
+        let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+            "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+            "message": format!("too old resource version: {since}")}});
+        return full(StatusCode::OK, error);
+    }
     let last_sent = backlog.last().map(|e| e.rv).unwrap_or(since);
     let live = futures::stream::unfold((receiver, last_sent), |(mut receiver, last)| async move {
         loop {
@@ -815,19 +923,39 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
                     return Some((event, (receiver, rv)));
                 }
                 Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+                // A watcher that falls this far behind is closed, as kube-apiserver does; the
+                // client re-watches from its last resourceVersion and misses nothing.
+                Err(_) => return None,
             }
         }
     });
-    let stream = futures::stream::iter(backlog)
+    let lines = futures::stream::iter(backlog)
         .chain(live)
-        .map(|event| {
-            let line = json!({"type": event.kind, "object": event.object}).to_string() + "\n";
-            Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
-        })
-        .take_until(tokio::time::sleep(Duration::from_secs(timeout)));
-    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        .map(|event| json!({"type": event.kind, "object": event.object}).to_string() + "\n");
+    let lines: futures::stream::BoxStream<'static, String> = match cut {
+        // Cut mid-event: N whole events, then half a line, then the connection ends.
+        Some(whole) => lines
+            .take(whole + 1)
+            .enumerate()
+            .map(move |(i, line)| {
+                if i < whole {
+                    line
+                } else {
+                    line[..line.len() / 2].to_owned()
+                }
+            })
+            .boxed(),
+        None => lines.boxed(),
+    };
+    let mut restarts = shared.restarts.subscribe();
+    restarts.mark_unchanged();
+    let stream = lines
+        .map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(line))))
+        .take_until(tokio::time::sleep(Duration::from_secs(timeout)))
+        .take_until(async move {
+            let _ = restarts.changed().await;
+        });
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
     response
         .headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
