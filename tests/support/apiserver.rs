@@ -113,6 +113,8 @@ struct State {
     /// coordination.k8s.io Leases by namespace/name, with the field manager that owns
     /// spec.holderIdentity (enough server-side-apply conflict logic for leader election).
     leases: BTreeMap<String, (Value, Option<String>)>,
+    /// Requests refused with 401.
+    unauthorized: usize,
 }
 
 pub struct FakeApiServer {
@@ -356,6 +358,11 @@ impl FakeApiServer {
         self.state.lock().expect("state").csrs.get(name).cloned()
     }
 
+    /// How many requests were refused with 401 (unknown or rotated-away tokens).
+    pub fn unauthorized(&self) -> usize {
+        self.state.lock().expect("state").unauthorized
+    }
+
     pub fn writes(&self) -> Vec<CsrWrite> {
         self.state.lock().expect("state").writes.clone()
     }
@@ -375,9 +382,20 @@ impl FakeApiServer {
     /// Wait until `check` holds on the server's state. Wakes on every change, so this is
     /// synchronisation on observed state, not on time; the timeout only turns a hang into a
     /// failure with a message.
-    pub async fn wait_for(&self, what: &str, mut check: impl FnMut(&FakeApiServer) -> bool) {
+    pub async fn wait_for(&self, what: &str, check: impl FnMut(&FakeApiServer) -> bool) {
+        self.wait_for_within(what, Duration::from_secs(60), check)
+            .await
+    }
+
+    /// `wait_for` with a longer guard, for faults whose recovery takes real time (token reloads).
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        guard: Duration,
+        mut check: impl FnMut(&FakeApiServer) -> bool,
+    ) {
         let mut changes = self.changes.clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + guard;
         loop {
             if check(self) {
                 return;
@@ -489,8 +507,12 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::to_owned);
     let identity = {
-        let state = shared.state.lock().expect("state");
-        token.and_then(|t| state.tokens.get(&t).cloned())
+        let mut state = shared.state.lock().expect("state");
+        let identity = token.and_then(|t| state.tokens.get(&t).cloned());
+        if identity.is_none() {
+            state.unauthorized += 1;
+        }
+        identity
     };
     let Some(identity) = identity else {
         return status_error(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");

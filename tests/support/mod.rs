@@ -254,6 +254,16 @@ impl ControllerProcess {
         Self::start_logging(server, dir, ca, extra, &log)
     }
 
+    /// `start`, with a kubeconfig of the test's own (e.g. one that reads a token file).
+    pub fn start_with_kubeconfig(
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        extra: &[&str],
+        kubeconfig: &Path,
+    ) -> ControllerProcess {
+        Self::spawn(dir, ca, extra, "csr_warden=debug,info", kubeconfig)
+    }
+
     /// `start`, with the controller's RUST_LOG given explicitly.
     pub fn start_logging(
         server: &FakeApiServer,
@@ -262,11 +272,21 @@ impl ControllerProcess {
         extra: &[&str],
         rust_log: &str,
     ) -> ControllerProcess {
+        let kubeconfig = server.kubeconfig(dir, apiserver::CONTROLLER_TOKEN);
+        Self::spawn(dir, ca, extra, rust_log, &kubeconfig)
+    }
+
+    fn spawn(
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        extra: &[&str],
+        rust_log: &str,
+        kubeconfig: &Path,
+    ) -> ControllerProcess {
         let policy = dir.join("policy.yaml");
         if !policy.exists() {
             std::fs::write(&policy, POLICY).expect("write policy");
         }
-        let kubeconfig = server.kubeconfig(dir, apiserver::CONTROLLER_TOKEN);
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"));
         command
             .args(["run", "--policy"])

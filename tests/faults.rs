@@ -1,0 +1,334 @@
+//! Faults: with the API server misbehaving, every CSR still ends in exactly the state the policy
+//! says, with one decision condition, at most one certificate and one Event per decision.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::apiserver::{ErrorFault, Faults, Method};
+use support::*;
+
+const BATCH_POLICY: &str = r#"
+allowList:
+  - commonNamePattern: 'user-[0-9]+'
+    groups: [developers]
+    requesters: { groups: [minters] }
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Issued,
+    Denied,
+    Untouched,
+}
+
+struct Batch {
+    server: FakeApiServer,
+    dir: tempfile::TempDir,
+    ca: (std::path::PathBuf, std::path::PathBuf),
+    expected: Vec<(String, Expect)>,
+}
+
+impl Batch {
+    async fn new() -> Batch {
+        let server = FakeApiServer::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = openssl_ca(dir.path(), KeyKind::P256, 365);
+        std::fs::write(dir.path().join("policy.yaml"), BATCH_POLICY).expect("policy");
+        server.add_user("minter", "minter", &["minters"]);
+        server.add_user("bootstrap", "system:bootstrap:x", &["system:bootstrappers"]);
+        server.add_user("smith", "agent-smith", &[]);
+        server.add_user("bob", "bob", &[]);
+        server.allow_sar("system:bootstrappers", "nodeclient");
+        Batch {
+            server,
+            dir,
+            ca,
+            expected: Vec::new(),
+        }
+    }
+
+    /// Create `n` of each kind: allow-listed user and kubelet client (issued), system:masters
+    /// (denied), an unmatched user (left untouched).
+    fn create(&mut self, tag: &str, n: usize) {
+        for i in 0..n {
+            let key = |cn: &str, o: &str| {
+                let key = rcgen::KeyPair::generate().expect("key");
+                let mut params =
+                    rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, cn);
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationName, o);
+                params
+                    .serialize_request(&key)
+                    .expect("csr")
+                    .pem()
+                    .expect("pem")
+            };
+            let items = [
+                (
+                    "minter",
+                    format!("user-{tag}{i}"),
+                    CLIENT_SIGNER,
+                    vec!["client auth"],
+                    key(&format!("user-{i}"), "developers"),
+                    Expect::Issued,
+                ),
+                (
+                    "bootstrap",
+                    format!("node-{tag}{i}"),
+                    KUBELET_CLIENT_SIGNER,
+                    vec!["digital signature", "client auth"],
+                    key(&format!("system:node:n{i}"), "system:nodes"),
+                    Expect::Issued,
+                ),
+                (
+                    "smith",
+                    format!("smith-{tag}{i}"),
+                    CLIENT_SIGNER,
+                    vec!["client auth"],
+                    key("agent-smith", "system:masters"),
+                    Expect::Denied,
+                ),
+                (
+                    "bob",
+                    format!("bob-{tag}{i}"),
+                    CLIENT_SIGNER,
+                    vec!["client auth"],
+                    key("bob", "ops"),
+                    Expect::Untouched,
+                ),
+            ];
+            for (token, name, signer, usages, pem, expect) in items {
+                self.server
+                    .create_csr(token, csr_object(&name, signer, &usages, &pem));
+                self.expected.push((name, expect));
+            }
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.expected.iter().all(|(name, expect)| {
+            let Some(csr) = self.server.csr(name) else {
+                return false;
+            };
+            let events = self.server.events_for(name).len();
+            match expect {
+                Expect::Issued => certificate_pem(&csr).is_some() && events == 2,
+                Expect::Denied => condition(&csr, "Denied").is_some() && events == 1,
+                Expect::Untouched => true,
+            }
+        })
+    }
+
+    async fn wait_settled(&self, controller: &ControllerProcess) {
+        self.server
+            .wait_for("every CSR in its final state", |_| self.settled())
+            .await;
+        // Untouched CSRs: the controller has looked at each (leave logged) and written nothing.
+        for (name, expect) in &self.expected {
+            if *expect == Expect::Untouched {
+                controller
+                    .wait_for_log("left pending", |l| {
+                        l["csr"] == name.as_str() && l["decision"] == "leave"
+                    })
+                    .await;
+            }
+        }
+    }
+
+    fn assert_exact(&self) {
+        let writes = self.server.writes();
+        for (name, expect) in &self.expected {
+            let csr: Value = self.server.csr(name).expect("csr");
+            let types = condition_types(&csr);
+            let ok = |sub: &str| {
+                writes
+                    .iter()
+                    .filter(|w| &w.csr == name && w.subresource == sub && w.outcome == 200)
+                    .count()
+            };
+            let events = self.server.events_for(name);
+            match expect {
+                Expect::Issued => {
+                    assert_eq!(types, ["Approved"], "{name}");
+                    assert_eq!(
+                        (ok("approval"), ok("status")),
+                        (1, 1),
+                        "{name}: one decision, one certificate"
+                    );
+                    let reasons: Vec<&str> =
+                        events.iter().filter_map(|e| e["reason"].as_str()).collect();
+                    assert_eq!(reasons.len(), 2, "{name}: {reasons:?}");
+                    assert_eq!(reasons[1], "Issued", "{name}");
+                    assert!(certificate_pem(&csr).is_some());
+                }
+                Expect::Denied => {
+                    assert_eq!(types, ["Denied"], "{name}");
+                    assert_eq!((ok("approval"), ok("status")), (1, 0), "{name}");
+                    assert_eq!(events.len(), 1, "{name}");
+                    assert_eq!(events[0]["reason"], "ForbiddenGroup");
+                }
+                Expect::Untouched => {
+                    assert!(types.is_empty(), "{name}: {types:?}");
+                    assert_eq!(
+                        writes.iter().filter(|w| &w.csr == name).count(),
+                        0,
+                        "{name}"
+                    );
+                    assert!(events.is_empty(), "{name}");
+                }
+            }
+        }
+    }
+
+    fn start(&self) -> ControllerProcess {
+        ControllerProcess::start(&self.server, self.dir.path(), &self.ca, &[])
+    }
+}
+
+fn errors(faults: &mut Faults, method: Option<Method>, path: &str, status: u16, n: usize) {
+    faults.errors.push(ErrorFault::new(method, path, status, n));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_throttling_on_every_kind_of_call() {
+    let mut batch = Batch::new().await;
+    batch.server.arm(|f| {
+        errors(f, Some(Method::GET), "/certificatesigningrequests", 503, 2);
+        errors(f, Some(Method::PUT), "/approval", 500, 3);
+        errors(f, Some(Method::PUT), "/approval", 429, 2);
+        errors(f, Some(Method::PUT), "/status", 503, 3);
+        errors(f, Some(Method::POST), "/events", 500, 3);
+        errors(f, Some(Method::POST), "/subjectaccessreviews", 500, 2);
+    });
+    batch.create("a", 3);
+    let controller = batch.start();
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+    let errors = batch
+        .server
+        .writes()
+        .iter()
+        .filter(|w| w.outcome >= 500 || w.outcome == 429)
+        .count();
+    assert_eq!(
+        errors, 0,
+        "injected errors answer before the write is recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_cut_mid_event_and_410_gone() {
+    let mut batch = Batch::new().await;
+    batch.server.arm(|f| {
+        f.cut_watches = 3;
+        f.cut_after_events = 2;
+        f.gone_watches = 2;
+    });
+    let controller = batch.start();
+    controller
+        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+        .await;
+    batch.create("b", 3);
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+    let (_, metrics) = controller.http_get("/metrics").await;
+    let restarts = metrics
+        .lines()
+        .find(|l| l.starts_with("csr_warden_watch_restarts_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        restarts >= 1.0,
+        "410 Gone makes the watcher relist: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_on_approval_and_status_writes() {
+    let mut batch = Batch::new().await;
+    batch.server.arm(|f| {
+        f.conflict_approvals = 4;
+        f.conflict_status = 4;
+    });
+    batch.create("c", 3);
+    let controller = batch.start();
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restart_drops_every_connection() {
+    let mut batch = Batch::new().await;
+    batch.create("d", 2);
+    let controller = batch.start();
+    batch.wait_settled(&controller).await;
+    batch.server.restart();
+    batch.server.arm(|f| errors(f, None, "/", 503, 3));
+    batch.create("e", 2);
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_responses() {
+    let mut batch = Batch::new().await;
+    batch.server.arm(|f| f.delay = Duration::from_millis(150));
+    batch.create("f", 2);
+    let controller = batch.start();
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_service_account_token_is_picked_up() {
+    let mut batch = Batch::new().await;
+    // The controller reads its token from a file, as in a pod (projected token).
+    let token_file = batch.dir.path().join("token");
+    std::fs::write(&token_file, apiserver::CONTROLLER_TOKEN).expect("token");
+    let kubeconfig = batch
+        .server
+        .kubeconfig(batch.dir.path(), apiserver::CONTROLLER_TOKEN);
+    let text = std::fs::read_to_string(&kubeconfig)
+        .expect("kubeconfig")
+        .replace(
+            &format!("token: {}", apiserver::CONTROLLER_TOKEN),
+            &format!("tokenFile: {}", token_file.display()),
+        );
+    std::fs::write(&kubeconfig, text).expect("kubeconfig");
+    batch.create("g", 1);
+    let controller =
+        ControllerProcess::start_with_kubeconfig(batch.dir.path(), &batch.ca, &[], &kubeconfig);
+    batch.wait_settled(&controller).await;
+    // Rotate: the old token is refused from now on; the new one is in the file. kube-client
+    // re-reads a token file every minute, so recovery takes up to that long (plus backoff).
+    batch
+        .server
+        .rotate_token(apiserver::CONTROLLER_TOKEN, "rotated-token");
+    std::fs::write(&token_file, "rotated-token").expect("rotate");
+    batch.create("h", 1);
+    batch
+        .server
+        .wait_for_within(
+            "settled with the new token",
+            Duration::from_secs(240),
+            |_| batch.settled(),
+        )
+        .await;
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+    let lines = controller.kill().await;
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reconcile failed"))
+            || l["level"] == "WARN"),
+        "the 401s were seen and retried"
+    );
+}
