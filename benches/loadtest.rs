@@ -26,19 +26,8 @@ fn p(sorted: &[Duration], q: f64) -> Duration {
 }
 
 fn csr_pem(cn: &str, o: &str, sans: &[String]) -> String {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(sans.to_vec()).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, o);
-    params
-        .serialize_request(&key)
-        .expect("csr")
-        .pem()
-        .expect("pem")
+    let sans: Vec<&str> = sans.iter().map(String::as_str).collect();
+    rcgen_csr(cn, &[o], &sans)
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {

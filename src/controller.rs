@@ -322,13 +322,11 @@ impl Context {
                 reason: verdict.decision.reason().as_str().to_owned(),
             };
             let (kind, event_type) = match &verdict.decision {
-                Decision::Leave { reason, message } => {
+                Decision::Leave { .. } => {
+                    // Every rule looked at, for `RUST_LOG=csr_warden=debug`.
+                    tracing::debug!(csr = %name, steps = ?verdict.steps, "rules");
                     log_decision(&view, &verdict.decision, self.settings.dry_run);
                     self.live.metrics.decisions.get_or_create(&counted).inc();
-                    if *reason != Reason::NotOurSigner {
-                        tracing::debug!(csr = %name, steps = ?verdict.steps, "left pending");
-                    }
-                    let _ = message;
                     return Ok(Action::await_change());
                 }
                 Decision::Approve { .. } => (APPROVED, EventType::Normal),

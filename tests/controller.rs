@@ -7,33 +7,8 @@ use serde_json::Value;
 use support::apiserver::ADMIN_TOKEN;
 use support::*;
 
-struct Harness {
-    server: FakeApiServer,
-    dir: tempfile::TempDir,
-    ca: (std::path::PathBuf, std::path::PathBuf),
-}
-
-async fn harness() -> Harness {
-    let server = FakeApiServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = openssl_ca(dir.path(), KeyKind::P256, 365);
-    server.add_user("jane-token", "jane", &["system:authenticated"]);
-    server.add_user("smith-token", "agent-smith", &["system:authenticated"]);
-    Harness { server, dir, ca }
-}
-
 fn csr_state(server: &FakeApiServer, name: &str) -> Value {
     server.csr(name).expect("csr exists")
-}
-
-fn issued(server: &FakeApiServer, name: &str) -> bool {
-    server.csr(name).and_then(|c| certificate_pem(&c)).is_some()
-}
-
-fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
-    server
-        .csr(name)
-        .is_some_and(|c| condition(&c, kind).is_some())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,22 +53,7 @@ impl Batch {
     /// (denied), an unmatched user (left untouched).
     fn create(&mut self, tag: &str, n: usize) {
         for i in 0..n {
-            let key = |cn: &str, o: &str| {
-                let key = rcgen::KeyPair::generate().expect("key");
-                let mut params =
-                    rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::CommonName, cn);
-                params
-                    .distinguished_name
-                    .push(rcgen::DnType::OrganizationName, o);
-                params
-                    .serialize_request(&key)
-                    .expect("csr")
-                    .pem()
-                    .expect("pem")
-            };
+            let key = |cn: &str, o: &str| rcgen_csr(cn, &[o], &[]);
             let items = [
                 (
                     "minter",

@@ -5,32 +5,6 @@ mod support;
 
 use support::*;
 
-struct Harness {
-    server: FakeApiServer,
-    dir: tempfile::TempDir,
-    ca: (std::path::PathBuf, std::path::PathBuf),
-}
-
-async fn harness() -> Harness {
-    let server = FakeApiServer::start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = openssl_ca(dir.path(), KeyKind::P256, 365);
-    server.add_user("jane-token", "jane", &["system:authenticated"]);
-    server.add_user("bob-token", "bob", &["system:authenticated"]);
-    server.add_user("smith-token", "agent-smith", &["system:authenticated"]);
-    Harness { server, dir, ca }
-}
-
-fn issued(server: &FakeApiServer, name: &str) -> bool {
-    server.csr(name).and_then(|c| certificate_pem(&c)).is_some()
-}
-
-fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
-    server
-        .csr(name)
-        .is_some_and(|c| condition(&c, kind).is_some())
-}
-
 fn create(h: &Harness, token: &str, name: &str, subject: &str) {
     let pem = openssl_csr(h.dir.path(), name, KeyKind::P256, subject, None, &[]);
     h.server.create_csr(

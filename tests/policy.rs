@@ -32,31 +32,6 @@ fn view(signer: &str, usages: &[&str], username: &str, groups: &[&str], pem: &st
     }
 }
 
-/// A CSR built with rcgen: subject attributes in order, DNS/IP SANs.
-fn rcgen_csr(common_name: &str, organizations: &[&str], sans: &[&str]) -> String {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params =
-        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    for (i, organization) in organizations.iter().enumerate() {
-        // rcgen holds one value per type; a second O goes in as the same OID by number.
-        let kind = if i == 0 {
-            rcgen::DnType::OrganizationName
-        } else {
-            rcgen::DnType::CustomDnType(vec![2, 5, 4, 10])
-        };
-        params.distinguished_name.push(kind, *organization);
-    }
-    params
-        .serialize_request(&key)
-        .expect("csr")
-        .pem()
-        .expect("pem")
-}
-
 fn decide_with(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Decision {
     decide(csr, facts, policy).decision
 }

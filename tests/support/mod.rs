@@ -21,6 +21,59 @@ pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 
+/// A fake API server with the usual users (jane, bob, agent-smith) and an openssl-made CA.
+pub struct Harness {
+    pub server: FakeApiServer,
+    pub dir: tempfile::TempDir,
+    pub ca: (PathBuf, PathBuf),
+}
+
+pub async fn harness() -> Harness {
+    let server = FakeApiServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = openssl_ca(dir.path(), KeyKind::P256, 365);
+    server.add_user("jane-token", "jane", &["system:authenticated"]);
+    server.add_user("bob-token", "bob", &["system:authenticated"]);
+    server.add_user("smith-token", "agent-smith", &["system:authenticated"]);
+    Harness { server, dir, ca }
+}
+
+/// The CSR has a certificate.
+pub fn issued(server: &FakeApiServer, name: &str) -> bool {
+    server.csr(name).and_then(|c| certificate_pem(&c)).is_some()
+}
+
+/// The CSR carries a condition of this type.
+pub fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
+    server
+        .csr(name)
+        .is_some_and(|c| condition(&c, kind).is_some())
+}
+
+/// A CSR built with rcgen (P-256): CN, then each O in order (the second and later O by OID,
+/// since rcgen keeps one value per type), then DNS/IP SANs.
+pub fn rcgen_csr(common_name: &str, organizations: &[&str], sans: &[&str]) -> String {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(sans).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    for (i, organization) in organizations.iter().enumerate() {
+        let kind = if i == 0 {
+            rcgen::DnType::OrganizationName
+        } else {
+            rcgen::DnType::CustomDnType(vec![2, 5, 4, 10])
+        };
+        params.distinguished_name.push(kind, *organization);
+    }
+    params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+}
+
 /// Run openssl; panic with its stderr if it fails.
 pub fn openssl(args: &[&str]) -> Vec<u8> {
     let output = Command::new("openssl")
