@@ -79,19 +79,30 @@ impl Live {
 
     fn set_ca(&self, ca: CaSlot) {
         if let Ok(ca) = &ca {
-            let not_after = ca.not_after();
-            self.metrics.ca_not_after.set(not_after.unix_timestamp());
-            let expiring = not_after - OffsetDateTime::now_utc() < CA_EXPIRY_WARNING;
-            self.metrics.ca_expiring_soon.set(i64::from(expiring));
-            if expiring {
-                tracing::warn!(subject = ca.subject(), %not_after, "the signing CA expires within 30 days; certificates are cut off at its expiry; rotate the CA Secret");
-            }
+            self.metrics
+                .ca_not_after
+                .set(ca.not_after().unix_timestamp());
         }
+        // A new CA gets its own warning if it is close to expiry.
+        self.metrics.ca_expiring_soon.set(0);
         match self.ca.write() {
             Ok(mut slot) => *slot = Arc::new(ca),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(ca),
         }
         // Approved CSRs that failed for want of a CA are Failed for good; nothing to recheck.
+        self.check_ca_expiry(OffsetDateTime::now_utc());
+    }
+
+    /// Warn (log + metric) once when the CA comes within 30 days of expiry. Called on every
+    /// load and on every reload tick, so a long-running controller notices too.
+    pub fn check_ca_expiry(&self, now: OffsetDateTime) {
+        let ca = self.ca();
+        let Ok(ca) = ca.as_ref() else { return };
+        let expiring = ca.not_after() - now < CA_EXPIRY_WARNING;
+        let was = self.metrics.ca_expiring_soon.set(i64::from(expiring)) == 1;
+        if expiring && !was {
+            tracing::warn!(subject = ca.subject(), not_after = %ca.not_after(), "the signing CA expires within 30 days; certificates are cut off at its expiry; rotate the CA Secret");
+        }
     }
 
     pub fn is_leader(&self) -> bool {
@@ -152,6 +163,7 @@ pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duratio
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        live.check_ca_expiry(OffsetDateTime::now_utc());
         let policy_now = read_all(&[&sources.policy]);
         if policy_now != last_policy {
             last_policy = policy_now;

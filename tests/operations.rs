@@ -309,3 +309,58 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
     assert_eq!(once("jane", "status"), 1);
     assert_eq!(once("jane-2", "status"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_close_to_expiry_is_reported_and_caps_certificates() {
+    let h = harness().await;
+    let short_dir = tempfile::tempdir().expect("dir");
+    let short_ca = openssl_ca(short_dir.path(), KeyKind::P256, 10);
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &short_ca, &[]);
+    controller
+        .wait_for_log("expiry warning", |l| {
+            l["level"] == "WARN"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("expires within 30 days"))
+        })
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        sample(&metrics, "csr_warden_ca_expiring_soon"),
+        Some(1.0),
+        "{metrics}"
+    );
+    // A 30-day request is cut off at the CA's expiry.
+    let pem = openssl_csr(
+        h.dir.path(),
+        "jane",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    let mut object = csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem);
+    object["spec"]["expirationSeconds"] = serde_json::json!(30 * 86_400);
+    h.server.create_csr("jane-token", object);
+    h.server
+        .wait_for("jane issued", |s| issued(s, "jane"))
+        .await;
+    let cert = certificate_pem(&h.server.csr("jane").expect("jane")).expect("cert");
+    let ca_end = openssl(&[
+        "x509",
+        "-noout",
+        "-enddate",
+        "-in",
+        short_ca.0.to_str().expect("path"),
+    ]);
+    let cert_file = h.dir.path().join("jane.crt");
+    std::fs::write(&cert_file, cert).expect("write");
+    let cert_end = openssl(&[
+        "x509",
+        "-noout",
+        "-enddate",
+        "-in",
+        cert_file.to_str().expect("path"),
+    ]);
+    assert_eq!(cert_end, ca_end, "the certificate ends when the CA does");
+}
