@@ -1,6 +1,7 @@
 //! `csr-warden check`: decide one CSR offline with the same [`policy::decide`] the controller
 //! uses, and explain every rule it looked at.
 
+use std::io::Write;
 use std::path::Path;
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -184,8 +185,15 @@ pub fn run(args: &CheckArgs) -> u8 {
     match outcome {
         Ok((policy, view)) => {
             let verdict = policy::decide(&view, &offline_facts(args), &policy);
-            println!("{}", render(&view, &verdict, args.output));
-            exit_code(&verdict.decision)
+            let mut stdout = std::io::stdout().lock();
+            match writeln!(stdout, "{}", render(&view, &verdict, args.output)) {
+                // `check ... | head` closes the pipe early; the decision still stands.
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("csr-warden check: cannot write the report: {error}");
+                    EXIT_BAD_INPUT
+                }
+                _ => exit_code(&verdict.decision),
+            }
         }
         Err(error) => {
             eprintln!("csr-warden check: {error}");

@@ -118,3 +118,36 @@ fn bad_input_exits_3_and_policy_validate_reports_lines() {
     let (code, out, _) = csr_warden(&["policy", "validate", "examples/policy.yaml"]);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_closed_pipe_is_not_a_crash() {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_csr-warden"))
+        .args([
+            "check",
+            "--policy",
+            "examples/policy.yaml",
+            "--csr-object",
+            "examples/agent-smith.yaml",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    // Close our end at once, as `| head -0` would.
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "still the deny exit code; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
