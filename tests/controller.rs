@@ -67,17 +67,10 @@ async fn jane_is_approved_and_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_smith_is_denied_with_a_warning_event_naming_system_masters() {
     let h = harness().await;
-    let pem = openssl_csr(
-        h.dir.path(),
-        "smith",
-        KeyKind::P256,
-        "/CN=agent-smith/O=system:masters",
-        None,
-        &[],
-    );
-    h.server.create_csr(
+    h.create_client_csr(
         "smith-token",
-        csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem),
+        "agent-smith",
+        "/CN=agent-smith/O=system:masters",
     );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     h.server
@@ -327,18 +320,7 @@ async fn garbage_request_is_denied() {
 async fn conflict_on_approval_is_retried_with_a_fresh_read() {
     let h = harness().await;
     h.server.arm(|f| f.conflict_approvals = 2);
-    let pem = openssl_csr(
-        h.dir.path(),
-        "jane",
-        KeyKind::P256,
-        "/CN=jane/O=developers",
-        None,
-        &[],
-    );
-    h.server.create_csr(
-        "jane-token",
-        csr_object("jane", CLIENT_SIGNER, &["client auth"], &pem),
-    );
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     h.server
         .wait_for("jane issued", |s| issued(s, "jane"))
@@ -415,18 +397,11 @@ async fn csr_approved_by_hand_with_kubectl_is_then_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_masters_approved_by_hand_is_failed_not_signed() {
     let h = harness().await;
-    let pem = openssl_csr(
-        h.dir.path(),
-        "smith",
-        KeyKind::P256,
-        "/CN=agent-smith/O=system:masters",
-        None,
-        &[],
-    );
     // Approved before csr-warden ever saw it, as a careless human would.
-    h.server.create_csr(
+    h.create_client_csr(
         "smith-token",
-        csr_object("agent-smith", CLIENT_SIGNER, &["client auth"], &pem),
+        "agent-smith",
+        "/CN=agent-smith/O=system:masters",
     );
     let admin = h.server.kubeconfig(h.dir.path(), ADMIN_TOKEN);
     let (ok, out, err) = kubectl(&admin, &["certificate", "approve", "agent-smith"], None);

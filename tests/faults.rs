@@ -223,12 +223,7 @@ async fn watch_cut_mid_event_and_410_gone() {
     batch.wait_settled(&controller).await;
     batch.assert_exact();
     let (_, metrics) = controller.http_get("/metrics").await;
-    let restarts = metrics
-        .lines()
-        .find(|l| l.starts_with("csr_warden_watch_restarts_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let restarts = metric_sample(&metrics, "csr_warden_watch_restarts_total").unwrap_or(0.0);
     assert!(
         restarts >= 1.0,
         "410 Gone makes the watcher relist: {metrics}"

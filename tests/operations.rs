@@ -5,29 +5,11 @@ mod support;
 
 use support::*;
 
-fn create(h: &Harness, token: &str, name: &str, subject: &str) {
-    let pem = openssl_csr(h.dir.path(), name, KeyKind::P256, subject, None, &[]);
-    h.server.create_csr(
-        token,
-        csr_object(name, CLIENT_SIGNER, &["client auth"], &pem),
-    );
-}
-
-/// The value of one sample line, e.g. `csr_warden_certificates_issued_total{signer="..."}`.
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_reports_but_writes_nothing() {
     let h = harness().await;
-    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
-    create(
-        &h,
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    h.create_client_csr(
         "smith-token",
         "agent-smith",
         "/CN=agent-smith/O=system:masters",
@@ -62,9 +44,8 @@ async fn dry_run_reports_but_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints_report_what_happened() {
     let h = harness().await;
-    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
-    create(
-        &h,
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    h.create_client_csr(
         "smith-token",
         "agent-smith",
         "/CN=agent-smith/O=system:masters",
@@ -87,31 +68,32 @@ async fn metrics_and_health_endpoints_report_what_happened() {
     assert_eq!(status, 200);
     let approve = r#"csr_warden_decisions_total{signer="kubernetes.io/kube-apiserver-client",decision="approve",reason="AutoApprovedAllowList"}"#;
     let deny = r#"csr_warden_decisions_total{signer="kubernetes.io/kube-apiserver-client",decision="deny",reason="ForbiddenGroup"}"#;
-    assert_eq!(sample(&metrics, approve), Some(1.0), "{metrics}");
-    assert_eq!(sample(&metrics, deny), Some(1.0), "{metrics}");
+    assert_eq!(metric_sample(&metrics, approve), Some(1.0), "{metrics}");
+    assert_eq!(metric_sample(&metrics, deny), Some(1.0), "{metrics}");
     assert_eq!(
-        sample(
+        metric_sample(
             &metrics,
             r#"csr_warden_certificates_issued_total{signer="kubernetes.io/kube-apiserver-client"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&metrics, "csr_warden_seconds_to_certificate_count"),
+        metric_sample(&metrics, "csr_warden_seconds_to_certificate_count"),
         Some(1.0),
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "csr_warden_leader "),
+        metric_sample(&metrics, "csr_warden_leader "),
         Some(1.0),
         "{metrics}"
     );
     assert!(
-        sample(&metrics, "csr_warden_ca_not_after_timestamp_seconds").is_some_and(|t| t > 1.7e9),
+        metric_sample(&metrics, "csr_warden_ca_not_after_timestamp_seconds")
+            .is_some_and(|t| t > 1.7e9),
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "csr_warden_ca_expiring_soon"),
+        metric_sample(&metrics, "csr_warden_ca_expiring_soon"),
         Some(0.0),
         "{metrics}"
     );
@@ -132,7 +114,7 @@ async fn readiness_fails_while_the_ca_is_missing() {
     assert_eq!(status, 503);
     assert!(body.contains("CA is not loaded"), "{body}");
     // Approvals still happen; signing fails loudly, never silently.
-    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
     h.server
         .wait_for("jane failed", |s| has(s, "jane", "Failed"))
         .await;
@@ -154,7 +136,7 @@ async fn policy_reload_takes_effect_and_a_broken_policy_is_rejected() {
         &h.ca,
         &["--reload-interval-ms", "100"],
     );
-    create(&h, "bob-token", "bob", "/CN=bob/O=ops");
+    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
     controller
         .wait_for_log("bob left", |l| {
             l["csr"] == "bob" && l["decision"] == "leave"
@@ -191,7 +173,7 @@ async fn policy_reload_takes_effect_and_a_broken_policy_is_rejected() {
         .await;
     let (_, metrics) = controller.http_get("/metrics").await;
     assert_eq!(
-        sample(
+        metric_sample(
             &metrics,
             r#"csr_warden_reloads_total{kind="policy",result="failure"}"#
         ),
@@ -199,14 +181,14 @@ async fn policy_reload_takes_effect_and_a_broken_policy_is_rejected() {
         "{metrics}"
     );
     assert_eq!(
-        sample(
+        metric_sample(
             &metrics,
             r#"csr_warden_reloads_total{kind="policy",result="success"}"#
         ),
         Some(1.0),
         "{metrics}"
     );
-    create(&h, "bob-token", "bob-2", "/CN=bob/O=ops");
+    h.create_client_csr("bob-token", "bob-2", "/CN=bob/O=ops");
     h.server
         .wait_for("bob-2 issued under the last good policy", |s| {
             issued(s, "bob-2")
@@ -240,9 +222,8 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
         .wait_for_log("b started", |l| l["message"] == "leader election started")
         .await;
 
-    create(&h, "jane-token", "jane", "/CN=jane/O=developers");
-    create(
-        &h,
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    h.create_client_csr(
         "smith-token",
         "agent-smith",
         "/CN=agent-smith/O=system:masters",
@@ -270,7 +251,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
             l["message"] == "became leader: deciding and signing"
         })
         .await;
-    create(&h, "jane-token", "jane-2", "/CN=jane/O=developers");
+    h.create_client_csr("jane-token", "jane-2", "/CN=jane/O=developers");
     h.server
         .wait_for("jane-2 issued by b", |s| issued(s, "jane-2"))
         .await;
@@ -326,7 +307,7 @@ async fn a_ca_close_to_expiry_is_reported_and_caps_certificates() {
         .await;
     let (_, metrics) = controller.http_get("/metrics").await;
     assert_eq!(
-        sample(&metrics, "csr_warden_ca_expiring_soon"),
+        metric_sample(&metrics, "csr_warden_ca_expiring_soon"),
         Some(1.0),
         "{metrics}"
     );

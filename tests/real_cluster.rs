@@ -16,7 +16,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use support::*;
@@ -28,31 +27,9 @@ struct Cluster {
 impl Cluster {
     /// kubectl as the admin, with the user's own HOME (exec credential plugins live there).
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .env("KUBECONFIG", &self.admin)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl must be installed");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("stdin");
-        }
-        drop(child.stdin.take());
-        let output = child.wait_with_output().expect("kubectl");
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        let (ok, out, err) = kubectl_with_home(&self.admin, None, args, stdin);
+        assert!(ok, "kubectl {args:?} failed: {err}");
+        out
     }
 
     fn create_as(&self, user: &str, groups: &[&str], object: &Value) {

@@ -38,6 +38,27 @@ pub async fn harness() -> Harness {
     Harness { server, dir, ca }
 }
 
+impl Harness {
+    /// A kube-apiserver-client CSR for `subject` (P-256 key by openssl), created as `token`'s user.
+    pub fn create_client_csr(&self, token: &str, name: &str, subject: &str) {
+        let pem = openssl_csr(self.dir.path(), name, KeyKind::P256, subject, None, &[]);
+        self.server.create_csr(
+            token,
+            csr_object(name, CLIENT_SIGNER, &["client auth"], &pem),
+        );
+    }
+}
+
+/// The value of the first metric sample line starting with `prefix`, e.g.
+/// `csr_warden_certificates_issued_total{signer="..."}`.
+pub fn metric_sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The CSR has a certificate.
 pub fn issued(server: &FakeApiServer, name: &str) -> bool {
     server.csr(name).and_then(|c| certificate_pem(&c)).is_some()
@@ -460,11 +481,24 @@ pub fn log_about<'a>(lines: &'a [Value], csr: &str) -> Vec<&'a Value> {
 
 /// Run kubectl against the fake server with the given kubeconfig; returns (success, stdout, stderr).
 pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    // HOME beside the test kubeconfig keeps kubectl's cache out of the user's home.
+    kubectl_with_home(kubeconfig, kubeconfig.parent(), args, stdin)
+}
+
+/// `kubectl`, with HOME set to `home`, or left as the user's (exec credential plugins live there).
+pub fn kubectl_with_home(
+    kubeconfig: &Path,
+    home: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
     use std::io::Write;
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", kubeconfig.parent().expect("dir"))
+    let mut command = Command::new("kubectl");
+    command.args(args).env("KUBECONFIG", kubeconfig);
+    if let Some(home) = home {
+        command.env("HOME", home);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
