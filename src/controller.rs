@@ -351,11 +351,12 @@ impl Context {
                 .await
             {
                 Ok(_) => {
-                    log_decision(&view, &verdict.decision, false);
+                    // Metrics first: once the log line is out, /metrics already shows it.
                     self.live.metrics.decisions.get_or_create(&counted).inc();
                     if let Some(age) = age_seconds(&csr) {
                         self.live.metrics.seconds_to_decision.observe(age);
                     }
+                    log_decision(&view, &verdict.decision, false);
                     self.event(&csr, event_type, reason, message, kind).await;
                     return Ok(Action::await_change());
                 }
@@ -409,7 +410,6 @@ impl Context {
                 Ok(_) => {
                     match outcome {
                         Ok(_) => {
-                            tracing::info!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "issued", "certificate issued");
                             self.live
                                 .metrics
                                 .certificates_issued
@@ -420,6 +420,7 @@ impl Context {
                             if let Some(age) = age_seconds(&csr) {
                                 self.live.metrics.seconds_to_certificate.observe(age);
                             }
+                            tracing::info!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "issued", "certificate issued");
                             self.event(
                                 &csr,
                                 EventType::Normal,
@@ -430,7 +431,6 @@ impl Context {
                             .await;
                         }
                         Err((reason, message)) => {
-                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, "certificate not issued: {message}");
                             self.live
                                 .metrics
                                 .issuance_failures
@@ -439,6 +439,7 @@ impl Context {
                                     reason: reason.clone(),
                                 })
                                 .inc();
+                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, "certificate not issued: {message}");
                             self.event(&csr, EventType::Warning, &reason, &message, "Sign")
                                 .await;
                         }

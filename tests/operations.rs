@@ -59,6 +59,17 @@ async fn metrics_and_health_endpoints_report_what_happened() {
     controller
         .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
         .await;
+    // The controller updates metrics before it logs; the server sees a write before either.
+    controller
+        .wait_for_log("issued", |l| {
+            l["csr"] == "jane" && l["decision"] == "issued"
+        })
+        .await;
+    controller
+        .wait_for_log("denied", |l| {
+            l["csr"] == "agent-smith" && l["decision"] == "deny"
+        })
+        .await;
 
     let (status, body) = controller.http_get("/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
