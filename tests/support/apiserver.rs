@@ -74,6 +74,15 @@ pub struct Faults {
     pub gone_watches: usize,
     /// Every response waits this long first.
     pub delay: Duration,
+    /// Answer lists with at most this many items a page (a real server may return fewer than
+    /// the client's limit), so that relists span pages as they do on a real cluster.
+    pub page_limit: Option<usize>,
+    /// The next N watch requests are answered and then stay silent forever (a half-open
+    /// connection): no events, no bookmarks, no end.
+    pub stall_watches: usize,
+    /// The next N CSR creations reach no watcher (as if the watch had dropped them): only a
+    /// fresh list shows them.
+    pub hide_creations: usize,
 }
 
 /// Answer `remaining` requests whose method and path match with `status` (and Retry-After).
@@ -115,6 +124,17 @@ struct State {
     leases: BTreeMap<String, (Value, Option<String>)>,
     /// Requests refused with 401.
     unauthorized: usize,
+    /// Watches from a resourceVersion below this get 410 Gone: like a restarted kube-apiserver,
+    /// whose new watch cache starts at the resourceVersion it listed from etcd on start-up.
+    history_floor: u64,
+    /// Paginated lists in progress: the snapshot each continue token reads from.
+    list_snapshots: HashMap<u64, (u64, Vec<Value>)>,
+    next_snapshot: u64,
+    /// CSR writes (PUT /approval, /status) being answered right now, and the most at once.
+    csr_writes_in_flight: usize,
+    max_csr_writes_in_flight: usize,
+    /// Approval writes that succeeded, in the order the server took them.
+    approvals_in_order: Vec<String>,
 }
 
 pub struct FakeApiServer {
@@ -131,6 +151,13 @@ struct Shared {
     connections: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Bumped by a restart: open watch streams end.
     restarts: watch::Sender<u64>,
+    /// While true, the server is "down": connections are closed as soon as they arrive.
+    down: std::sync::atomic::AtomicBool,
+    /// Connections closed because the server was down.
+    refused: std::sync::atomic::AtomicUsize,
+    /// Connections open now, and the most open at once.
+    open: std::sync::atomic::AtomicUsize,
+    max_open: std::sync::atomic::AtomicUsize,
     state: Arc<Mutex<State>>,
     events_tx: broadcast::Sender<WatchEvent>,
     changes_tx: watch::Sender<u64>,
@@ -217,6 +244,10 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             connections: Mutex::new(Vec::new()),
             restarts: watch::channel(0).0,
+            down: Default::default(),
+            refused: Default::default(),
+            open: Default::default(),
+            max_open: Default::default(),
             state: state.clone(),
             events_tx,
             changes_tx,
@@ -233,9 +264,28 @@ impl FakeApiServer {
                     _ = &mut shutdown_rx => return,
                 };
                 let Ok((tcp, _)) = accepted else { continue };
+                use std::sync::atomic::Ordering::SeqCst;
+                if serve_shared.down.load(SeqCst) {
+                    drop(tcp);
+                    serve_shared.refused.fetch_add(1, SeqCst);
+                    serve_shared.changes_tx.send_modify(|n| *n += 1);
+                    continue;
+                }
                 let acceptor = acceptor.clone();
                 let shared = serve_shared.clone();
+                let open = shared.open.fetch_add(1, SeqCst) + 1;
+                shared.max_open.fetch_max(open, SeqCst);
                 let task = tokio::spawn(async move {
+                    // Counted down however the connection ends (closed, or aborted by a restart).
+                    struct Open(Arc<Shared>);
+                    impl Drop for Open {
+                        fn drop(&mut self) {
+                            self.0
+                                .open
+                                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    let _open = Open(shared.clone());
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
@@ -331,8 +381,61 @@ impl FakeApiServer {
     }
 
     /// An API server restart: every open connection and watch is dropped at once; state and
-    /// resourceVersions carry on, as they do with etcd behind a real API server.
+    /// resourceVersions carry on, as they do with etcd behind a real API server, but the watch
+    /// history does not: like kube-apiserver's new watch cache, a watch resuming from before
+    /// the restart gets 410 Gone and must relist.
     pub fn restart(&self) {
+        self.go_down();
+        self.come_up();
+    }
+
+    /// The API server process dies: every connection drops and new ones are refused until
+    /// [`FakeApiServer::come_up`].
+    pub fn go_down(&self) {
+        self.shared
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.drop_connections();
+    }
+
+    /// The API server is back, with a new watch cache starting at the current resourceVersion.
+    pub fn come_up(&self) {
+        self.shared.mutate(|state| {
+            state.history_floor = state.rv;
+            state.history.clear();
+        });
+        self.shared
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections refused while down.
+    pub fn refused(&self) -> usize {
+        self.shared
+            .refused
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once, and how many are open now.
+    pub fn connections(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (
+            self.shared.max_open.load(SeqCst),
+            self.shared.open.load(SeqCst),
+        )
+    }
+
+    /// The most CSR writes (approval and status PUTs) the server was answering at once.
+    pub fn max_csr_writes_in_flight(&self) -> usize {
+        self.state.lock().expect("state").max_csr_writes_in_flight
+    }
+
+    /// CSRs whose approval writes succeeded, in the order the server took them.
+    pub fn approvals_in_order(&self) -> Vec<String> {
+        self.state.lock().expect("state").approvals_in_order.clone()
+    }
+
+    fn drop_connections(&self) {
         self.shared.restarts.send_modify(|n| *n += 1);
         for connection in self
             .shared
@@ -351,6 +454,43 @@ impl FakeApiServer {
             if let Some(identity) = state.tokens.remove(old) {
                 state.tokens.insert(new.into(), identity);
             }
+        });
+    }
+
+    /// A CSR that was approved and issued long ago (for load tests: a cluster's finished CSRs).
+    pub fn create_issued_csr(&self, token: &str, csr: Value, certificate_pem: &str) {
+        let name = csr["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.create_csr(token, csr);
+        self.shared.mutate(|state| {
+            let Some(mut csr) = state.csrs.get(&name).cloned() else {
+                return;
+            };
+            state.rv += 1;
+            csr["status"] = json!({
+                "conditions": [{"type": "Approved", "status": "True", "reason": "AutoApproved",
+                                "message": "approved long ago", "lastUpdateTime": "2026-11-22T00:00:00Z"}],
+                "certificate": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, certificate_pem),
+            });
+            csr["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            state.csrs.insert(name.clone(), csr.clone());
+            self.shared.record(state, "MODIFIED", csr);
+        });
+    }
+
+    /// Someone labels a CSR: its resourceVersion moves and watchers see MODIFIED.
+    pub fn label_csr(&self, name: &str, key: &str, value: &str) {
+        self.shared.mutate(|state| {
+            let Some(mut csr) = state.csrs.get(name).cloned() else {
+                return;
+            };
+            state.rv += 1;
+            csr["metadata"]["labels"][key] = json!(value);
+            csr["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            state.csrs.insert(name.into(), csr.clone());
+            self.shared.record(state, "MODIFIED", csr);
         });
     }
 
@@ -402,11 +542,14 @@ impl FakeApiServer {
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
-                _ => panic!(
-                    "timed out waiting for: {what}\nCSRs: {:#?}\nwrites: {:#?}",
-                    self.state.lock().expect("state").csrs,
-                    self.writes()
-                ),
+                _ => {
+                    // One lock at a time: the message must not deadlock on the state it shows.
+                    let csrs = self.state.lock().expect("state").csrs.clone();
+                    panic!(
+                        "timed out waiting for: {what}\nCSRs: {csrs:#?}\nwrites: {:#?}",
+                        self.writes()
+                    )
+                }
             }
         }
     }
@@ -526,6 +669,29 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         );
     }
     let method = request.method().clone();
+    let csr_write =
+        method == Method::PUT && request.uri().path().contains("certificatesigningrequests");
+    if csr_write {
+        let mut state = shared.state.lock().expect("state");
+        state.csr_writes_in_flight += 1;
+        state.max_csr_writes_in_flight = state
+            .max_csr_writes_in_flight
+            .max(state.csr_writes_in_flight);
+    }
+    let response = handle_authenticated(&shared, request, identity, method).await;
+    if csr_write {
+        shared.state.lock().expect("state").csr_writes_in_flight -= 1;
+    }
+    response
+}
+
+async fn handle_authenticated(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    identity: Identity,
+    method: Method,
+) -> Response<Body> {
+    let shared = shared.clone();
     let injected = {
         let mut state = shared.state.lock().expect("state");
         let delay = state.faults.delay;
@@ -892,13 +1058,57 @@ fn group_resources(group: &str, version: &str) -> Option<Value> {
                 "groupVersion": format!("{group}/{version}"), "resources": resources}))
 }
 
-fn list_csrs(shared: &Shared, _params: &HashMap<String, String>) -> Response<Body> {
-    let state = shared.state.lock().expect("state");
+/// A list, paginated as kube-apiserver does with `limit`: every page of one list reads the
+/// same snapshot, and the list's resourceVersion is the snapshot's.
+fn list_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body> {
+    let mut state = shared.state.lock().expect("state");
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let limit = match (limit, state.faults.page_limit) {
+        (Some(l), Some(cap)) => Some(l.min(cap)),
+        (l, cap) => l.or(cap),
+    };
+    let (snapshot_rv, items, offset) = match params.get("continue") {
+        Some(token) => {
+            let parsed = token
+                .split_once(':')
+                .and_then(|(id, offset)| Some((id.parse().ok()?, offset.parse().ok()?)));
+            let Some((id, offset)) = parsed else {
+                return status_error(StatusCode::BAD_REQUEST, "BadRequest", "bad continue token");
+            };
+            let Some((rv, items)) = state.list_snapshots.get(&id).cloned() else {
+                return status_error(StatusCode::GONE, "Expired", "continue token expired");
+            };
+            (rv, items, offset)
+        }
+        None => (state.rv, state.csrs.values().cloned().collect(), 0usize),
+    };
+    let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
+    let page: Vec<Value> = items[offset.min(end)..end].to_vec();
+    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
+    if end < items.len() {
+        let id = match params.get("continue") {
+            Some(token) => token
+                .split_once(':')
+                .and_then(|(id, _)| id.parse().ok())
+                .unwrap_or(0),
+            None => {
+                state.next_snapshot += 1;
+                let id = state.next_snapshot;
+                state
+                    .list_snapshots
+                    .insert(id, (snapshot_rv, items.clone()));
+                id
+            }
+        };
+        metadata["continue"] = json!(format!("{id}:{end}"));
+    }
     full(
         StatusCode::OK,
         json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequestList",
-               "metadata": {"resourceVersion": state.rv.to_string()},
-               "items": state.csrs.values().cloned().collect::<Vec<_>>()}),
+               "metadata": metadata, "items": page}),
     )
 }
 
@@ -912,8 +1122,9 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
         .and_then(|t| t.parse().ok())
         .unwrap_or(300u64);
     // Subscribe under the lock so no event falls between the backlog and the live stream.
-    let (backlog, receiver, gone, cut) = {
+    let (backlog, receiver, gone, cut, stall) = {
         let mut state = shared.state.lock().expect("state");
+        let floor = state.history_floor;
         let backlog: Vec<WatchEvent> = state
             .history
             .iter()
@@ -921,14 +1132,25 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
             .cloned()
             .collect();
         let faults = &mut state.faults;
-        let gone = faults.gone_watches > 0;
+        let gone = faults.gone_watches > 0 || since < floor;
         faults.gone_watches = faults.gone_watches.saturating_sub(1);
+        let stall = !gone && faults.stall_watches > 0;
+        faults.stall_watches = faults.stall_watches.saturating_sub(usize::from(stall));
         let cut = (!gone && faults.cut_watches > 0).then_some(faults.cut_after_events);
         if cut.is_some() {
             faults.cut_watches -= 1;
         }
-        (backlog, shared.events_tx.subscribe(), gone, cut)
+        (backlog, shared.events_tx.subscribe(), gone, cut, stall)
     };
+    if stall {
+        // Headers, then silence: a connection whose other end is gone without a word.
+        let silence = futures::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+        let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(silence)));
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        return response;
+    }
     if gone {
         // What kube-apiserver sends when the resourceVersion has been compacted away.
         let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
@@ -1021,7 +1243,16 @@ fn create_csr(
         let metadata = &mut csr["metadata"];
         metadata["uid"] = json!(format!("csr-uid-{}", state.rv));
         metadata["resourceVersion"] = json!(state.rv.to_string());
-        metadata["creationTimestamp"] = json!("2026-11-22T00:00:00Z");
+        // One second apart, in creation order (the API's timestamps have whole seconds).
+        let created = time::OffsetDateTime::from_unix_timestamp(
+            1_795_305_600 + i64::try_from(state.rv).unwrap_or(0),
+        )
+        .expect("timestamp");
+        metadata["creationTimestamp"] = json!(
+            created
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("format")
+        );
         // The API server, not the client, says who asked.
         csr["spec"]["username"] = json!(identity.username);
         csr["spec"]["groups"] = json!(identity.groups);
@@ -1032,7 +1263,11 @@ fn create_csr(
         csr["apiVersion"] = json!("certificates.k8s.io/v1");
         csr["kind"] = json!("CertificateSigningRequest");
         state.csrs.insert(name.clone(), csr.clone());
-        shared.record(state, "ADDED", csr.clone());
+        if state.faults.hide_creations > 0 {
+            state.faults.hide_creations -= 1;
+        } else {
+            shared.record(state, "ADDED", csr.clone());
+        }
         Ok(csr)
     })
 }
@@ -1067,7 +1302,11 @@ fn write_subresource(
     update: Value,
 ) -> Response<Body> {
     shared.mutate(|state| {
+        let approving = subresource == "approval";
         let outcome = write_subresource_locked(shared, state, name, subresource, update);
+        if approving && outcome.status() == StatusCode::OK {
+            state.approvals_in_order.push(name.into());
+        }
         state.writes.push(CsrWrite {
             csr: name.into(),
             subresource: subresource.into(),

@@ -49,6 +49,42 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// A kubelet client certificate renewal: the node's own identity asks for
+    /// `system:node:<node>`, allowed by a selfnodeclient SubjectAccessReview.
+    pub fn create_kubelet_renewal(&self, name: &str, node: &str) {
+        let user = format!("system:node:{node}");
+        let token = format!("{node}-token");
+        self.server.add_user(&token, &user, &["system:nodes"]);
+        self.server.allow_sar(&user, "selfnodeclient");
+        let pem = rcgen_csr(&user, &["system:nodes"], &[]);
+        self.server.create_csr(
+            &token,
+            csr_object(
+                name,
+                KUBELET_CLIENT_SIGNER,
+                &["digital signature", "client auth"],
+                &pem,
+            ),
+        );
+    }
+
+    /// `n` allow-listed CSRs from jane, named `{prefix}-000` ... in creation order.
+    pub fn create_jane_backlog(&self, prefix: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let name = format!("{prefix}-{i:03}");
+                let pem = rcgen_csr("jane", &["developers"], &[]);
+                self.server.create_csr(
+                    "jane-token",
+                    csr_object(&name, CLIENT_SIGNER, &["client auth"], &pem),
+                );
+                name
+            })
+            .collect()
+    }
+}
+
 /// The value of the first metric sample line starting with `prefix`, e.g.
 /// `csr_warden_certificates_issued_total{signer="..."}`.
 pub fn metric_sample(metrics: &str, prefix: &str) -> Option<f64> {
@@ -57,6 +93,11 @@ pub fn metric_sample(metrics: &str, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The CSR as the server has it now; it must exist.
+pub fn csr_state(server: &FakeApiServer, name: &str) -> Value {
+    server.csr(name).expect("csr exists")
 }
 
 /// The CSR has a certificate.
@@ -412,11 +453,22 @@ impl ControllerProcess {
 
     /// Wait for a log line matching `check` (wakes on each new line; timeout only reports a hang).
     pub async fn wait_for_log(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for_logs(what, 1, check).await.remove(0)
+    }
+
+    /// Wait until `count` log lines match `check`; returns them.
+    pub async fn wait_for_logs(
+        &self,
+        what: &str,
+        count: usize,
+        check: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let mut changes = self.changes.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(line) = self.lines().into_iter().find(|l| check(l)) {
-                return line;
+            let matching: Vec<Value> = self.lines().into_iter().filter(|l| check(l)).collect();
+            if matching.len() >= count {
+                return matching;
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
