@@ -426,6 +426,18 @@ pub struct RunArgs {
     /// How often the mounted policy and CA files are checked for changes, in milliseconds.
     #[arg(long, env = "CSR_WARDEN_RELOAD_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(50..))]
     pub reload_interval_ms: u64,
+    /// CSRs worked at once. Each holds at most one request to the API server at a time, so this
+    /// also bounds csr-warden's connections to it, however large a backlog is.
+    #[arg(long, env = "CSR_WARDEN_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// How often every CSR is listed fresh from the API server to catch any the watch missed
+    /// (counted in csr_warden_resync_recovered_total), in seconds.
+    #[arg(long, env = "CSR_WARDEN_RESYNC_INTERVAL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval_seconds: u64,
+    /// Server-side timeout of each CSR watch request, in seconds. A watch that brings nothing
+    /// (not even the API server's once-a-minute bookmark) for this long plus 5 s is restarted.
+    #[arg(long, env = "CSR_WARDEN_WATCH_TIMEOUT_SECONDS", default_value_t = 290, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub watch_timeout_seconds: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -121,6 +121,10 @@ impl Live {
         }
     }
 
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::SeqCst);
     }

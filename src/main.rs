@@ -102,6 +102,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         dry_run: args.dry_run,
         instance: args.instance,
+        concurrency: usize::from(args.concurrency),
+        resync_interval: Duration::from_secs(args.resync_interval_seconds),
+        watch_timeout_seconds: args.watch_timeout_seconds,
     };
     controller::run(client, live, settings).await;
     // Hand the lease over now rather than making a standby wait for it to expire.

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub seconds_to_certificate: Histogram,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub watch_restarts: Counter,
+    pub resyncs: Counter,
+    pub resync_recovered: Counter,
+    pub queue_waiting: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub ca_not_after: Gauge<i64>,
     pub ca_expiring_soon: Gauge,
@@ -73,6 +76,9 @@ impl Metrics {
             seconds_to_certificate: Histogram::new(exponential_buckets(0.01, 3.0, 14)),
             reconcile_errors: Family::default(),
             watch_restarts: Counter::default(),
+            resyncs: Counter::default(),
+            resync_recovered: Counter::default(),
+            queue_waiting: Gauge::default(),
             reloads: Family::default(),
             ca_not_after: Gauge::default(),
             ca_expiring_soon: Gauge::default(),
@@ -115,6 +121,21 @@ impl Metrics {
             "watch_restarts",
             "Times the CSR watch restarted (drops, 410 Gone, errors)",
             metrics.watch_restarts.clone(),
+        );
+        registry.register(
+            "resyncs",
+            "Fresh lists of every CSR, compared with the watch's cache",
+            metrics.resyncs.clone(),
+        );
+        registry.register(
+            "resync_recovered",
+            "CSRs needing work that the watch had missed and the resync found (alert if above 0)",
+            metrics.resync_recovered.clone(),
+        );
+        registry.register(
+            "work_queue_csrs",
+            "CSRs queued for a worker",
+            metrics.queue_waiting.clone(),
         );
         registry.register(
             "reloads",

@@ -308,3 +308,121 @@ async fn rotated_service_account_token_is_picked_up() {
         "the old token was refused at least once before the reload"
     );
 }
+
+/// The approval writes that succeeded.
+fn approvals(server: &FakeApiServer) -> usize {
+    server
+        .writes()
+        .iter()
+        .filter(|w| w.subresource == "approval" && w.outcome == 200)
+        .count()
+}
+
+/// Issue 14, as measured on a real kube-apiserver: the server is killed mid-burst and started
+/// again; the clients' retried creates land as soon as it is back. Its new watch cache answers
+/// the controller's resumed watch with 410 Gone, and the relist spans several pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_killed_mid_burst_misses_no_csr() {
+    let mut batch = Batch::new().await;
+    batch.server.arm(|f| f.page_limit = Some(7));
+    batch.create("before", 8);
+    let controller = batch.start();
+    batch
+        .server
+        .wait_for("the burst under way", |s| approvals(s) >= 4)
+        .await;
+    batch.server.go_down();
+    batch
+        .server
+        .wait_for("the controller trying to reconnect", |s| s.refused() >= 1)
+        .await;
+    batch.server.come_up();
+    batch.create("after", 8);
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+}
+
+/// A watch that stays open but brings nothing (a half-open connection after a restart) is
+/// restarted once it has been silent for the watch timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_watch_is_restarted() {
+    let mut batch = Batch::new().await;
+    let controller = ControllerProcess::start(
+        &batch.server,
+        batch.dir.path(),
+        &batch.ca,
+        &["--watch-timeout-seconds", "1"],
+    );
+    controller
+        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+        .await;
+    // The next watch (after the relist the restart forces) is answered and then stays silent.
+    batch.server.arm(|f| f.stall_watches = 1);
+    batch.server.restart();
+    batch.create("s", 2);
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+}
+
+/// A CSR the watch never delivered is found by the resync, handled exactly once, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_finds_a_csr_the_watch_missed() {
+    let mut batch = Batch::new().await;
+    let controller = ControllerProcess::start(
+        &batch.server,
+        batch.dir.path(),
+        &batch.ca,
+        &["--resync-interval-seconds", "1"],
+    );
+    controller
+        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+        .await;
+    // The first CSR created (an allow-listed user's) reaches no watcher.
+    batch.server.arm(|f| f.hide_creations = 1);
+    batch.create("h", 1);
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+    let recovered = controller
+        .wait_for_log("the resync's report", |l| {
+            l["message"] == "the CSR watch missed this CSR; handling it from a fresh read"
+        })
+        .await;
+    assert_eq!(recovered["csr"], "user-h0");
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// With a healthy watch the resync finds nothing, however often it runs while CSRs come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_counts_nothing_while_the_watch_is_healthy() {
+    let mut batch = Batch::new().await;
+    let controller = ControllerProcess::start(
+        &batch.server,
+        batch.dir.path(),
+        &batch.ca,
+        &["--resync-interval-seconds", "1"],
+    );
+    for round in 0..3 {
+        batch.create(&format!("r{round}"), 2);
+        batch.wait_settled(&controller).await;
+        let resyncs_so_far = round + 1;
+        controller
+            .wait_for_logs("another resync", resyncs_so_far, |l| {
+                l["fields"]["message"] == "resync: the watch's cache is complete"
+                    || l["message"] == "resync: the watch's cache is complete"
+            })
+            .await;
+    }
+    batch.assert_exact();
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(metric_sample(&metrics, "csr_warden_resyncs_total").unwrap_or(0.0) >= 3.0);
+}

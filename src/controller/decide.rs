@@ -1,0 +1,151 @@
+//! Deciding: ask the cluster the facts the policy needs, run the pure `policy::decide`, and
+//! write Approved or Denied through /approval. Leave decisions write nothing to the CSR.
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::EventType;
+
+use super::record::log_decision;
+use super::{
+    APPROVED, Context, CsrState, DENIED, Error, MAX_CONFLICT_RETRIES, age_seconds, condition,
+    csr_state, csr_view, is_conflict, kube_error,
+};
+use crate::metrics::DecisionLabels;
+use crate::policy::{self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup};
+
+impl Context {
+    async fn facts(&self, needed: &FactsNeeded, view: &CsrView) -> Result<ClusterFacts, Error> {
+        let mut facts = ClusterFacts::default();
+        if needed.node_client_review {
+            facts.node_client_allowed = Some(self.review(view, "nodeclient").await?);
+        }
+        if needed.self_node_client_review {
+            facts.self_node_client_allowed = Some(self.review(view, "selfnodeclient").await?);
+        }
+        if let Some(node_name) = &needed.node_name {
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            let node = nodes
+                .get_opt(node_name)
+                .await
+                .map_err(kube_error("get node", &view.name))?;
+            facts.node = Some(match node {
+                None => NodeLookup::Missing,
+                Some(node) => NodeLookup::Addresses(
+                    node.status
+                        .and_then(|s| s.addresses)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| a.address)
+                        .collect(),
+                ),
+            });
+        }
+        Ok(facts)
+    }
+
+    /// SubjectAccessReview, as kube-controller-manager's CSR approver does it.
+    async fn review(&self, view: &CsrView, subresource: &str) -> Result<bool, Error> {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(view.requester.username.clone()),
+                uid: view.requester.uid.clone(),
+                groups: Some(view.requester.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("certificates.k8s.io".into()),
+                    resource: Some("certificatesigningrequests".into()),
+                    verb: Some("create".into()),
+                    subresource: Some(subresource.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reviews: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(kube_error("subjectaccessreview", &view.name))?;
+        Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+
+    /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
+    pub(super) async fn decide_pending(
+        &self,
+        mut csr: CertificateSigningRequest,
+    ) -> Result<(), Error> {
+        let name = csr.name_any();
+        let policy = self.live.policy();
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let view = csr_view(&csr);
+            let facts = self
+                .facts(&policy::facts_needed(&view, &policy), &view)
+                .await?;
+            let verdict = policy::decide(&view, &facts, &policy);
+            let counted = DecisionLabels {
+                signer: view.signer_name.clone(),
+                decision: verdict.decision.verb().to_owned(),
+                reason: verdict.decision.reason().as_str().to_owned(),
+            };
+            let (kind, event_type) = match &verdict.decision {
+                Decision::Leave { .. } => {
+                    // Every rule looked at, for `RUST_LOG=csr_warden=debug`.
+                    tracing::debug!(csr = %name, steps = ?verdict.steps, "rules");
+                    log_decision(&view, &verdict.decision, self.settings.dry_run);
+                    self.live.metrics.decisions.get_or_create(&counted).inc();
+                    return Ok(());
+                }
+                Decision::Approve { .. } => (APPROVED, EventType::Normal),
+                Decision::Deny { .. } => (DENIED, EventType::Warning),
+            };
+            let reason = verdict.decision.reason().as_str();
+            let message = verdict.decision.message();
+            if self.settings.dry_run {
+                log_decision(&view, &verdict.decision, true);
+                self.live.metrics.decisions.get_or_create(&counted).inc();
+                self.event(&csr, event_type, reason, message, kind).await;
+                return Ok(());
+            }
+            csr.status
+                .get_or_insert_with(Default::default)
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(condition(kind, reason, message));
+            match self
+                .csrs
+                .replace_subresource("approval", &name, &PostParams::default(), &csr)
+                .await
+            {
+                Ok(_) => {
+                    // Metrics first: once the log line is out, /metrics already shows it.
+                    self.live.metrics.decisions.get_or_create(&counted).inc();
+                    if let Some(age) = age_seconds(&csr) {
+                        self.live.metrics.seconds_to_decision.observe(age);
+                    }
+                    log_decision(&view, &verdict.decision, false);
+                    self.event(&csr, event_type, reason, message, kind).await;
+                    return Ok(());
+                }
+                Err(error) if is_conflict(&error) => {
+                    tracing::info!(csr = %name, "approval conflicted with another change; re-reading and deciding again");
+                    match self.get(&name).await? {
+                        Some(fresh) if csr_state(&fresh) == CsrState::Pending => csr = fresh,
+                        // Approved by someone else meanwhile (or our copy was older than our
+                        // own approval): sign it now rather than wait for another event.
+                        Some(fresh) if csr_state(&fresh) == CsrState::ApprovedUnsigned => {
+                            return self.sign_approved(fresh).await;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+                Err(error) => return Err(kube_error("approve/deny", &name)(error)),
+            }
+        }
+        Err(Error::TooManyConflicts { csr: name })
+    }
+}

@@ -1,0 +1,251 @@
+//! The CSR watch, which keeps the cache and feeds the work queue, and the resync behind it.
+//!
+//! After an API server restart the resourceVersion our watch resumes from is older than the new
+//! watch cache, so the server answers 410 Gone and the watch relists, page by page. kube-runtime's
+//! reflector holds a relist's objects aside and swaps them into the cache only when the last
+//! page is in (`InitDone`). A CSR created during the outage is therefore in no cache until then:
+//! work triggered by the relist's individual objects finds nothing and is dropped (this is how
+//! kube-runtime's `Controller` lost about half the CSRs of a restart). So this module queues
+//! nothing while a list is under way and queues every cached CSR once it is complete.
+//!
+//! Behind the watch, a periodic resync lists every CSR fresh from the API server and works any
+//! pending or approved-unsigned one whose cached copy is missing or stale, counting it in
+//! `csr_warden_resync_recovered_total` (which should stay 0).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::work::Work;
+use super::{CACHED_ISSUED, csr_state};
+use crate::live::Live;
+
+/// How long the resync lets the watch catch up before it calls a difference a miss.
+const RESYNC_GRACE: Duration = Duration::from_secs(2);
+/// Objects per list page, as client-go pages.
+const PAGE_SIZE: u32 = 500;
+/// Written by `kubectl apply`: a second copy of the whole object, request included.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Keep in the cache only what the controller still needs. A CSR of ours with work left keeps
+/// its request; a finished one (Issued, Denied, Failed) or a foreign signer's is never acted on
+/// again, so it keeps its name, uid, resourceVersion, signer, requester and where it stands.
+pub fn trim_for_cache(csr: &mut CertificateSigningRequest, ours: bool) {
+    csr.metadata.managed_fields = None;
+    if let Some(annotations) = csr.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    if ours && csr_state(csr).needs_work() {
+        return;
+    }
+    csr.spec.request = ByteString(Vec::new());
+    csr.spec.extra = None;
+    if let Some(status) = csr.status.as_mut() {
+        if status.certificate.take().is_some_and(|c| !c.0.is_empty()) {
+            csr.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(CACHED_ISSUED.into(), "true".into());
+        }
+        for condition in status.conditions.iter_mut().flatten() {
+            condition.message = None;
+        }
+    }
+}
+
+/// Watch every CSR forever: keep `writer`'s cache and queue what needs work. Restarts (a
+/// relist) when the policy's signers change, since foreign CSRs are cached trimmed.
+pub async fn watch_forever(
+    api: Api<CertificateSigningRequest>,
+    mut writer: Writer<CertificateSigningRequest>,
+    work: Arc<Work>,
+    live: Arc<Live>,
+    timeout_seconds: u32,
+) {
+    let mut recheck = live.recheck_events();
+    let mut signers = live.policy().signer_names.clone();
+    let mut listed_once = false;
+    loop {
+        // A consistent list (not resourceVersion=0 from a possibly cold watch cache), and a
+        // server-side watch timeout that also bounds how long a silent stream is trusted.
+        let config = watcher::Config::default()
+            .list_semantic(watcher::ListSemantic::MostRecent)
+            .page_size(PAGE_SIZE)
+            .timeout(timeout_seconds);
+        let mut events = watcher(api.clone(), config).default_backoff().boxed();
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        apply(event, &mut writer, &work, &live, &mut listed_once);
+                    }
+                    Some(Err(error)) => {
+                        tracing::info!(%error, "CSR watch interrupted; resuming");
+                    }
+                    None => break,
+                },
+                changed = recheck.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = live.policy().signer_names.clone();
+                    if now != signers {
+                        signers = now;
+                        tracing::info!(signers = ?signers, "signers changed; relisting every CSR");
+                        break;
+                    }
+                    work.offer_everything();
+                }
+            }
+        }
+    }
+}
+
+fn apply(
+    event: watcher::Event<CertificateSigningRequest>,
+    writer: &mut Writer<CertificateSigningRequest>,
+    work: &Work,
+    live: &Live,
+    listed_once: &mut bool,
+) {
+    let ours = |csr: &CertificateSigningRequest| {
+        live.policy().signer_names.contains(&csr.spec.signer_name)
+    };
+    match event {
+        watcher::Event::Init => {
+            if *listed_once {
+                tracing::info!("CSR watch restarted; relisting");
+                live.metrics.watch_restarts.inc();
+            }
+            writer.apply_watcher_event(&watcher::Event::Init);
+        }
+        watcher::Event::InitApply(mut csr) => {
+            let ours = ours(&csr);
+            trim_for_cache(&mut csr, ours);
+            // Held aside by the writer until the list is complete: queue nothing yet.
+            writer.apply_watcher_event(&watcher::Event::InitApply(csr));
+        }
+        watcher::Event::InitDone => {
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            if !*listed_once {
+                *listed_once = true;
+                tracing::info!("watch synced; deciding CSRs");
+                live.set_synced();
+            }
+            // Everything the list brought is in the cache now.
+            work.offer_everything();
+        }
+        watcher::Event::Apply(mut csr) => {
+            let ours = ours(&csr);
+            trim_for_cache(&mut csr, ours);
+            // Cache first: a worker may take the CSR at once and must find this copy.
+            let event = watcher::Event::Apply(csr);
+            writer.apply_watcher_event(&event);
+            if let watcher::Event::Apply(csr) = &event {
+                work.offer(csr);
+            }
+        }
+        watcher::Event::Delete(csr) => {
+            work.forget(&csr.name_any());
+            writer.apply_watcher_event(&watcher::Event::Delete(csr));
+        }
+    }
+}
+
+/// Every `interval`, list every CSR fresh and work the ones the watch missed.
+pub async fn resync_forever(
+    api: Api<CertificateSigningRequest>,
+    store: Store<CertificateSigningRequest>,
+    work: Arc<Work>,
+    live: Arc<Live>,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the first list is the watch's own.
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if !live.is_leader() || !live.is_synced() {
+            continue;
+        }
+        match resync_once(&api, &store, &work, &live).await {
+            Ok(0) => tracing::debug!("resync: the watch's cache is complete"),
+            Ok(recovered) => {
+                tracing::warn!(
+                    recovered,
+                    "resync found CSRs the watch had missed; they are being handled"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(%error, "resync could not list CSRs; trying again next period")
+            }
+        }
+    }
+}
+
+fn rv_of(csr: Option<&Arc<CertificateSigningRequest>>) -> Option<String> {
+    csr.and_then(|c| c.resource_version())
+}
+
+async fn resync_once(
+    api: &Api<CertificateSigningRequest>,
+    store: &Store<CertificateSigningRequest>,
+    work: &Work,
+    live: &Live,
+) -> Result<usize, kube::Error> {
+    let wanted = |csr: &CertificateSigningRequest| {
+        csr_state(csr).needs_work() && live.policy().signer_names.contains(&csr.spec.signer_name)
+    };
+    // CSRs needing work whose cached copy differs from the server's, with the cached
+    // resourceVersion at the time.
+    let mut suspects = Vec::new();
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let page = api.list(&params).await?;
+        for csr in page.items.iter().filter(|c| wanted(c)) {
+            let cached = rv_of(store.get(&ObjectRef::from_obj(csr)).as_ref());
+            if cached != csr.resource_version() {
+                suspects.push((csr.name_any(), cached));
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params.continue_token = Some(token),
+            None => break,
+        }
+    }
+    live.metrics.resyncs.inc();
+    if suspects.is_empty() {
+        return Ok(0);
+    }
+    // A difference may be an event still on its way (or our own write the list predates):
+    // give the watch a moment, then look again, one CSR at a time.
+    tokio::time::sleep(RESYNC_GRACE).await;
+    let mut recovered = 0;
+    for (name, cached_then) in suspects {
+        let key = ObjectRef::<CertificateSigningRequest>::new(&name);
+        let cached_now = rv_of(store.get(&key).as_ref());
+        if cached_now != cached_then {
+            continue; // the watch delivered something for it meanwhile: it is alive
+        }
+        let Some(fresh) = api.get_opt(&name).await? else {
+            continue;
+        };
+        // Already in hand (queued or being worked): not missed.
+        if fresh.resource_version() == cached_now || !wanted(&fresh) || work.holds(&name) {
+            continue;
+        }
+        recovered += 1;
+        live.metrics.resync_recovered.inc();
+        tracing::warn!(csr = %name, cached = ?cached_now, server = ?fresh.resource_version(), "the CSR watch missed this CSR; handling it from a fresh read");
+        work.offer_fresh(fresh);
+    }
+    Ok(recovered)
+}
