@@ -26,6 +26,9 @@ FULL_VALUES = {
     "leaderElection": {"enabled": False, "leaseDurationSeconds": 30},
     "podDisruptionBudget": {"enabled": False},
     "reloadIntervalMs": 2000,
+    "concurrency": 4,
+    "resyncIntervalSeconds": 120,
+    "watchTimeoutSeconds": 200,
     "metrics": {"service": {"enabled": False},
                 "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}}},
     "namespace": {"create": False},
@@ -116,6 +119,9 @@ def test_full_values_reach_the_objects():
     assert "--dry-run" in container["args"] and "--log-format=text" in container["args"]
     assert "--leader-election" not in container["args"] and deploy["spec"]["strategy"]["type"] == "Recreate"
     assert "--reload-interval-ms=2000" in container["args"]
+    assert "--concurrency=4" in container["args"]
+    assert "--resync-interval-seconds=120" in container["args"]
+    assert "--watch-timeout-seconds=200" in container["args"]
     assert container["ports"][0]["containerPort"] == 9090
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-cluster-critical"
     assert spec["tolerations"] == FULL_VALUES["tolerations"]
