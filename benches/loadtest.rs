@@ -41,12 +41,37 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes --bench; a number sets the CSR count.
-    let total: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
+    // `cargo bench --bench loadtest -- [N] [--backlog] [--finished M] [--concurrency C]`:
+    // N new CSRs (default 10,000); --backlog creates them before the controller starts (a
+    // restart into a backlog) instead of while it runs; --finished adds M already-issued CSRs.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag_value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let backlog = args.iter().any(|a| a == "--backlog");
+    let finished = flag_value("--finished").unwrap_or(0);
+    let concurrency = flag_value("--concurrency");
+    let total: usize = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--finished" | "--concurrency"))
+        .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(10_000);
     let quarter = total / 4;
     let server = FakeApiServer::start().await;
@@ -121,24 +146,66 @@ async fn main() {
     }
     let total = batch.len();
 
-    // Info logs only, so that the harness parsing them steals less of the CPU being measured.
-    let controller = ControllerProcess::start_logging(&server, dir.path(), &ca, &[], "info");
-    controller
-        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-        .await;
-
-    eprintln!("creating {total} CSRs ...");
-    let start = Instant::now();
-    let mut created: HashMap<String, Instant> = HashMap::with_capacity(total);
-    for (token, object) in batch {
-        let name = object["metadata"]["name"]
-            .as_str()
-            .expect("name")
-            .to_owned();
-        created.insert(name, Instant::now());
-        server.create_csr(&token, object);
+    if finished > 0 {
+        eprintln!("adding {finished} finished (issued) CSRs ...");
+        let pem = csr_pem("old-user", "developers", &[]);
+        let certificate = openssl_ca(dir.path(), KeyKind::P256, 30);
+        let certificate = std::fs::read_to_string(&certificate.0).expect("a certificate");
+        for i in 0..finished {
+            server.create_issued_csr(
+                "minter",
+                csr_object(&format!("old-{i}"), CLIENT_SIGNER, &["client auth"], &pem),
+                &certificate,
+            );
+        }
     }
-    let created_in = start.elapsed();
+
+    let concurrency = concurrency.map(|c| c.to_string());
+    let mut extra: Vec<&str> = Vec::new();
+    if let Some(c) = &concurrency {
+        extra.extend(["--concurrency", c.as_str()]);
+    }
+    let mut created: HashMap<String, Instant> = HashMap::with_capacity(total);
+    let create_all = |created: &mut HashMap<String, Instant>| {
+        for (token, object) in batch {
+            let name = object["metadata"]["name"]
+                .as_str()
+                .expect("name")
+                .to_owned();
+            created.insert(name, Instant::now());
+            server.create_csr(&token, object);
+        }
+    };
+    let (controller, start, created_in) = if backlog {
+        eprintln!("creating {total} CSRs before the controller starts ...");
+        let before = Instant::now();
+        create_all(&mut created);
+        let created_in = before.elapsed();
+        // A backlog's latency counts from the controller's start, as after an outage.
+        let start = Instant::now();
+        for at in created.values_mut() {
+            *at = start;
+        }
+        let controller = ControllerProcess::start_logging(&server, dir.path(), &ca, &extra, "info");
+        (controller, start, created_in)
+    } else {
+        // Info logs only, so that the harness parsing them steals less of the CPU being measured.
+        let controller = ControllerProcess::start_logging(&server, dir.path(), &ca, &extra, "info");
+        let synced_at = Instant::now();
+        controller
+            .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+            .await;
+        if finished > 0 {
+            println!(
+                "  ready with {finished} finished CSRs after {:.2?}",
+                synced_at.elapsed()
+            );
+        }
+        eprintln!("creating {total} CSRs ...");
+        let start = Instant::now();
+        create_all(&mut created);
+        (controller, start, start.elapsed())
+    };
     let expected_certificates = 3 * quarter;
     let done = loop {
         let writes = server.writes();
@@ -159,6 +226,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let rss = controller.pid().and_then(peak_rss_kib);
+    // Settled: the same process a while after the work is done.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let settled = controller.pid().and_then(rss_kib);
+    let (most_connections, open_connections) = server.connections();
     let writes = server.writes();
     let latency = |sub: &str| {
         let mut all: Vec<Duration> = writes
@@ -179,7 +250,12 @@ async fn main() {
     controller.kill().await;
 
     println!(
-        "loadtest: {total} CSRs ({quarter} each: kubelet client, kubelet serving, allow-listed user, system:masters)"
+        "loadtest: {total} CSRs ({quarter} each: kubelet client, kubelet serving, allow-listed user, system:masters), {}, {finished} finished CSRs present",
+        if backlog {
+            "backlog (created before the controller started)"
+        } else {
+            "burst (created while it runs)"
+        }
     );
     println!("  created in                 {:>9.2?}", created_in);
     println!("  all final after            {:>9.2?}", done);
@@ -205,4 +281,13 @@ async fn main() {
         ),
         None => println!("  controller peak RSS        unknown"),
     }
+    if let Some(kib) = settled {
+        println!(
+            "  controller RSS settled     {:>9.1} MiB (10 s after the last write)",
+            kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "  connections to the API server: at most {most_connections} at once, {open_connections} open at the end"
+    );
 }
