@@ -27,6 +27,7 @@ FULL_VALUES = {
     "podDisruptionBudget": {"enabled": False},
     "reloadIntervalMs": 2000,
     "concurrency": 4,
+    "requesters": {"users": ["jane", "maria"], "groups": ["developers"]},
     "resyncIntervalSeconds": 120,
     "watchTimeoutSeconds": 200,
     "metrics": {"service": {"enabled": False},
@@ -78,6 +79,12 @@ def deployment(objects):
     return by_kind(objects, "Deployment")[0]
 
 
+def named(objects, kind, name):
+    found = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"no single {kind} {name}"
+    return found[0]
+
+
 def test_full_values_change_every_documented_key():
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert set(FULL_VALUES) == set(defaults), "FULL_VALUES must cover every key of values.yaml"
@@ -127,7 +134,7 @@ def test_full_values_reach_the_objects():
     assert spec["tolerations"] == FULL_VALUES["tolerations"]
     assert spec["volumes"][1]["secret"]["secretName"] == "my-ca"
     assert deploy["metadata"]["labels"]["team"] == "platform"
-    role = by_kind(objects, "ClusterRole")[0]
+    role = named(objects, "ClusterRole", "csr-warden")
     signers = [r for r in role["rules"] if r["resources"] == ["signers"]][0]
     assert signers["resourceNames"] == ["example.com/internal-client"]
     policy = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
@@ -150,7 +157,7 @@ def test_full_values_rendering_passes_kubernetes_validate_strict(tmp_path):
 
 
 def test_cluster_role_is_exactly_least_privilege():
-    role = by_kind(manifest_objects(), "ClusterRole")[0]
+    role = named(manifest_objects(), "ClusterRole", "csr-warden")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r.get("resourceNames", [])), tuple(r["verbs"]))
              for r in role["rules"]}
     assert rules == {
@@ -237,3 +244,29 @@ def test_default_install_is_highly_available_with_leader_election():
     assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
     service = by_kind(objects, "Service")[0]
     assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_requester_role_lets_users_submit_and_follow_csrs_and_nothing_else():
+    objects = manifest_objects()
+    role = named(objects, "ClusterRole", "csr-warden-requester")
+    assert role["rules"] == [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+                              "verbs": ["create", "get", "list", "watch"]}]
+    # Bound to nobody by default: the operator decides who may ask.
+    bindings = [b for b in by_kind(objects, "ClusterRoleBinding") if b["roleRef"]["name"] == "csr-warden-requester"]
+    assert bindings == []
+
+
+def test_requester_values_bind_the_role_to_users_and_groups():
+    objects = render_manifests.render(copy.deepcopy(FULL_VALUES))
+    binding = named(objects, "ClusterRoleBinding", "csr-warden-requester")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "csr-warden-requester"}
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane"},
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "maria"},
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "developers"},
+    ]
+    only_groups = copy.deepcopy(FULL_VALUES)
+    only_groups["requesters"] = {"users": [], "groups": ["ops"]}
+    binding = named(render_manifests.render(only_groups), "ClusterRoleBinding", "csr-warden-requester")
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "ops"}]
