@@ -1,13 +1,14 @@
-//! What the watch keeps of each CSR (src/controller/watch.rs `trim_for_cache`): everything a CSR
-//! with work left needs, and only its identity and state once it is finished or not ours.
+//! What the watch caches (src/controller/watch.rs): CSRs of ours with work left, less
+//! managedFields and the `kubectl apply` copy; finished and foreign CSRs not at all.
 
-use csr_warden::controller::watch::trim_for_cache;
+use csr_warden::controller::watch::{trim_for_cache, worth_caching};
 use csr_warden::controller::{CsrState, csr_state};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
     CertificateSigningRequestStatus,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 
 fn csr(conditions: &[&str], certificate: Option<&[u8]>) -> CertificateSigningRequest {
     let mut csr = CertificateSigningRequest {
@@ -36,6 +37,10 @@ fn csr(conditions: &[&str], certificate: Option<&[u8]>) -> CertificateSigningReq
     csr.metadata.name = Some("jane".into());
     csr.metadata.uid = Some("uid-1".into());
     csr.metadata.resource_version = Some("42".into());
+    csr.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+        manager: Some("kubectl-client-side-apply".into()),
+        ..Default::default()
+    }]);
     csr.metadata.annotations = Some(
         [(
             "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
@@ -47,63 +52,47 @@ fn csr(conditions: &[&str], certificate: Option<&[u8]>) -> CertificateSigningReq
 }
 
 #[test]
-fn an_issued_csr_keeps_its_identity_and_state_but_not_its_request_or_certificate() {
-    let mut issued = csr(&["Approved"], Some(b"-----BEGIN CERTIFICATE-----..."));
-    trim_for_cache(&mut issued, true);
-    assert!(issued.spec.request.0.is_empty());
-    let status = issued.status.as_ref().expect("status");
-    assert!(status.certificate.is_none());
-    assert_eq!(csr_state(&issued), CsrState::Issued);
-    assert_eq!(issued.metadata.name.as_deref(), Some("jane"));
-    assert_eq!(issued.metadata.uid.as_deref(), Some("uid-1"));
-    assert_eq!(issued.metadata.resource_version.as_deref(), Some("42"));
-    assert_eq!(issued.spec.username.as_deref(), Some("jane"));
-    assert!(
-        status
-            .conditions
-            .iter()
-            .flatten()
-            .all(|c| c.message.is_none())
-    );
-}
-
-#[test]
-fn denied_and_failed_csrs_are_trimmed_and_stay_final() {
-    for (conditions, state) in [
-        (&["Denied"][..], CsrState::Denied),
-        (&["Approved", "Failed"][..], CsrState::Failed),
+fn finished_csrs_are_not_cached_at_all() {
+    for (conditions, certificate, state) in [
+        (
+            &["Approved"][..],
+            Some(&b"-----BEGIN CERTIFICATE-----..."[..]),
+            CsrState::Issued,
+        ),
+        (&["Denied"][..], None, CsrState::Denied),
+        (&["Approved", "Failed"][..], None, CsrState::Failed),
     ] {
-        let mut finished = csr(conditions, None);
-        trim_for_cache(&mut finished, true);
-        assert!(finished.spec.request.0.is_empty());
+        let finished = csr(conditions, certificate);
         assert_eq!(csr_state(&finished), state);
-    }
-}
-
-#[test]
-fn a_csr_with_work_left_keeps_its_request() {
-    for (conditions, state) in [
-        (&[][..], CsrState::Pending),
-        (&["Approved"][..], CsrState::ApprovedUnsigned),
-    ] {
-        let mut waiting = csr(conditions, None);
-        trim_for_cache(&mut waiting, true);
-        assert!(!waiting.spec.request.0.is_empty());
-        assert_eq!(csr_state(&waiting), state);
-        // The second copy kubectl apply leaves is dropped even here.
         assert!(
-            waiting
-                .metadata
-                .annotations
-                .as_ref()
-                .is_none_or(|a| a.is_empty())
+            !worth_caching(&finished, true),
+            "{state:?} is never worked again"
         );
     }
 }
 
 #[test]
-fn a_foreign_signers_pending_csr_keeps_no_request() {
-    let mut foreign = csr(&[], None);
-    trim_for_cache(&mut foreign, false);
-    assert!(foreign.spec.request.0.is_empty());
+fn a_foreign_signers_csr_is_not_cached() {
+    assert!(!worth_caching(&csr(&[], None), false));
+    assert!(!worth_caching(&csr(&["Approved"], None), false));
+}
+
+#[test]
+fn a_csr_of_ours_with_work_left_is_cached_whole_but_for_managed_fields_and_the_apply_copy() {
+    for (conditions, state) in [
+        (&[][..], CsrState::Pending),
+        (&["Approved"][..], CsrState::ApprovedUnsigned),
+    ] {
+        let mut waiting = csr(conditions, None);
+        assert!(worth_caching(&waiting, true));
+        trim_for_cache(&mut waiting);
+        assert!(
+            !waiting.spec.request.0.is_empty(),
+            "the request is still needed"
+        );
+        assert_eq!(csr_state(&waiting), state);
+        assert!(waiting.metadata.managed_fields.is_none());
+        assert!(waiting.metadata.annotations.is_none());
+        assert_eq!(waiting.metadata.resource_version.as_deref(), Some("42"));
+    }
 }

@@ -134,10 +134,6 @@ impl CsrState {
     }
 }
 
-/// Set on the cached copy of an issued CSR whose certificate was trimmed away (see
-/// [`watch::trim_for_cache`]); never written to the API server.
-pub const CACHED_ISSUED: &str = "csr-warden.internal/issued";
-
 pub fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
     let status = csr.status.as_ref();
     let has = |kind: &str| {
@@ -156,7 +152,6 @@ pub fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
     } else if status
         .and_then(|s| s.certificate.as_ref())
         .is_some_and(|c| !c.0.is_empty())
-        || csr.annotations().contains_key(CACHED_ISSUED)
     {
         CsrState::Issued
     } else if has(APPROVED) {

@@ -8,6 +8,9 @@
 //! kube-runtime's `Controller` lost about half the CSRs of a restart). So this module queues
 //! nothing while a list is under way and queues every cached CSR once it is complete.
 //!
+//! The cache holds only CSRs of our signers with work left (pending, or approved and unsigned):
+//! finished and foreign CSRs are dropped from it as their events arrive.
+//!
 //! Behind the watch, a periodic resync lists every CSR fresh from the API server and works any
 //! pending or approved-unsigned one whose cached copy is missing or stale, counting it in
 //! `csr_warden_resync_recovered_total` (which should stay 0).
@@ -16,15 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use super::csr_state;
 use super::work::Work;
-use super::{CACHED_ISSUED, csr_state};
 use crate::live::Live;
 
 /// How long the resync lets the watch catch up before it calls a difference a miss.
@@ -34,28 +36,20 @@ const PAGE_SIZE: u32 = 500;
 /// Written by `kubectl apply`: a second copy of the whole object, request included.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Keep in the cache only what the controller still needs. A CSR of ours with work left keeps
-/// its request; a finished one (Issued, Denied, Failed) or a foreign signer's is never acted on
-/// again, so it keeps its name, uid, resourceVersion, signer, requester and where it stands.
-pub fn trim_for_cache(csr: &mut CertificateSigningRequest, ours: bool) {
+/// Whether the cache keeps a CSR at all: only ours with work left. A finished CSR (Issued,
+/// Denied, Failed) is never acted on again and a foreign signer's is never acted on, so neither
+/// costs memory; a change that makes one interesting again arrives as a watch event.
+pub fn worth_caching(csr: &CertificateSigningRequest, ours: bool) -> bool {
+    ours && csr_state(csr).needs_work()
+}
+
+/// What a cached CSR need not carry: managedFields and the `kubectl apply` copy of the object.
+pub fn trim_for_cache(csr: &mut CertificateSigningRequest) {
     csr.metadata.managed_fields = None;
     if let Some(annotations) = csr.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
-    }
-    if ours && csr_state(csr).needs_work() {
-        return;
-    }
-    csr.spec.request = ByteString(Vec::new());
-    csr.spec.extra = None;
-    if let Some(status) = csr.status.as_mut() {
-        if status.certificate.take().is_some_and(|c| !c.0.is_empty()) {
-            csr.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(CACHED_ISSUED.into(), "true".into());
-        }
-        for condition in status.conditions.iter_mut().flatten() {
-            condition.message = None;
+        if annotations.is_empty() {
+            csr.metadata.annotations = None;
         }
     }
 }
@@ -127,10 +121,11 @@ fn apply(
             writer.apply_watcher_event(&watcher::Event::Init);
         }
         watcher::Event::InitApply(mut csr) => {
-            let ours = ours(&csr);
-            trim_for_cache(&mut csr, ours);
-            // Held aside by the writer until the list is complete: queue nothing yet.
-            writer.apply_watcher_event(&watcher::Event::InitApply(csr));
+            if worth_caching(&csr, ours(&csr)) {
+                trim_for_cache(&mut csr);
+                // Held aside by the writer until the list is complete: queue nothing yet.
+                writer.apply_watcher_event(&watcher::Event::InitApply(csr));
+            }
         }
         watcher::Event::InitDone => {
             writer.apply_watcher_event(&watcher::Event::InitDone);
@@ -142,15 +137,19 @@ fn apply(
             // Everything the list brought is in the cache now.
             work.offer_everything();
         }
-        watcher::Event::Apply(mut csr) => {
-            let ours = ours(&csr);
-            trim_for_cache(&mut csr, ours);
+        watcher::Event::Apply(mut csr) if worth_caching(&csr, ours(&csr)) => {
+            trim_for_cache(&mut csr);
             // Cache first: a worker may take the CSR at once and must find this copy.
             let event = watcher::Event::Apply(csr);
             writer.apply_watcher_event(&event);
             if let watcher::Event::Apply(csr) = &event {
                 work.offer(csr);
             }
+        }
+        // Finished now (or not ours): out of the cache and the queue.
+        watcher::Event::Apply(csr) => {
+            work.forget(&csr.name_any());
+            writer.apply_watcher_event(&watcher::Event::Delete(csr));
         }
         watcher::Event::Delete(csr) => {
             work.forget(&csr.name_any());
