@@ -187,6 +187,14 @@ async fn main() {
             *at = start;
         }
         let controller = ControllerProcess::start_logging(&server, dir.path(), &ca, &extra, "info");
+        controller
+            .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
+            .await;
+        println!(
+            "  start to ready (watch synced) with {} CSRs present: {:.2?}",
+            total + finished,
+            start.elapsed()
+        );
         (controller, start, created_in)
     } else {
         // Info logs only, so that the harness parsing them steals less of the CPU being measured.

@@ -128,7 +128,7 @@ struct State {
     /// whose new watch cache starts at the resourceVersion it listed from etcd on start-up.
     history_floor: u64,
     /// Paginated lists in progress: the snapshot each continue token reads from.
-    list_snapshots: HashMap<u64, (u64, Vec<Value>)>,
+    list_snapshots: HashMap<u64, (u64, Arc<Vec<Value>>)>,
     next_snapshot: u64,
     /// CSR writes (PUT /approval, /status) being answered right now, and the most at once.
     csr_writes_in_flight: usize,
@@ -1083,7 +1083,11 @@ fn list_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body
             };
             (rv, items, offset)
         }
-        None => (state.rv, state.csrs.values().cloned().collect(), 0usize),
+        None => (
+            state.rv,
+            Arc::new(state.csrs.values().cloned().collect::<Vec<_>>()),
+            0usize,
+        ),
     };
     let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
     let page: Vec<Value> = items[offset.min(end)..end].to_vec();
