@@ -324,7 +324,7 @@ fn approvals(server: &FakeApiServer) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_killed_mid_burst_misses_no_csr() {
     let mut batch = Batch::new().await;
-    batch.server.arm(|f| f.page_limit = Some(7));
+    batch.server.arm(|f| f.page_limit = Some(3));
     batch.create("before", 8);
     let controller = batch.start();
     batch
@@ -425,4 +425,25 @@ async fn resync_counts_nothing_while_the_watch_is_healthy() {
         "{metrics}"
     );
     assert!(metric_sample(&metrics, "csr_warden_resyncs_total").unwrap_or(0.0) >= 3.0);
+}
+
+/// etcd restored from an older backup: the controller's resourceVersion is ahead of the server,
+/// which answers "Too large resource version" for as long as the watch resumes from it. The
+/// controller relists, as client-go does, instead of retrying the same resourceVersion forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_versions_going_back_make_the_watch_relist() {
+    let mut batch = Batch::new().await;
+    batch.create("old", 2);
+    let controller = batch.start();
+    batch.wait_settled(&controller).await;
+    batch.server.restore_older_backup(100);
+    batch.create("new", 2);
+    batch.wait_settled(&controller).await;
+    batch.assert_exact();
+    controller
+        .wait_for_log("the relist", |l| {
+            l["message"]
+                == "the API server cannot resume the CSR watch from where it was; relisting"
+        })
+        .await;
 }

@@ -80,6 +80,12 @@ pub async fn watch_forever(
                     Some(Ok(event)) => {
                         apply(event, &mut writer, &work, &live, &mut listed_once);
                     }
+                    Some(Err(error)) if needs_relist(&error) => {
+                        // kube-runtime would resume from the same resourceVersion forever;
+                        // client-go relists here, and so do we.
+                        tracing::warn!(%error, "the API server cannot resume the CSR watch from where it was; relisting");
+                        break;
+                    }
                     Some(Err(error)) => {
                         tracing::info!(%error, "CSR watch interrupted; resuming");
                     }
@@ -99,6 +105,31 @@ pub async fn watch_forever(
                 }
             }
         }
+    }
+}
+
+/// Errors after which resuming from the same resourceVersion cannot work:
+/// - "Too large resource version" (504, cause ResourceVersionTooLarge): the server is behind the
+///   resourceVersion we hold, e.g. etcd restored from a backup, or a watch cache that came back
+///   behind; kube-runtime retries the same resourceVersion, client-go relists.
+/// - 410 Gone answered to the watch request itself rather than in the stream (kube-runtime
+///   relists only on the in-stream form).
+fn needs_relist(error: &watcher::Error) -> bool {
+    let too_large = |status: &kube::core::Status| {
+        status.code == 504
+            && (status.message.contains("Too large resource version")
+                || status.details.as_ref().is_some_and(|d| {
+                    d.causes
+                        .iter()
+                        .any(|c| c.reason == "ResourceVersionTooLarge")
+                }))
+    };
+    match error {
+        watcher::Error::WatchError(status) => too_large(status),
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => {
+            status.code == 410 || too_large(status)
+        }
+        _ => false,
     }
 }
 

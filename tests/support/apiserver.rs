@@ -409,6 +409,16 @@ impl FakeApiServer {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// etcd restored from an older backup: the server restarts with resourceVersions `by` behind
+    /// what clients have seen. A watch resuming from a resourceVersion the server has not reached
+    /// gets kube-apiserver's "Too large resource version" (504) until it relists.
+    pub fn restore_older_backup(&self, by: u64) {
+        self.go_down();
+        self.shared
+            .mutate(|state| state.rv = state.rv.saturating_sub(by));
+        self.come_up();
+    }
+
     /// Connections refused while down.
     pub fn refused(&self) -> usize {
         self.shared
@@ -1126,9 +1136,11 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
         .and_then(|t| t.parse().ok())
         .unwrap_or(300u64);
     // Subscribe under the lock so no event falls between the backlog and the live stream.
-    let (backlog, receiver, gone, cut, stall) = {
+    let (backlog, receiver, gone, cut, stall, too_large, current) = {
         let mut state = shared.state.lock().expect("state");
         let floor = state.history_floor;
+        let current = state.rv;
+        let too_large = since > current;
         let backlog: Vec<WatchEvent> = state
             .history
             .iter()
@@ -1144,7 +1156,15 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
         if cut.is_some() {
             faults.cut_watches -= 1;
         }
-        (backlog, shared.events_tx.subscribe(), gone, cut, stall)
+        (
+            backlog,
+            shared.events_tx.subscribe(),
+            gone,
+            cut,
+            stall,
+            too_large,
+            current,
+        )
     };
     if stall {
         // Headers, then silence: a connection whose other end is gone without a word.
@@ -1154,6 +1174,16 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
             .headers_mut()
             .insert("content-type", "application/json".parse().expect("header"));
         return response;
+    }
+    if too_large {
+        // What kube-apiserver's watch cache sends after waiting for a resourceVersion it has
+        // not reached.
+        let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+            "metadata": {}, "status": "Failure", "reason": "Timeout", "code": 504,
+            "message": format!("Too large resource version: {since}, current: {current}"),
+            "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                        "retryAfterSeconds": 1}}});
+        return full(StatusCode::OK, error);
     }
     if gone {
         // What kube-apiserver sends when the resourceVersion has been compacted away.
