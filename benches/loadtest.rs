@@ -187,9 +187,7 @@ async fn main() {
             *at = start;
         }
         let controller = ControllerProcess::start_logging(&server, dir.path(), &ca, &extra, "info");
-        controller
-            .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-            .await;
+        controller.wait_synced().await;
         println!(
             "  start to ready (watch synced) with {} CSRs present: {:.2?}",
             total + finished,
@@ -200,9 +198,7 @@ async fn main() {
         // Info logs only, so that the harness parsing them steals less of the CPU being measured.
         let controller = ControllerProcess::start_logging(&server, dir.path(), &ca, &extra, "info");
         let synced_at = Instant::now();
-        controller
-            .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-            .await;
+        controller.wait_synced().await;
         if finished > 0 {
             println!(
                 "  ready with {finished} finished CSRs after {:.2?}",

@@ -18,8 +18,7 @@ async fn concurrency_limit_bounds_the_writes_in_flight() {
     let backlog = h.create_jane_backlog("jane", 50);
     // Slow answers make any overlap between writes visible at the server.
     h.server.arm(|f| f.delay = Duration::from_millis(20));
-    let _controller =
-        ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &["--concurrency", "2"]);
+    let _controller = h.controller(&["--concurrency", "2"]);
     h.server
         .wait_for("the backlog issued", |s| all_issued(s, &backlog))
         .await;
@@ -38,8 +37,7 @@ async fn a_backlog_is_worked_oldest_first() {
     let h = harness().await;
     let backlog = h.create_jane_backlog("jane", 30);
     let limit = 2;
-    let _controller =
-        ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &["--concurrency", "2"]);
+    let _controller = h.controller(&["--concurrency", "2"]);
     h.server
         .wait_for("the backlog issued", |s| all_issued(s, &backlog))
         .await;
@@ -59,8 +57,7 @@ async fn a_flood_from_one_requester_does_not_starve_a_kubelet_renewal() {
     let h = harness().await;
     let flood = h.create_jane_backlog("flood", 60);
     h.create_kubelet_renewal("renewal", "n1");
-    let _controller =
-        ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &["--concurrency", "2"]);
+    let _controller = h.controller(&["--concurrency", "2"]);
     h.server
         .wait_for("flood and renewal issued", |s| {
             all_issued(s, &flood) && issued(s, "renewal")
@@ -81,7 +78,7 @@ async fn a_finished_csr_that_changes_is_not_worked_again() {
         "agent-smith",
         "/CN=agent-smith/O=system:masters",
     );
-    let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    let _controller = h.controller(&[]);
     h.server
         .wait_for(
             "jane issued, agent-smith denied, their Events written",

@@ -172,7 +172,11 @@ impl Batch {
     }
 
     fn start(&self) -> ControllerProcess {
-        ControllerProcess::start(&self.server, self.dir.path(), &self.ca, &[])
+        self.start_with(&[])
+    }
+
+    fn start_with(&self, flags: &[&str]) -> ControllerProcess {
+        ControllerProcess::start(&self.server, self.dir.path(), &self.ca, flags)
     }
 }
 
@@ -216,9 +220,7 @@ async fn watch_cut_mid_event_and_410_gone() {
         f.gone_watches = 2;
     });
     let controller = batch.start();
-    controller
-        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-        .await;
+    controller.wait_synced().await;
     batch.create("b", 3);
     batch.wait_settled(&controller).await;
     batch.assert_exact();
@@ -347,15 +349,8 @@ async fn api_server_killed_mid_burst_misses_no_csr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_watch_is_restarted() {
     let mut batch = Batch::new().await;
-    let controller = ControllerProcess::start(
-        &batch.server,
-        batch.dir.path(),
-        &batch.ca,
-        &["--watch-timeout-seconds", "1"],
-    );
-    controller
-        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-        .await;
+    let controller = batch.start_with(&["--watch-timeout-seconds", "1"]);
+    controller.wait_synced().await;
     // The next watch (after the relist the restart forces) is answered and then stays silent.
     batch.server.arm(|f| f.stall_watches = 1);
     batch.server.restart();
@@ -368,15 +363,8 @@ async fn silent_watch_is_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_finds_a_csr_the_watch_missed() {
     let mut batch = Batch::new().await;
-    let controller = ControllerProcess::start(
-        &batch.server,
-        batch.dir.path(),
-        &batch.ca,
-        &["--resync-interval-seconds", "1"],
-    );
-    controller
-        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-        .await;
+    let controller = batch.start_with(&["--resync-interval-seconds", "1"]);
+    controller.wait_synced().await;
     // The first CSR created (an allow-listed user's) reaches no watcher.
     batch.server.arm(|f| f.hide_creations = 1);
     batch.create("h", 1);
@@ -400,12 +388,7 @@ async fn resync_finds_a_csr_the_watch_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_counts_nothing_while_the_watch_is_healthy() {
     let mut batch = Batch::new().await;
-    let controller = ControllerProcess::start(
-        &batch.server,
-        batch.dir.path(),
-        &batch.ca,
-        &["--resync-interval-seconds", "1"],
-    );
+    let controller = batch.start_with(&["--resync-interval-seconds", "1"]);
     for round in 0..3 {
         batch.create(&format!("r{round}"), 2);
         batch.wait_settled(&controller).await;

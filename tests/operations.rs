@@ -56,9 +56,7 @@ async fn metrics_and_health_endpoints_report_what_happened() {
             issued(s, "jane") && has(s, "agent-smith", "Denied")
         })
         .await;
-    controller
-        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-        .await;
+    controller.wait_synced().await;
     // The controller updates metrics before it logs; the server sees a write before either.
     controller
         .wait_for_log("issued", |l| {
@@ -118,9 +116,7 @@ async fn readiness_fails_while_the_ca_is_missing() {
         h.dir.path().join("missing.key"),
     );
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &missing, &[]);
-    controller
-        .wait_for_log("synced", |l| l["message"] == "watch synced; deciding CSRs")
-        .await;
+    controller.wait_synced().await;
     let (status, body) = controller.http_get("/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("CA is not loaded"), "{body}");

@@ -330,11 +330,7 @@ async fn csr_warden_on_a_real_cluster() {
     )
     .expect("policy");
     let controller = ControllerProcess::start_with_kubeconfig(dir.path(), &ca, &[], &kubeconfig);
-    controller
-        .wait_for_log("the controller's watch synced", |l| {
-            l["message"] == "watch synced; deciding CSRs"
-        })
-        .await;
+    controller.wait_synced().await;
 
     let pem = |name: &str, subject: &str, sans: Option<&str>| {
         openssl_csr(dir.path(), name, KeyKind::P256, subject, sans, &[])

@@ -50,6 +50,11 @@ impl Harness {
 }
 
 impl Harness {
+    /// The controller binary against this harness's server and CA, with extra flags.
+    pub fn controller(&self, flags: &[&str]) -> ControllerProcess {
+        ControllerProcess::start(&self.server, self.dir.path(), &self.ca, flags)
+    }
+
     /// A kubelet client certificate renewal: the node's own identity asks for
     /// `system:node:<node>`, allowed by a selfnodeclient SubjectAccessReview.
     pub fn create_kubelet_renewal(&self, name: &str, node: &str) {
@@ -478,6 +483,14 @@ impl ControllerProcess {
                 ),
             }
         }
+    }
+
+    /// Wait until the controller's CSR watch has synced (its first list is complete).
+    pub async fn wait_synced(&self) {
+        self.wait_for_log("the watch synced", |l| {
+            l["message"] == "watch synced; deciding CSRs"
+        })
+        .await;
     }
 
     /// GET a path from the controller's HTTP server (address from its start-up log line).
