@@ -191,6 +191,98 @@ async fn kubelet_client_csr_without_an_allowing_review_is_left_pending() {
     assert_eq!(line["reason"], "KubeletClientNotAuthorized");
     assert!(h.server.writes().is_empty(), "{:?}", h.server.writes());
     assert!(condition_types(&csr_state(&h.server, "node-csr-2")).is_empty());
+    // The kubelet's operator sees why, on the CSR: which review said no, and for whom.
+    h.server
+        .wait_for("the Event saying why", |s| {
+            !s.events_for("node-csr-2").is_empty()
+        })
+        .await;
+    let events = h.server.events_for("node-csr-2");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Normal");
+    assert_eq!(events[0]["reason"], "KubeletClientNotAuthorized");
+    let note = events[0]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("nodeclient") && note.contains("system:bootstrap:abcdef"),
+        "{note}"
+    );
+}
+
+/// A CSR left for a human says why, once: looking at it again (a policy reload, a restart)
+/// with the same outcome writes no second Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_left_pending_gets_one_event_saying_why() {
+    let h = harness().await;
+    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
+    // One worker: CSRs are finished one after another, so a CSR created later being done
+    // means bob's look (and any Event it writes) is done too.
+    let flags = ["--concurrency", "1", "--reload-interval-ms", "100"];
+    let first = h.controller(&flags);
+    h.server
+        .wait_for("bob's Event", |s| !s.events_for("bob").is_empty())
+        .await;
+    let events = h.server.events_for("bob");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Normal");
+    assert_eq!(events[0]["reason"], "NoMatchingRule");
+    assert!(
+        events[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("left pending for a human")),
+        "{events:?}"
+    );
+
+    // A policy reload looks at bob again.
+    let policy = h.dir.path().join("policy.yaml");
+    let text = std::fs::read_to_string(&policy).expect("policy");
+    std::fs::write(
+        &policy,
+        text.replace(
+            "allowList:\n",
+            "allowList:\n  - commonName: carol\n    groups: [ops]\n",
+        ),
+    )
+    .expect("new policy");
+    first
+        .wait_for_log("policy reloaded", |l| l["message"] == "policy reloaded")
+        .await;
+    first
+        .wait_for_logs("bob looked at again", 2, |l| {
+            l["csr"] == "bob" && l["decision"] == "leave"
+        })
+        .await;
+    h.create_client_csr("jane-token", "after-reload", "/CN=jane/O=developers");
+    h.server
+        .wait_for("a CSR after the reload done", |s| {
+            s.events_for("after-reload").len() == 2
+        })
+        .await;
+    assert_eq!(
+        h.server.events_for("bob").len(),
+        1,
+        "no second Event after a reload"
+    );
+
+    // A restarted controller has no memory of it, and reads the Event from the server.
+    first.kill().await;
+    let second = h.controller(&flags);
+    second
+        .wait_for_log("bob looked at after the restart", |l| {
+            l["csr"] == "bob" && l["decision"] == "leave"
+        })
+        .await;
+    h.create_client_csr("jane-token", "after-restart", "/CN=jane/O=developers");
+    h.server
+        .wait_for("a CSR after the restart done", |s| {
+            s.events_for("after-restart").len() == 2
+        })
+        .await;
+    assert_eq!(
+        h.server.events_for("bob").len(),
+        1,
+        "no second Event after a restart"
+    );
+    assert!(condition_types(&csr_state(&h.server, "bob")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

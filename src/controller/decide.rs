@@ -98,7 +98,13 @@ impl Context {
                     tracing::debug!(csr = %name, steps = ?verdict.steps, "rules");
                     log_decision(&view, &verdict.decision, self.settings.dry_run);
                     self.live.metrics.decisions.get_or_create(&counted).inc();
-                    return Ok(());
+                    return self
+                        .say_left_pending(
+                            &csr,
+                            verdict.decision.reason(),
+                            verdict.decision.message(),
+                        )
+                        .await;
                 }
                 Decision::Approve { .. } => (APPROVED, EventType::Normal),
                 Decision::Deny { .. } => (DENIED, EventType::Warning),

@@ -28,7 +28,7 @@ use k8s_openapi::api::certificates::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::inspect::inspect;
@@ -64,6 +64,8 @@ pub enum Error {
     TooManyConflicts { csr: String },
     #[error("no system randomness for a certificate serial: {0}")]
     Randomness(String),
+    #[error("could not record the Event saying why CSR {csr} is left pending; will retry")]
+    EventNotRecorded { csr: String },
 }
 
 impl Error {
@@ -73,6 +75,7 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::TooManyConflicts { .. } => "conflicts",
             Error::Randomness(_) => "randomness",
+            Error::EventNotRecorded { .. } => "event",
         }
     }
 }
@@ -114,6 +117,8 @@ pub struct Context {
     settings: Settings,
     /// Consecutive failures per CSR, for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Per CSR name: (uid, Event reason) last recorded for leaving it pending.
+    left_pending: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 /// Where a CSR stands, from its conditions and certificate.
@@ -220,6 +225,7 @@ impl Context {
             live,
             settings,
             failures: Default::default(),
+            left_pending: Default::default(),
         }
     }
 
@@ -297,11 +303,13 @@ fn retry_delay(ctx: &Context, name: &str, error: &Error) -> Duration {
 async fn watch_queue(
     store: Store<CertificateSigningRequest>,
     work: Arc<work::Work>,
+    ctx: Arc<Context>,
     live: Arc<Live>,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_secs(5));
     loop {
         ticker.tick().await;
+        ctx.forget_left_pending(|name| store.get(&ObjectRef::new(name)).is_some());
         let (waiting, _) = work.sizes();
         live.metrics
             .queue_waiting
@@ -333,7 +341,12 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     let (store, writer) = reflector::store();
     let work = Arc::new(work::Work::new(store.clone(), live.clone()));
 
-    tokio::spawn(watch_queue(store.clone(), work.clone(), live.clone()));
+    tokio::spawn(watch_queue(
+        store.clone(),
+        work.clone(),
+        ctx.clone(),
+        live.clone(),
+    ));
     let watching = tokio::spawn(watch::watch_forever(
         csrs.clone(),
         writer,

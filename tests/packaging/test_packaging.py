@@ -180,6 +180,11 @@ def test_cluster_role_is_exactly_least_privilege():
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["csr-warden"],
          "verbs": ["get", "patch"]},
     ]
+    events_role = named(manifest_objects(), "Role", "csr-warden-events-reader")
+    assert events_role["metadata"]["namespace"] == "default"
+    assert events_role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}]
+    events_binding = named(manifest_objects(), "RoleBinding", "csr-warden-events-reader")
+    assert events_binding["subjects"] == [{"kind": "ServiceAccount", "name": "csr-warden", "namespace": "csr-warden"}]
     args = deployment(manifest_objects())["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--lease-name=csr-warden" in args, "the Role names the Lease the controller uses"
     assert not any("secrets" in r["resources"] for o in manifest_objects() if o["kind"] in ("ClusterRole", "Role")
