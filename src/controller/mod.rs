@@ -314,12 +314,10 @@ async fn watch_queue(
         live.metrics
             .queue_waiting
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-        let policy = live.policy();
         let waiting: Vec<f64> = store
             .state()
             .iter()
-            .filter(|csr| policy.signer_names.contains(&csr.spec.signer_name))
-            .filter(|csr| csr_state(csr).needs_work())
+            .filter(|csr| watch::wanted(csr, &live))
             .filter_map(|csr| age_seconds(csr))
             .collect();
         live.metrics

@@ -43,6 +43,13 @@ pub fn worth_caching(csr: &CertificateSigningRequest, ours: bool) -> bool {
     ours && csr_state(csr).needs_work()
 }
 
+/// The one test of "ours to work on": one of our signers, and something left to do. The cache,
+/// the queue and the resync all ask this.
+pub(super) fn wanted(csr: &CertificateSigningRequest, live: &Live) -> bool {
+    let ours = live.policy().signer_names.contains(&csr.spec.signer_name);
+    worth_caching(csr, ours)
+}
+
 /// What a cached CSR need not carry: managedFields and the `kubectl apply` copy of the object.
 pub fn trim_for_cache(csr: &mut CertificateSigningRequest) {
     csr.metadata.managed_fields = None;
@@ -140,9 +147,6 @@ fn apply(
     live: &Live,
     listed_once: &mut bool,
 ) {
-    let ours = |csr: &CertificateSigningRequest| {
-        live.policy().signer_names.contains(&csr.spec.signer_name)
-    };
     match event {
         watcher::Event::Init => {
             if *listed_once {
@@ -152,7 +156,7 @@ fn apply(
             writer.apply_watcher_event(&watcher::Event::Init);
         }
         watcher::Event::InitApply(mut csr) => {
-            if worth_caching(&csr, ours(&csr)) {
+            if wanted(&csr, live) {
                 trim_for_cache(&mut csr);
                 // Held aside by the writer until the list is complete: queue nothing yet.
                 writer.apply_watcher_event(&watcher::Event::InitApply(csr));
@@ -168,7 +172,7 @@ fn apply(
             // Everything the list brought is in the cache now.
             work.offer_everything();
         }
-        watcher::Event::Apply(mut csr) if worth_caching(&csr, ours(&csr)) => {
+        watcher::Event::Apply(mut csr) if wanted(&csr, live) => {
             trim_for_cache(&mut csr);
             // Cache first: a worker may take the CSR at once and must find this copy.
             let event = watcher::Event::Apply(csr);
@@ -231,16 +235,13 @@ async fn resync_once(
     work: &Work,
     live: &Live,
 ) -> Result<usize, kube::Error> {
-    let wanted = |csr: &CertificateSigningRequest| {
-        csr_state(csr).needs_work() && live.policy().signer_names.contains(&csr.spec.signer_name)
-    };
     // CSRs needing work whose cached copy differs from the server's, with the cached
     // resourceVersion at the time.
     let mut suspects = Vec::new();
     let mut params = ListParams::default().limit(PAGE_SIZE);
     loop {
         let page = api.list(&params).await?;
-        for csr in page.items.iter().filter(|c| wanted(c)) {
+        for csr in page.items.iter().filter(|c| wanted(c, live)) {
             let cached = rv_of(store.get(&ObjectRef::from_obj(csr)).as_ref());
             if cached != csr.resource_version() {
                 suspects.push((csr.name_any(), cached));
@@ -269,7 +270,7 @@ async fn resync_once(
             continue;
         };
         // Already in hand (queued or being worked): not missed.
-        if fresh.resource_version() == cached_now || !wanted(&fresh) || work.holds(&name) {
+        if fresh.resource_version() == cached_now || !wanted(&fresh, live) || work.holds(&name) {
             continue;
         }
         recovered += 1;

@@ -11,7 +11,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
 
 use super::queue::{Placement, WorkQueue};
-use super::{Context, csr_state, reconcile, retry_delay};
+use super::{Context, reconcile, retry_delay};
 use crate::live::Live;
 
 /// The queue shared by the watch, the resync and the workers.
@@ -111,12 +111,7 @@ impl Work {
     }
 
     fn wanted(&self, csr: &CertificateSigningRequest) -> bool {
-        csr_state(csr).needs_work()
-            && self
-                .live
-                .policy()
-                .signer_names
-                .contains(&csr.spec.signer_name)
+        super::watch::wanted(csr, &self.live)
     }
 
     /// Stop handing out work; workers finish the CSR they hold and return.
