@@ -251,12 +251,7 @@ async fn a_csr_left_pending_gets_one_event_saying_why() {
             l["csr"] == "bob" && l["decision"] == "leave"
         })
         .await;
-    h.create_client_csr("jane-token", "after-reload", "/CN=jane/O=developers");
-    h.server
-        .wait_for("a CSR after the reload done", |s| {
-            s.events_for("after-reload").len() == 2
-        })
-        .await;
+    h.caught_up("after-reload").await;
     assert_eq!(
         h.server.events_for("bob").len(),
         1,
@@ -271,12 +266,7 @@ async fn a_csr_left_pending_gets_one_event_saying_why() {
             l["csr"] == "bob" && l["decision"] == "leave"
         })
         .await;
-    h.create_client_csr("jane-token", "after-restart", "/CN=jane/O=developers");
-    h.server
-        .wait_for("a CSR after the restart done", |s| {
-            s.events_for("after-restart").len() == 2
-        })
-        .await;
+    h.caught_up("after-restart").await;
     assert_eq!(
         h.server.events_for("bob").len(),
         1,
@@ -369,12 +359,9 @@ async fn csr_for_another_signer_is_left_untouched() {
         ),
     );
     let _controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    // Created after the foreign one: once it is issued, the controller has seen both.
-    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
-    h.server
-        .wait_for("jane issued", |s| issued(s, "jane"))
-        .await;
-    assert!(h.server.writes().iter().all(|w| w.csr == "jane"));
+    // Created after the foreign one: once it is done, the controller has seen both.
+    h.caught_up("jane").await;
+    assert!(h.server.writes_except("jane").is_empty());
     assert!(h.server.events_for("other-signer").is_empty());
     let csr = csr_state(&h.server, "other-signer");
     assert!(condition_types(&csr).is_empty() && certificate_pem(&csr).is_none());
@@ -547,28 +534,15 @@ async fn restarted_controller_decides_and_signs_nothing_twice() {
     let cert_before = certificate_pem(&csr_state(&h.server, "jane"));
 
     let _second = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
-    // A CSR created after the restart: once it is issued, the second run has seen the others.
-    h.create_client_csr("jane-token", "after-restart", "/CN=jane/O=developers");
-    h.server
-        .wait_for("the CSR created after the restart issued", |s| {
-            issued(s, "after-restart")
-        })
-        .await;
-    let writes_after: Vec<_> = h
-        .server
-        .writes()
-        .into_iter()
-        .filter(|w| w.csr != "after-restart")
-        .collect();
-    assert_eq!(writes_after, writes_before, "no new writes after restart");
-    let events_after = h
-        .server
-        .events()
-        .into_iter()
-        .filter(|e| e["regarding"]["name"] != "after-restart")
-        .count();
+    // A CSR created after the restart: once it is done, the second run has seen the others.
+    h.caught_up("after-restart").await;
     assert_eq!(
-        events_after,
+        h.server.writes_except("after-restart"),
+        writes_before,
+        "no new writes after restart"
+    );
+    assert_eq!(
+        h.server.events_except("after-restart"),
         events_before.len(),
         "no new events after restart"
     );

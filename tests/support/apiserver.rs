@@ -517,6 +517,19 @@ impl FakeApiServer {
         self.state.lock().expect("state").writes.clone()
     }
 
+    /// Writes to every CSR but `csr` (a marker the test created to synchronise on).
+    pub fn writes_except(&self, csr: &str) -> Vec<CsrWrite> {
+        self.writes().into_iter().filter(|w| w.csr != csr).collect()
+    }
+
+    /// How many Events are about CSRs other than `csr`.
+    pub fn events_except(&self, csr: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e["regarding"]["name"] != csr)
+            .count()
+    }
+
     pub fn events(&self) -> Vec<Value> {
         self.state.lock().expect("state").events.clone()
     }

@@ -55,6 +55,19 @@ impl Harness {
         ControllerProcess::start(&self.server, self.dir.path(), &self.ca, flags)
     }
 
+    /// Create an allow-listed CSR from jane named `marker` and wait until it is issued with both
+    /// its Events. Watch events arrive in order, so once it is done the controller has seen
+    /// everything that happened before it was created (and, with `--concurrency 1`, has
+    /// finished with it).
+    pub async fn caught_up(&self, marker: &str) {
+        self.create_client_csr("jane-token", marker, "/CN=jane/O=developers");
+        self.server
+            .wait_for(&format!("{marker} issued with its Events"), |s| {
+                issued(s, marker) && s.events_for(marker).len() == 2
+            })
+            .await;
+    }
+
     /// A kubelet client certificate renewal: the node's own identity asks for
     /// `system:node:<node>`, allowed by a selfnodeclient SubjectAccessReview.
     pub fn create_kubelet_renewal(&self, name: &str, node: &str) {
