@@ -6,9 +6,9 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Node;
-use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::events::EventType;
+use kube::{Client, ResourceExt};
 
 use super::record::log_decision;
 use super::{
@@ -18,62 +18,69 @@ use super::{
 use crate::metrics::DecisionLabels;
 use crate::policy::{self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup};
 
-impl Context {
-    async fn facts(&self, needed: &FactsNeeded, view: &CsrView) -> Result<ClusterFacts, Error> {
-        let mut facts = ClusterFacts::default();
-        if needed.node_client_review {
-            facts.node_client_allowed = Some(self.review(view, "nodeclient").await?);
-        }
-        if needed.self_node_client_review {
-            facts.self_node_client_allowed = Some(self.review(view, "selfnodeclient").await?);
-        }
-        if let Some(node_name) = &needed.node_name {
-            let nodes: Api<Node> = Api::all(self.client.clone());
-            let node = nodes
-                .get_opt(node_name)
-                .await
-                .map_err(kube_error("get node", &view.name))?;
-            facts.node = Some(match node {
-                None => NodeLookup::Missing,
-                Some(node) => NodeLookup::Addresses(
-                    node.status
-                        .and_then(|s| s.addresses)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|a| a.address)
-                        .collect(),
-                ),
-            });
-        }
-        Ok(facts)
+/// Ask the cluster the facts the policy needs for one CSR: the SubjectAccessReviews for a kubelet
+/// client request, the Node for a kubelet serving one. The controller and `check --csr` both ask
+/// through here, so an operator's check sees what the controller saw.
+pub async fn cluster_facts(
+    client: &Client,
+    needed: &FactsNeeded,
+    view: &CsrView,
+) -> Result<ClusterFacts, Error> {
+    let mut facts = ClusterFacts::default();
+    if needed.node_client_review {
+        facts.node_client_allowed = Some(review(client, view, "nodeclient").await?);
     }
-
-    /// SubjectAccessReview, as kube-controller-manager's CSR approver does it.
-    async fn review(&self, view: &CsrView, subresource: &str) -> Result<bool, Error> {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(view.requester.username.clone()),
-                uid: view.requester.uid.clone(),
-                groups: Some(view.requester.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some("certificates.k8s.io".into()),
-                    resource: Some("certificatesigningrequests".into()),
-                    verb: Some("create".into()),
-                    subresource: Some(subresource.into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let reviews: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = reviews
-            .create(&PostParams::default(), &review)
+    if needed.self_node_client_review {
+        facts.self_node_client_allowed = Some(review(client, view, "selfnodeclient").await?);
+    }
+    if let Some(node_name) = &needed.node_name {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node = nodes
+            .get_opt(node_name)
             .await
-            .map_err(kube_error("subjectaccessreview", &view.name))?;
-        Ok(answer.status.is_some_and(|s| s.allowed))
+            .map_err(kube_error("get node", &view.name))?;
+        facts.node = Some(match node {
+            None => NodeLookup::Missing,
+            Some(node) => NodeLookup::Addresses(
+                node.status
+                    .and_then(|s| s.addresses)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.address)
+                    .collect(),
+            ),
+        });
     }
+    Ok(facts)
+}
 
+/// SubjectAccessReview, as kube-controller-manager's CSR approver does it.
+async fn review(client: &Client, view: &CsrView, subresource: &str) -> Result<bool, Error> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(view.requester.username.clone()),
+            uid: view.requester.uid.clone(),
+            groups: Some(view.requester.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("certificates.k8s.io".into()),
+                resource: Some("certificatesigningrequests".into()),
+                verb: Some("create".into()),
+                subresource: Some(subresource.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let answer = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(kube_error("subjectaccessreview", &view.name))?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
     pub(super) async fn decide_pending(
         &self,
@@ -83,9 +90,8 @@ impl Context {
         let policy = self.live.policy();
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = csr_view(&csr);
-            let facts = self
-                .facts(&policy::facts_needed(&view, &policy), &view)
-                .await?;
+            let facts =
+                cluster_facts(&self.client, &policy::facts_needed(&view, &policy), &view).await?;
             let verdict = policy::decide(&view, &facts, &policy);
             let counted = DecisionLabels {
                 signer: view.signer_name.clone(),

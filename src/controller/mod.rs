@@ -13,6 +13,7 @@
 //! - `record`: Events and the audit log line.
 
 mod decide;
+pub use decide::cluster_facts;
 pub mod queue;
 mod record;
 mod sign;
