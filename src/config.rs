@@ -352,7 +352,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against the cluster (in-cluster config, else KUBECONFIG/~/.kube/config).
     Run(RunArgs),
-    /// Decide one CSR offline and explain every rule; exit 0 approve, 1 deny, 2 leave, 3 bad input.
+    /// Explain what the policy decides for a CSR (a file, or a live one with the cluster's facts)
+    /// and every rule it looked at; exit 0 approve, 1 deny, 2 leave, 3 bad input or no such CSR.
     Check(CheckArgs),
     /// Work with policy files.
     #[command(subcommand)]
@@ -447,12 +448,36 @@ pub enum OutputFormat {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("input")
+        .required(true)
+        .args(["name", "csr", "all_pending", "csr_object", "request"])
+))]
 pub struct CheckArgs {
-    /// Policy file to decide with.
+    /// A live CSR's name: the same as --csr (how `kubectl csr-warden check NAME` passes it).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Explain a live CSR: read it, ask the cluster the facts the controller asks (the
+    /// SubjectAccessReviews, the Node) and show its current state. Uses in-cluster config, else
+    /// KUBECONFIG or ~/.kube/config.
+    #[arg(long, value_name = "NAME")]
+    pub csr: Option<String>,
+    /// List every pending CSR of the policy's signers with what the policy says about it, one line
+    /// each: the queue a human works through.
     #[arg(long)]
-    pub policy: PathBuf,
+    pub all_pending: bool,
+    /// Policy file to decide with. For a live CSR it defaults to the running controller's
+    /// ConfigMap (--namespace, --policy-configmap); files must always name one.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Namespace csr-warden runs in, where its policy ConfigMap is read from.
+    #[arg(long, short = 'n', default_value = "csr-warden")]
+    pub namespace: String,
+    /// Name of the running controller's policy ConfigMap (key policy.yaml).
+    #[arg(long, default_value = "csr-warden-policy")]
+    pub policy_configmap: String,
     /// A CertificateSigningRequest object (YAML or JSON), as `kubectl get csr NAME -o yaml` prints.
-    #[arg(long, conflicts_with = "request", required_unless_present = "request")]
+    #[arg(long)]
     pub csr_object: Option<PathBuf>,
     /// A PEM CSR file (from `openssl req`), with --signer and --usages.
     #[arg(long)]
@@ -464,21 +489,30 @@ pub struct CheckArgs {
     pub usages: Vec<String>,
     #[arg(long)]
     pub expiration_seconds: Option<i32>,
-    /// The requester (spec.username); overrides the object's.
-    #[arg(long)]
+    /// The requester (spec.username); overrides the object's (files only).
+    #[arg(long, conflicts_with_all = ["name", "csr", "all_pending"])]
     pub username: Option<String>,
-    /// The requester's groups (spec.groups), comma-separated; overrides the object's.
-    #[arg(long, value_delimiter = ',')]
+    /// The requester's groups (spec.groups), comma-separated; overrides the object's (files only).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
     pub groups: Option<Vec<String>>,
-    /// Assume the SubjectAccessReview for certificatesigningrequests/nodeclient allows the requester.
-    #[arg(long)]
+    /// Assume the SubjectAccessReview for certificatesigningrequests/nodeclient allows the
+    /// requester (files only: a live check asks the cluster).
+    #[arg(long, conflicts_with_all = ["name", "csr", "all_pending"])]
     pub assume_node_client_allowed: bool,
-    /// Assume the SubjectAccessReview for certificatesigningrequests/selfnodeclient allows the requester.
-    #[arg(long)]
+    /// Assume the SubjectAccessReview for certificatesigningrequests/selfnodeclient allows the
+    /// requester (files only).
+    #[arg(long, conflicts_with_all = ["name", "csr", "all_pending"])]
     pub assume_self_node_client_allowed: bool,
-    /// The Node's addresses for a kubelet serving request, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    /// The Node's addresses for a kubelet serving request, comma-separated (files only).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
     pub node_addresses: Option<Vec<String>>,
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: OutputFormat,
+}
+
+impl CheckArgs {
+    /// The live CSR named, by --csr or positionally.
+    pub fn live_name(&self) -> Option<&str> {
+        self.csr.as_deref().or(self.name.as_deref())
+    }
 }

@@ -159,29 +159,8 @@ async fn kubelet_client_csr_from_a_bootstrap_token_is_approved_and_signed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_client_csr_without_an_allowing_review_is_left_pending() {
     let h = harness().await;
-    h.server.add_user(
-        "bootstrap-token",
-        "system:bootstrap:abcdef",
-        &["system:bootstrappers"],
-    );
     // No SubjectAccessReview allows anyone.
-    let pem = openssl_csr(
-        h.dir.path(),
-        "node",
-        KeyKind::P256,
-        "/CN=system:node:worker-1/O=system:nodes",
-        None,
-        &[],
-    );
-    h.server.create_csr(
-        "bootstrap-token",
-        csr_object(
-            "node-csr-2",
-            KUBELET_CLIENT_SIGNER,
-            &["digital signature", "client auth"],
-            &pem,
-        ),
-    );
+    h.create_bootstrap_client_csr("node-csr-2", "worker-1");
     let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
     let line = controller
         .wait_for_log("leave decision", |l| {

@@ -1,5 +1,8 @@
-//! `csr-warden check`: decide one CSR offline with the same [`policy::decide`] the controller
-//! uses, and explain every rule it looked at.
+//! `csr-warden check`: decide one CSR with the same [`policy::decide`] the controller uses, and
+//! explain every rule it looked at. Files are decided here, offline, with facts from flags; a live
+//! CSR (`--csr`, `--all-pending`) in [`cluster`], with the cluster's own facts.
+
+pub mod cluster;
 
 use std::io::Write;
 use std::path::Path;
@@ -34,6 +37,10 @@ pub enum CheckError {
         "--request needs --signer and --usages (e.g. --signer kubernetes.io/kube-apiserver-client --usages 'client auth')"
     )]
     MissingRequestFlags,
+    #[error(
+        "a file is checked against a policy file: add --policy FILE (e.g. examples/policy.yaml)"
+    )]
+    MissingPolicy,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CheckError> {
@@ -112,6 +119,8 @@ struct JsonStep<'a> {
 #[derive(Serialize)]
 struct JsonReport<'a> {
     csr: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a cluster::LiveState>,
     signer: &'a str,
     requester: &'a str,
     subject: String,
@@ -122,7 +131,13 @@ struct JsonReport<'a> {
 }
 
 /// Render the verdict for a person (text) or a script (json).
-pub fn render(view: &CsrView, verdict: &Verdict, format: OutputFormat) -> String {
+/// `state` is the live CSR's current state, when it was read from a cluster.
+pub fn render(
+    view: &CsrView,
+    verdict: &Verdict,
+    state: Option<&cluster::LiveState>,
+    format: OutputFormat,
+) -> String {
     let subject = view
         .request
         .as_ref()
@@ -133,6 +148,7 @@ pub fn render(view: &CsrView, verdict: &Verdict, format: OutputFormat) -> String
         OutputFormat::Json => {
             let report = JsonReport {
                 csr: &view.name,
+                state,
                 signer: &view.signer_name,
                 requester: &view.requester.username,
                 subject,
@@ -154,16 +170,22 @@ pub fn render(view: &CsrView, verdict: &Verdict, format: OutputFormat) -> String
         }
         OutputFormat::Text => {
             let mut out = format!(
-                "CSR:       {}\nSigner:    {}\nRequester: {} {:?}\nSubject:   {}\n\nDecision:  {} ({})\nMessage:   {}\n\nRules:\n",
+                "CSR:       {}\nSigner:    {}\nRequester: {} {:?}\nSubject:   {}\n",
                 view.name,
                 view.signer_name,
                 view.requester.username,
                 view.requester.groups,
                 subject,
+            );
+            if let Some(state) = state {
+                out.push_str(&state.render_text());
+            }
+            out.push_str(&format!(
+                "\nDecision:  {} ({})\nMessage:   {}\n\nRules:\n",
                 decision.verb().to_uppercase(),
                 decision.reason(),
                 decision.message()
-            );
+            ));
             for step in &verdict.steps {
                 out.push_str(&format!(
                     "  - {:<20} {:<15} {}\n",
@@ -177,22 +199,35 @@ pub fn render(view: &CsrView, verdict: &Verdict, format: OutputFormat) -> String
     }
 }
 
+/// Print `text` on stdout; `check ... | head` closing the pipe early is no error.
+pub(crate) fn print(text: &str) -> Result<(), std::io::Error> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}") {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error),
+        _ => Ok(()),
+    }
+}
+
 /// Run `check`: print the report and return the exit code.
 pub fn run(args: &CheckArgs) -> u8 {
-    let outcome = load_policy(&args.policy)
-        .map_err(CheckError::from)
+    if args.all_pending || args.live_name().is_some() {
+        return cluster::run(args);
+    }
+    let outcome = args
+        .policy
+        .as_deref()
+        .ok_or(CheckError::MissingPolicy)
+        .and_then(|path| Ok(load_policy(path)?))
         .and_then(|policy| Ok((policy, load_view(args)?)));
     match outcome {
         Ok((policy, view)) => {
             let verdict = policy::decide(&view, &offline_facts(args), &policy);
-            let mut stdout = std::io::stdout().lock();
-            match writeln!(stdout, "{}", render(&view, &verdict, args.output)) {
-                // `check ... | head` closes the pipe early; the decision still stands.
-                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            match print(&render(&view, &verdict, None, args.output)) {
+                Err(error) => {
                     eprintln!("csr-warden check: cannot write the report: {error}");
                     EXIT_BAD_INPUT
                 }
-                _ => exit_code(&verdict.decision),
+                Ok(()) => exit_code(&verdict.decision),
             }
         }
         Err(error) => {

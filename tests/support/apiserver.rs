@@ -114,6 +114,8 @@ struct State {
     history: Vec<WatchEvent>,
     events: Vec<Value>,
     nodes: BTreeMap<String, Value>,
+    /// core/v1 ConfigMaps by namespace/name.
+    configmaps: BTreeMap<String, Value>,
     /// (user or group, subresource) pairs a SubjectAccessReview allows.
     sar_allow: Vec<(String, String)>,
     writes: Vec<CsrWrite>,
@@ -365,6 +367,24 @@ impl FakeApiServer {
         });
         self.shared
             .mutate(|state| state.nodes.insert(name.into(), node));
+    }
+
+    /// A ConfigMap `namespace/name` holding `data`.
+    pub fn put_configmap(&self, namespace: &str, name: &str, data: &[(&str, &str)]) {
+        let data: serde_json::Map<String, Value> = data
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let configmap = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("cm-{name}"), "resourceVersion": "1"},
+            "data": data,
+        });
+        self.shared.mutate(|state| {
+            state
+                .configmaps
+                .insert(format!("{namespace}/{name}"), configmap)
+        });
     }
 
     /// SubjectAccessReviews for `subresource` (nodeclient, selfnodeclient) allow this user or group.
@@ -843,6 +863,18 @@ async fn handle_authenticated(
             review["status"] = json!({"allowed": allowed});
             full(StatusCode::CREATED, review)
         }
+        (&Method::GET, ["api", "v1", "namespaces", namespace, "configmaps", name]) => {
+            match shared
+                .state
+                .lock()
+                .expect("state")
+                .configmaps
+                .get(&format!("{namespace}/{name}"))
+            {
+                Some(configmap) => full(StatusCode::OK, configmap.clone()),
+                None => not_found("configmaps", name),
+            }
+        }
         (&Method::GET, ["api", "v1", "nodes", name]) => {
             match shared.state.lock().expect("state").nodes.get(*name) {
                 Some(node) => full(StatusCode::OK, node.clone()),
@@ -1023,6 +1055,7 @@ fn core_resources() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
         resource("nodes", "Node", false, &["get", "list"], &["no"]),
         resource("events", "Event", true, &["get", "list"], &["ev"]),
+        resource("configmaps", "ConfigMap", true, &["get"], &["cm"]),
     ]})
 }
 

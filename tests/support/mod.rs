@@ -87,6 +87,63 @@ impl Harness {
         );
     }
 
+    /// A first kubelet client CSR from a bootstrap token's user, for `system:node:<node>`; no
+    /// SubjectAccessReview allows it unless the test says so.
+    pub fn create_bootstrap_client_csr(&self, name: &str, node: &str) {
+        self.server.add_user(
+            "bootstrap-token",
+            "system:bootstrap:abcdef",
+            &["system:bootstrappers"],
+        );
+        let pem = openssl_csr(
+            self.dir.path(),
+            name,
+            KeyKind::P256,
+            &format!("/CN=system:node:{node}/O=system:nodes"),
+            None,
+            &[],
+        );
+        self.server.create_csr(
+            "bootstrap-token",
+            csr_object(
+                name,
+                KUBELET_CLIENT_SIGNER,
+                &["digital signature", "client auth"],
+                &pem,
+            ),
+        );
+    }
+
+    /// The running controller's policy ConfigMap, as the chart installs it: csr-warden/csr-warden-policy.
+    pub fn install_policy_configmap(&self) {
+        self.server.put_configmap(
+            "csr-warden",
+            "csr-warden-policy",
+            &[("policy.yaml", POLICY)],
+        );
+    }
+
+    /// `csr-warden check ...` as an operator runs it, with an admin's kubeconfig: (exit code,
+    /// stdout, stderr).
+    pub async fn check_live(&self, args: &[&str]) -> (i32, String, String) {
+        self.server
+            .add_user("admin-token", "admin", &["system:masters"]);
+        let kubeconfig = self.server.kubeconfig(self.dir.path(), "admin-token");
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"))
+            .arg("check")
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .await
+            .expect("run csr-warden check");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// `n` allow-listed CSRs from jane, named `{prefix}-000` ... in creation order.
     pub fn create_jane_backlog(&self, prefix: &str, n: usize) -> Vec<String> {
         (0..n)
