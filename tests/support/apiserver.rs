@@ -141,7 +141,10 @@ struct State {
 
 pub struct FakeApiServer {
     pub addr: SocketAddr,
+    /// The cluster CA: it signs the serving certificate and is the kubeconfig's
+    /// certificate-authority-data.
     pub ca_pem: String,
+    pub ca_key_pem: String,
     state: Arc<Mutex<State>>,
     changes: watch::Receiver<u64>,
     shared: Arc<Shared>,
@@ -194,6 +197,23 @@ pub const ADMIN_TOKEN: &str = "admin-token";
 impl FakeApiServer {
     pub async fn start() -> FakeApiServer {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // As kubeadm does it: a cluster CA (the kubeconfig's certificate-authority, a pod's
+        // ca.crt) that signs the serving certificate.
+        let ca_key = rcgen::KeyPair::generate().expect("cluster CA key");
+        let mut ca_params = rcgen::CertificateParams::default();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake-kubernetes-ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("cluster CA");
+        let ca_pem = ca_cert.pem();
+        let ca_key_pem = ca_key.serialize_pem();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().expect("server key");
         let mut params =
             rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
@@ -201,12 +221,11 @@ impl FakeApiServer {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "fake-apiserver");
-        let cert = params.self_signed(&key).expect("server cert");
-        let ca_pem = cert.pem();
+        let cert = params.signed_by(&key, &issuer).expect("server cert");
         let server_config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(
-                vec![cert.der().clone()],
+                vec![cert.der().clone(), ca_cert.der().clone()],
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
             )
             .expect("tls config");
@@ -307,6 +326,7 @@ impl FakeApiServer {
         FakeApiServer {
             addr,
             ca_pem,
+            ca_key_pem,
             state,
             changes,
             shared,
@@ -485,6 +505,36 @@ impl FakeApiServer {
                 state.tokens.insert(new.into(), identity);
             }
         });
+    }
+
+    /// Another signer (kube-controller-manager's csrsigning) writes `certificate_pem` into an
+    /// approved CSR's status. Not in `writes()`, which are csr-warden's.
+    pub fn issue_as_another_signer(&self, name: &str, certificate_pem: &str) {
+        self.shared.mutate(|state| {
+            let Some(mut csr) = state.csrs.get(name).cloned() else {
+                panic!("no CSR {name} to issue");
+            };
+            state.rv += 1;
+            csr["status"]["certificate"] = json!(base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                certificate_pem
+            ));
+            csr["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            state.csrs.insert(name.into(), csr.clone());
+            self.shared.record(state, "MODIFIED", csr);
+        });
+    }
+
+    /// The cluster CA's tls.crt and tls.key in `dir` (as if someone copied them into a Secret).
+    pub fn cluster_ca_files(
+        &self,
+        dir: &std::path::Path,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let cert = dir.join("cluster-ca.crt");
+        let key = dir.join("cluster-ca.key");
+        std::fs::write(&cert, &self.ca_pem).expect("write cluster CA");
+        std::fs::write(&key, &self.ca_key_pem).expect("write cluster CA key");
+        (cert, key)
     }
 
     /// A CSR that was approved and issued long ago (for load tests: a cluster's finished CSRs).
