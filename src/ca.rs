@@ -39,6 +39,8 @@ pub struct CertificateAuthority {
     subject: String,
     not_after: OffsetDateTime,
     cert_pem: String,
+    /// DER SubjectPublicKeyInfo: what makes two CA certificates the same signer.
+    public_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -108,6 +110,7 @@ impl CertificateAuthority {
         }
         let not_after = cert.validity().not_after.to_datetime();
         let subject = cert.subject().to_string();
+        let public_key = cert.tbs_certificate.subject_pki.raw.to_vec();
         let issuer = Issuer::from_ca_cert_der(&pem.contents.clone().into(), key)
             .map_err(|e| bad_cert(e.to_string()))?;
         Ok(CertificateAuthority {
@@ -115,6 +118,7 @@ impl CertificateAuthority {
             subject,
             not_after,
             cert_pem: cert_pem.to_owned(),
+            public_key,
         })
     }
 
@@ -133,6 +137,54 @@ impl CertificateAuthority {
 
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// DER SubjectPublicKeyInfo of the CA's key.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
+    }
+}
+
+/// The public keys (DER SubjectPublicKeyInfo) of the cluster's own CA certificates: whatever
+/// they sign authenticates to the API server. A re-issued CA certificate with the same key is
+/// the same CA, hence keys rather than certificates.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterCa {
+    pub public_keys: Vec<Vec<u8>>,
+    /// Where they came from, for messages.
+    pub origin: String,
+}
+
+impl ClusterCa {
+    /// From DER certificates (kube's Config::root_cert: the service account's ca.crt in a pod,
+    /// the kubeconfig's certificate-authority otherwise) and PEM bundles.
+    pub fn from_certificates(der: &[Vec<u8>], pem_bundles: &[Vec<u8>], origin: String) -> Self {
+        let mut public_keys = Vec::new();
+        let mut add = |der: &[u8]| {
+            if let Ok((_, cert)) = X509Certificate::from_der(der) {
+                public_keys.push(cert.tbs_certificate.subject_pki.raw.to_vec());
+            }
+        };
+        der.iter().for_each(|d| add(d));
+        for bundle in pem_bundles {
+            for pem in x509_parser::pem::Pem::iter_from_buffer(bundle).flatten() {
+                if pem.label == "CERTIFICATE" {
+                    add(&pem.contents);
+                }
+            }
+        }
+        ClusterCa {
+            public_keys,
+            origin,
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        !self.public_keys.is_empty()
+    }
+
+    pub fn contains(&self, ca: &CertificateAuthority) -> bool {
+        self.public_keys.iter().any(|k| k == ca.public_key())
     }
 }
 

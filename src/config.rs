@@ -4,16 +4,16 @@
 //! problem and its line, so a bad ConfigMap stops start-up (or a reload) loudly instead of
 //! approving the wrong thing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::policy::{
-    AllowRule, CommonNameMatch, MIN_EXPIRATION_SECONDS, Policy, SIGNER_KUBE_APISERVER_CLIENT,
-    SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING, SYSTEM_MASTERS, SigningLimits, Unmatched,
-    normalize_group,
+    AllowRule, CaPaths, CommonNameMatch, MIN_EXPIRATION_SECONDS, Policy,
+    SIGNER_KUBE_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING, SYSTEM_MASTERS,
+    SignerConfig, SignerRole, SigningLimits, Unmatched, normalize_group,
 };
 
 /// The largest policy file we read; a real one is a few KiB.
@@ -57,8 +57,12 @@ impl std::fmt::Display for PolicyProblem {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PolicyFile {
+    /// Shorthand: each of these approveAndSign with the default CA.
     #[serde(default)]
-    signer_names: Option<Vec<Spanned<String>>>,
+    signer_names: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Per signer: its role and CA.
+    #[serde(default)]
+    signers: Option<Spanned<Vec<Spanned<SignerFile>>>>,
     #[serde(default)]
     forbidden_groups: Vec<Spanned<String>>,
     #[serde(default)]
@@ -69,6 +73,25 @@ struct PolicyFile {
     unmatched: UnmatchedFile,
     #[serde(default)]
     signing: Option<Spanned<SigningFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SignerFile {
+    name: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    ca: Option<CaFile>,
+    #[serde(default, rename = "allowClusterCA")]
+    allow_cluster_ca: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaFile {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,24 +208,8 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
     let mut problems = Vec::new();
     let mut problem = |line: u64, message: String| problems.push(PolicyProblem { line, message });
 
-    let mut signer_names = BTreeSet::new();
-    match file.signer_names {
-        None => signer_names.extend(default_signer_names()),
-        Some(names) => {
-            if names.is_empty() {
-                problem(
-                    1,
-                    "signerNames is empty: csr-warden would do nothing".into(),
-                );
-            }
-            for name in names {
-                if let Err(why) = check_signer_name(&name.value) {
-                    problem(name.referenced.line(), why);
-                }
-                signer_names.insert(name.value);
-            }
-        }
-    }
+    let signers = signers(file.signer_names, file.signers, &mut problem);
+    let signer_names: BTreeSet<String> = signers.keys().cloned().collect();
 
     // system:masters is forbidden even when the file leaves it out.
     let mut forbidden_groups = vec![SYSTEM_MASTERS.to_owned()];
@@ -307,6 +314,7 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
     }
     Ok(Policy {
         signer_names,
+        signers,
         forbidden_groups,
         kubelet_client: file.kubelet.client,
         kubelet_serving: file.kubelet.serving,
@@ -317,6 +325,107 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
         },
         signing,
     })
+}
+
+/// The signers and their roles, from `signers`, or `signerNames` (each approveAndSign with the
+/// default CA), or neither (the default three, approveAndSign).
+fn signers(
+    signer_names: Option<Spanned<Vec<Spanned<String>>>>,
+    signers: Option<Spanned<Vec<Spanned<SignerFile>>>>,
+    problem: &mut impl FnMut(u64, String),
+) -> BTreeMap<String, SignerConfig> {
+    let approve_and_sign = |line| SignerConfig {
+        role: SignerRole::ApproveAndSign,
+        ca: None,
+        allow_cluster_ca: false,
+        line,
+    };
+    let mut out = BTreeMap::new();
+    match (signer_names, signers) {
+        (Some(names), Some(entries)) => problem(
+            entries.referenced.line(),
+            format!(
+                "the policy sets both signerNames (line {}) and signers (line {}); keep one: signers lists each signer with its role, signerNames means approveAndSign for each",
+                names.referenced.line(),
+                entries.referenced.line()
+            ),
+        ),
+        (None, None) => {
+            for name in default_signer_names() {
+                out.insert(name, approve_and_sign(1));
+            }
+        }
+        (Some(names), None) => {
+            if names.value.is_empty() {
+                problem(
+                    names.referenced.line(),
+                    "signerNames is empty: csr-warden would do nothing".into(),
+                );
+            }
+            for name in names.value {
+                let line = name.referenced.line();
+                if let Err(why) = check_signer_name(&name.value) {
+                    problem(line, why);
+                }
+                out.insert(name.value, approve_and_sign(line));
+            }
+        }
+        (None, Some(entries)) => {
+            if entries.value.is_empty() {
+                problem(
+                    entries.referenced.line(),
+                    "signers is empty: csr-warden would do nothing".into(),
+                );
+            }
+            for entry in entries.value {
+                let line = entry.referenced.line();
+                let entry = entry.value;
+                if let Err(why) = check_signer_name(&entry.name) {
+                    problem(line, why);
+                }
+                let role = match entry.role.as_deref() {
+                    None | Some("approveAndSign") => SignerRole::ApproveAndSign,
+                    Some("approve") => SignerRole::Approve,
+                    Some("sign") => SignerRole::Sign,
+                    Some(other) => {
+                        problem(
+                            line,
+                            format!(
+                                "signer {:?} has unknown role {other:?}; use approve, sign or approveAndSign",
+                                entry.name
+                            ),
+                        );
+                        continue;
+                    }
+                };
+                if !role.signs() && entry.ca.is_some() {
+                    problem(
+                        line,
+                        format!(
+                            "signer {:?} has role approve, which never signs, but sets ca; remove ca or use approveAndSign",
+                            entry.name
+                        ),
+                    );
+                }
+                let config = SignerConfig {
+                    role,
+                    ca: entry.ca.map(|ca| CaPaths {
+                        cert: ca.cert,
+                        key: ca.key,
+                    }),
+                    allow_cluster_ca: entry.allow_cluster_ca,
+                    line,
+                };
+                if out.insert(entry.name.clone(), config).is_some() {
+                    problem(
+                        line,
+                        format!("signer {:?} is listed twice; keep one entry", entry.name),
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 fn check_signer_name(name: &str) -> Result<(), String> {
@@ -383,20 +492,27 @@ pub struct RunArgs {
         default_value = "/etc/csr-warden/policy/policy.yaml"
     )]
     pub policy: PathBuf,
-    /// CA certificate (tls.crt of the mounted kubernetes.io/tls Secret).
+    /// Default CA certificate (tls.crt of the mounted kubernetes.io/tls Secret), for signing
+    /// signers without a `ca` of their own. Not read when no signer needs it.
     #[arg(
         long,
         env = "CSR_WARDEN_CA_CERT",
         default_value = "/etc/csr-warden/ca/tls.crt"
     )]
     pub ca_cert: PathBuf,
-    /// CA private key (tls.key): PKCS#1, SEC1 or PKCS#8 PEM.
+    /// Default CA private key (tls.key): PKCS#1, SEC1 or PKCS#8 PEM. Not read when no signer
+    /// needs it.
     #[arg(
         long,
         env = "CSR_WARDEN_CA_KEY",
         default_value = "/etc/csr-warden/ca/tls.key"
     )]
     pub ca_key: PathBuf,
+    /// More certificates of the cluster's own CA (PEM), e.g. the API server's --client-ca-file
+    /// when it differs from the CA the service account's ca.crt (or the kubeconfig) names. A
+    /// custom signer may not sign with any of them unless it sets allowClusterCA.
+    #[arg(long, env = "CSR_WARDEN_CLUSTER_CA_FILE")]
+    pub cluster_ca_file: Vec<PathBuf>,
     #[arg(
         long,
         env = "CSR_WARDEN_LOG_FORMAT",

@@ -1,6 +1,11 @@
-//! What the controller runs with right now: the policy and CA (reloaded from disk when the
-//! mounted ConfigMap or Secret changes), leadership, readiness and metrics.
+//! What the controller runs with right now: the policy and the CAs of its signing signers
+//! (reloaded from disk when the mounted ConfigMap or Secrets change), leadership, readiness and
+//! metrics.
+//!
+//! A CA is read only when some signer signs with it: an approve-only installation needs no CA
+//! files at all.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -9,27 +14,45 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::ca::CertificateAuthority;
+use crate::ca::{CertificateAuthority, ClusterCa};
 use crate::config::load_policy;
-use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::metrics::{Metrics, SignerLabels};
+use crate::policy::{CaPaths, Policy, SIGNER_PREFIX_KUBERNETES};
 
 /// Warn when the CA expires sooner than this.
 pub const CA_EXPIRY_WARNING: time::Duration = time::Duration::days(30);
 
-/// Where the policy and the CA come from.
+/// Where the policy and the CAs come from.
 #[derive(Debug, Clone)]
 pub struct Sources {
     pub policy: PathBuf,
-    pub ca_cert: PathBuf,
-    pub ca_key: PathBuf,
+    /// --ca-cert/--ca-key: for signing signers without a `ca` of their own.
+    pub default_ca: CaPaths,
+    /// The cluster's own CA, which custom signers may not sign with unless allowed.
+    pub cluster_ca: ClusterCa,
 }
 
 pub type CaSlot = Result<CertificateAuthority, String>;
 
+/// One CA in force, with the file contents it was loaded from (to notice changes).
+#[derive(Clone)]
+struct LoadedCa {
+    files: Option<Vec<Vec<u8>>>,
+    slot: Arc<CaSlot>,
+}
+
+/// Every CA some signing signer needs, by its files.
+type CaTable = BTreeMap<CaPaths, LoadedCa>;
+
+/// Why a policy (or a CA) cannot be used at all: start-up stops, a reload is rejected.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 pub struct Live {
     policy: RwLock<Arc<Policy>>,
-    ca: RwLock<Arc<CaSlot>>,
+    cas: RwLock<Arc<CaTable>>,
+    default_ca: CaPaths,
     leader: AtomicBool,
     leader_known: AtomicBool,
     synced: AtomicBool,
@@ -39,11 +62,20 @@ pub struct Live {
 }
 
 impl Live {
-    /// `leader_election`: false means this replica always acts.
-    pub fn new(policy: Policy, ca: CaSlot, leader_election: bool) -> Arc<Live> {
+    /// Load the CAs the policy needs and refuse a custom signer on the cluster's CA.
+    /// `leader_election`: false means this replica always acts. A CA that cannot be loaded is
+    /// no error here (its signer's approved CSRs are marked Failed until it is fixed).
+    pub fn start(
+        policy: Policy,
+        sources: &Sources,
+        leader_election: bool,
+    ) -> Result<Arc<Live>, Refused> {
+        let cas = load_cas(&policy, sources, &CaTable::new());
+        guard_cluster_ca(&policy, sources, &cas)?;
         let live = Arc::new(Live {
             policy: RwLock::new(Arc::new(policy)),
-            ca: RwLock::new(Arc::new(Err(String::new()))),
+            cas: RwLock::new(Arc::new(cas)),
+            default_ca: sources.default_ca.clone(),
             leader: AtomicBool::new(!leader_election),
             leader_known: AtomicBool::new(!leader_election),
             synced: AtomicBool::new(false),
@@ -51,8 +83,8 @@ impl Live {
             recheck: watch::channel(0).0,
         });
         live.metrics.leader.set(i64::from(!leader_election));
-        live.set_ca(ca);
-        live
+        live.report_cas(OffsetDateTime::now_utc());
+        Ok(live)
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -62,46 +94,74 @@ impl Live {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    pub fn ca(&self) -> Arc<CaSlot> {
-        self.ca
+    fn cas(&self) -> Arc<CaTable> {
+        self.cas
             .read()
             .map(|c| c.clone())
             .unwrap_or_else(|c| c.into_inner().clone())
     }
 
-    fn set_policy(&self, policy: Policy) {
-        match self.policy.write() {
-            Ok(mut slot) => *slot = Arc::new(policy),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
-        }
-        self.recheck.send_modify(|n| *n += 1);
+    /// The CA `signer` signs with, or why there is none.
+    pub fn ca_for(&self, signer: &str) -> Arc<CaSlot> {
+        let policy = self.policy();
+        let Some(paths) = policy.ca_for(signer, &self.default_ca) else {
+            return Arc::new(Err(format!("csr-warden does not sign for {signer}")));
+        };
+        self.cas()
+            .get(paths)
+            .map(|loaded| loaded.slot.clone())
+            .unwrap_or_else(|| {
+                Arc::new(Err(format!(
+                    "the CA {} is not loaded yet",
+                    paths.cert.display()
+                )))
+            })
     }
 
-    fn set_ca(&self, ca: CaSlot) {
-        if let Ok(ca) = &ca {
-            self.metrics
-                .ca_not_after
-                .set(ca.not_after().unix_timestamp());
+    /// Put a new policy and its CAs in force together, so no CSR of a new signer is ever
+    /// signed (or failed) before its CA is there.
+    fn set(&self, policy: Option<Policy>, cas: CaTable) {
+        match self.cas.write() {
+            Ok(mut slot) => *slot = Arc::new(cas),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(cas),
         }
-        // A new CA gets its own warning if it is close to expiry.
-        self.metrics.ca_expiring_soon.set(0);
-        match self.ca.write() {
-            Ok(mut slot) => *slot = Arc::new(ca),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(ca),
+        if let Some(policy) = policy {
+            match self.policy.write() {
+                Ok(mut slot) => *slot = Arc::new(policy),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+            }
+            self.recheck.send_modify(|n| *n += 1);
         }
         // Approved CSRs that failed for want of a CA are Failed for good; nothing to recheck.
-        self.check_ca_expiry(OffsetDateTime::now_utc());
+        self.report_cas(OffsetDateTime::now_utc());
     }
 
-    /// Warn (log + metric) once when the CA comes within 30 days of expiry. Called on every
-    /// load and on every reload tick, so a long-running controller notices too.
-    pub fn check_ca_expiry(&self, now: OffsetDateTime) {
-        let ca = self.ca();
-        let Ok(ca) = ca.as_ref() else { return };
-        let expiring = ca.not_after() - now < CA_EXPIRY_WARNING;
-        let was = self.metrics.ca_expiring_soon.set(i64::from(expiring)) == 1;
-        if expiring && !was {
-            tracing::warn!(subject = ca.subject(), not_after = %ca.not_after(), "the signing CA expires within 30 days; certificates are cut off at its expiry; rotate the CA Secret");
+    /// Per signing signer: its CA's expiry in the metrics, and one warning when it comes within
+    /// 30 days. Called on every load and every reload tick, so a long-running controller
+    /// notices too.
+    pub fn report_cas(&self, now: OffsetDateTime) {
+        let policy = self.policy();
+        self.metrics.ca_not_after.clear();
+        for signer in policy.signer_names.iter().filter(|s| policy.signs(s)) {
+            let ca = self.ca_for(signer);
+            let Ok(ca) = ca.as_ref() else { continue };
+            let labels = SignerLabels {
+                signer: signer.clone(),
+            };
+            self.metrics
+                .ca_not_after
+                .get_or_create(&labels)
+                .set(ca.not_after().unix_timestamp());
+            let expiring = ca.not_after() - now < CA_EXPIRY_WARNING;
+            let was = self
+                .metrics
+                .ca_expiring_soon
+                .get_or_create(&labels)
+                .set(i64::from(expiring))
+                == 1;
+            if expiring && !was {
+                tracing::warn!(%signer, subject = ca.subject(), not_after = %ca.not_after(), "this signer's CA expires within 30 days; certificates are cut off at its expiry; rotate its CA Secret");
+            }
         }
     }
 
@@ -129,13 +189,17 @@ impl Live {
         self.synced.store(true, Ordering::SeqCst);
     }
 
-    /// Ready: the watch has synced, the CA is loaded and this replica knows whether it leads.
+    /// Ready: the watch has synced, every signing signer's CA is loaded (none is needed when
+    /// nothing signs) and this replica knows whether it leads.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.synced.load(Ordering::SeqCst) {
             return Err("the CSR watch has not synced yet".into());
         }
-        if let Err(why) = self.ca().as_ref() {
-            return Err(format!("the CA is not loaded: {why}"));
+        let policy = self.policy();
+        for signer in policy.signer_names.iter().filter(|s| policy.signs(s)) {
+            if let Err(why) = self.ca_for(signer).as_ref() {
+                return Err(format!("the CA of signer {signer} is not loaded: {why}"));
+            }
         }
         if !self.leader_known.load(Ordering::SeqCst) {
             return Err("leader election has not answered yet".into());
@@ -152,56 +216,141 @@ fn read_all(paths: &[&PathBuf]) -> Option<Vec<Vec<u8>>> {
     paths.iter().map(|p| std::fs::read(p).ok()).collect()
 }
 
-/// Load the CA, logging (not failing) when it cannot be.
-pub fn load_ca(sources: &Sources) -> CaSlot {
-    CertificateAuthority::load(&sources.ca_cert, &sources.ca_key).map_err(|e| e.to_string())
+/// The signers of `policy` that sign with `paths`, for log lines.
+fn signers_of(policy: &Policy, sources: &Sources, paths: &CaPaths) -> Vec<String> {
+    policy
+        .signer_names
+        .iter()
+        .filter(|s| policy.ca_for(s, &sources.default_ca) == Some(paths))
+        .cloned()
+        .collect()
 }
 
-/// Poll the mounted files and swap in a new policy or CA when their content changes. A broken
-/// new file is rejected (log + metric) and the last good one stays in force. Kubelet updates
-/// ConfigMap and Secret volumes by swapping a symlink, so reading the content is what works.
+/// Every CA `policy` needs: kept from `previous` when its files are unchanged, loaded otherwise.
+/// A new file that does not load leaves the previous CA in force; with none before, the slot
+/// holds the error (its signer's approved CSRs are marked Failed, `CAUnavailable`).
+fn load_cas(policy: &Policy, sources: &Sources, previous: &CaTable) -> CaTable {
+    let mut table = CaTable::new();
+    for paths in policy.cas_needed(&sources.default_ca) {
+        let files = read_all(&[&paths.cert, &paths.key]);
+        let before = previous.get(paths);
+        if let Some(before) = before.filter(|b| b.files == files) {
+            table.insert(paths.clone(), before.clone());
+            continue;
+        }
+        let signers = signers_of(policy, sources, paths);
+        let slot = match CertificateAuthority::load(&paths.cert, &paths.key) {
+            Ok(ca) => {
+                tracing::info!(?signers, subject = ca.subject(), not_after = %ca.not_after(), "CA loaded");
+                Arc::new(Ok(ca))
+            }
+            Err(error) => match before.filter(|b| b.slot.is_ok()) {
+                Some(before) => {
+                    tracing::error!(?signers, %error, "new CA rejected; the previous CA stays in force");
+                    before.slot.clone()
+                }
+                None => {
+                    tracing::error!(?signers, %error, "CA not loaded: these signers' approved CSRs are marked Failed until it is fixed");
+                    Arc::new(Err(error.to_string()))
+                }
+            },
+        };
+        table.insert(paths.clone(), LoadedCa { files, slot });
+    }
+    table
+}
+
+/// A custom signer's certificates signed by the cluster's own CA would log into the API server
+/// as whatever subject they carry. Refuse that unless the signer says `allowClusterCA: true`.
+fn guard_cluster_ca(policy: &Policy, sources: &Sources, cas: &CaTable) -> Result<(), Refused> {
+    for (signer, config) in &policy.signers {
+        if signer.starts_with(SIGNER_PREFIX_KUBERNETES) || config.allow_cluster_ca {
+            continue;
+        }
+        let Some(paths) = policy.ca_for(signer, &sources.default_ca) else {
+            continue;
+        };
+        if !sources.cluster_ca.is_known() {
+            return Err(Refused(format!(
+                "policy line {}: cannot tell whether signer {signer}'s CA is the cluster's own CA: the Kubernetes configuration has no CA certificate ({}); give it with --cluster-ca-file, or set allowClusterCA: true on that signer",
+                config.line, sources.cluster_ca.origin
+            )));
+        }
+        let Some(Ok(ca)) = cas.get(paths).map(|loaded| loaded.slot.as_ref()) else {
+            continue;
+        };
+        if sources.cluster_ca.contains(ca) {
+            return Err(Refused(format!(
+                "policy line {}: signer {signer} would sign with the cluster's own CA ({} is the CA in {}): its certificates would authenticate to the API server as whatever subject they carry. Give it a CA of its own (ca: {{cert, key}}), or set allowClusterCA: true on that signer if that is intended",
+                config.line,
+                paths.cert.display(),
+                sources.cluster_ca.origin
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Poll the mounted files and put a new policy or CA in force when their content changes. A
+/// broken new file, or one the cluster-CA guard refuses, is rejected (log + metric) and the last
+/// good one stays. Kubelet updates ConfigMap and Secret volumes by swapping a symlink, so
+/// reading the content is what works.
 pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duration) {
     let mut last_policy = read_all(&[&sources.policy]);
-    let mut last_ca = read_all(&[&sources.ca_cert, &sources.ca_key]);
+    // CA files the guard refused, so a refusal is logged once, not every tick.
+    let mut last_refused = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        live.check_ca_expiry(OffsetDateTime::now_utc());
+        live.report_cas(OffsetDateTime::now_utc());
         let policy_now = read_all(&[&sources.policy]);
+        let mut new_policy = None;
         if policy_now != last_policy {
             last_policy = policy_now;
             match load_policy(&sources.policy) {
-                Ok(policy) => {
-                    tracing::info!(path = %sources.policy.display(), signers = ?policy.signer_names, "policy reloaded");
-                    live.set_policy(policy);
-                    live.metrics.reload("policy", true);
-                }
+                Ok(policy) => new_policy = Some(policy),
                 Err(error) => {
                     tracing::error!(%error, "new policy rejected; the previous policy stays in force");
                     live.metrics.reload("policy", false);
                 }
             }
         }
-        let ca_now = read_all(&[&sources.ca_cert, &sources.ca_key]);
-        if ca_now != last_ca {
-            last_ca = ca_now;
-            match load_ca(&sources) {
-                Ok(ca) => {
-                    tracing::info!(subject = ca.subject(), not_after = %ca.not_after(), "CA reloaded");
-                    live.set_ca(Ok(ca));
-                    live.metrics.reload("ca", true);
-                }
-                Err(error) => {
-                    let keeps = if live.ca().is_ok() {
-                        "the previous CA stays in force"
-                    } else {
-                        "no CA is loaded"
-                    };
-                    tracing::error!(%error, "new CA rejected; {keeps}");
-                    live.metrics.reload("ca", false);
-                }
+        let current = live.policy();
+        let policy = new_policy.as_ref().unwrap_or(&current);
+        let before = live.cas();
+        let wanted: Vec<(CaPaths, Option<Vec<Vec<u8>>>)> = policy
+            .cas_needed(&sources.default_ca)
+            .into_iter()
+            .map(|paths| (paths.clone(), read_all(&[&paths.cert, &paths.key])))
+            .collect();
+        let in_force: Vec<(CaPaths, Option<Vec<Vec<u8>>>)> = before
+            .iter()
+            .map(|(paths, ca)| (paths.clone(), ca.files.clone()))
+            .collect();
+        if new_policy.is_none() && (wanted == in_force || last_refused.as_ref() == Some(&wanted)) {
+            continue;
+        }
+        let cas = load_cas(policy, &sources, &before);
+        if let Err(refused) = guard_cluster_ca(policy, &sources, &cas) {
+            tracing::error!(error = %refused, "new policy or CA rejected; the previous ones stay in force");
+            live.metrics
+                .reload(if new_policy.is_some() { "policy" } else { "ca" }, false);
+            last_refused = Some(wanted);
+            continue;
+        }
+        last_refused = None;
+        for (paths, ca) in &cas {
+            if let Some(before) = before.get(paths).filter(|b| b.files != ca.files) {
+                // The same slot as before: the new files were rejected.
+                let accepted = !Arc::ptr_eq(&before.slot, &ca.slot) && ca.slot.is_ok();
+                live.metrics.reload("ca", accepted);
             }
         }
+        if let Some(policy) = &new_policy {
+            tracing::info!(path = %sources.policy.display(), signers = ?policy.signer_names, "policy reloaded");
+            live.metrics.reload("policy", true);
+        }
+        live.set(new_policy, cas);
     }
 }

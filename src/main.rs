@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use csr_warden::ca::ClusterCa;
 use csr_warden::config::{Cli, Command, PolicyCommand, RunArgs, load_policy};
 use csr_warden::controller::{self, Settings};
 use csr_warden::leader::{self, LeaseSettings};
 use csr_warden::live::{self, Live, Sources};
+use csr_warden::policy::CaPaths;
 use csr_warden::{check, http, telemetry};
 
 fn main() -> ExitCode {
@@ -48,26 +50,22 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let sources = Sources {
-        policy: args.policy.clone(),
-        ca_cert: args.ca_cert.clone(),
-        ca_key: args.ca_key.clone(),
-    };
     // A bad policy stops start-up: better no controller than one that approves the wrong thing.
-    let policy = load_policy(&sources.policy)?;
-    tracing::info!(signers = ?policy.signer_names, dry_run = args.dry_run, "policy loaded");
-    let ca = live::load_ca(&sources);
-    match &ca {
-        Ok(ca) => tracing::info!(subject = ca.subject(), not_after = %ca.not_after(), "CA loaded"),
-        Err(error) => {
-            tracing::error!(%error, "CA not loaded: approved CSRs are marked Failed until it is fixed")
-        }
-    }
-    let live = Live::new(policy, ca, args.leader_election);
+    let policy = load_policy(&args.policy)?;
+    tracing::info!(signers = ?policy.signers.iter().map(|(name, s)| format!("{name}={}", s.role.as_str())).collect::<Vec<_>>(), dry_run = args.dry_run, "policy loaded");
 
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration: run in a pod, or set KUBECONFIG")?;
+    let sources = Sources {
+        policy: args.policy.clone(),
+        default_ca: CaPaths {
+            cert: args.ca_cert.clone(),
+            key: args.ca_key.clone(),
+        },
+        cluster_ca: cluster_ca(&config, &args.cluster_ca_file)?,
+    };
+    let live = Live::start(policy, &sources, args.leader_election)?;
     let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
 
     let listener = http::bind(args.http_addr)
@@ -114,4 +112,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// The cluster's own CA: what the client trusts for the API server (the service account's
+/// ca.crt in a pod, the kubeconfig's certificate-authority outside), and any --cluster-ca-file.
+fn cluster_ca(config: &kube::Config, extra: &[std::path::PathBuf]) -> anyhow::Result<ClusterCa> {
+    let bundles = extra
+        .iter()
+        .map(|path| {
+            std::fs::read(path)
+                .with_context(|| format!("cannot read --cluster-ca-file {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut origin = vec!["the Kubernetes configuration's certificate authority".to_owned()];
+    origin.extend(extra.iter().map(|p| p.display().to_string()));
+    Ok(ClusterCa::from_certificates(
+        config.root_cert.as_deref().unwrap_or_default(),
+        &bundles,
+        origin.join(", "),
+    ))
 }

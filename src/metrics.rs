@@ -51,8 +51,8 @@ pub struct Metrics {
     pub resync_recovered: Counter,
     pub queue_waiting: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
-    pub ca_not_after: Gauge<i64>,
-    pub ca_expiring_soon: Gauge,
+    pub ca_not_after: Family<SignerLabels, Gauge<i64>>,
+    pub ca_expiring_soon: Family<SignerLabels, Gauge>,
     pub leader: Gauge,
     pub pending: Gauge,
     pub oldest_pending_age: Gauge,
@@ -80,8 +80,8 @@ impl Metrics {
             resync_recovered: Counter::default(),
             queue_waiting: Gauge::default(),
             reloads: Family::default(),
-            ca_not_after: Gauge::default(),
-            ca_expiring_soon: Gauge::default(),
+            ca_not_after: Family::default(),
+            ca_expiring_soon: Family::default(),
             leader: Gauge::default(),
             pending: Gauge::default(),
             oldest_pending_age: Gauge::default(),
@@ -144,12 +144,12 @@ impl Metrics {
         );
         registry.register(
             "ca_not_after_timestamp_seconds",
-            "When the signing CA expires (Unix time)",
+            "When each signing signer's CA expires (Unix time)",
             metrics.ca_not_after.clone(),
         );
         registry.register(
             "ca_expiring_soon",
-            "1 when the signing CA expires within 30 days",
+            "1 when a signing signer's CA expires within 30 days",
             metrics.ca_expiring_soon.clone(),
         );
         registry.register(

@@ -4,7 +4,7 @@
 //! no clock: the controller and `csr-warden check` both call [`decide`] and get the same answer.
 //!
 //! Rules run in this order and the first that decides wins:
-//! 1. signerName not ours → Leave (another signer owns it; we do not touch it)
+//! 1. signerName not ours, or ours only to sign (`role: sign`) → Leave (we do not touch it)
 //! 2. malformed request, bad signature, weak key, bad usages/expiration → Deny
 //! 3. any subject O in `forbiddenGroups` (system:masters always) → Deny `ForbiddenGroup`
 //! 4. kubelet client certificates → Approve after a SubjectAccessReview, Deny on a wrong shape
@@ -12,14 +12,17 @@
 //! 6. the allow-list → Approve, or Deny when a rule names the CN but something else is wrong
 //! 7. anything else → Leave for a human (or Deny `NotAllowListed` with `unmatched: deny`)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::path::PathBuf;
 
 use crate::inspect::{CertificateRequest, InspectError};
 
 pub const SIGNER_KUBE_APISERVER_CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 pub const SIGNER_KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const SIGNER_KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
+/// Signers under this prefix are Kubernetes' own: signing them with the cluster CA is the point.
+pub const SIGNER_PREFIX_KUBERNETES: &str = "kubernetes.io/";
 /// The group that bypasses RBAC entirely. Always forbidden, whatever the policy file says.
 pub const SYSTEM_MASTERS: &str = "system:masters";
 pub const NODE_GROUP: &str = "system:nodes";
@@ -73,10 +76,61 @@ pub const SERVING_USAGES: &[&str] = &[
     USAGE_KEY_ENCIPHERMENT,
 ];
 
+/// What csr-warden does for one signerName.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignerRole {
+    /// Approve, deny or leave; another signer (kube-controller-manager) issues.
+    Approve,
+    /// Issue what a human or another approver approved; make no decisions.
+    Sign,
+    /// Both (the default).
+    ApproveAndSign,
+}
+
+impl SignerRole {
+    pub fn decides(self) -> bool {
+        matches!(self, SignerRole::Approve | SignerRole::ApproveAndSign)
+    }
+
+    pub fn signs(self) -> bool {
+        matches!(self, SignerRole::Sign | SignerRole::ApproveAndSign)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignerRole::Approve => "approve",
+            SignerRole::Sign => "sign",
+            SignerRole::ApproveAndSign => "approveAndSign",
+        }
+    }
+}
+
+/// A CA's mounted files (tls.crt, tls.key of a kubernetes.io/tls Secret).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CaPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// One signerName of the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignerConfig {
+    pub role: SignerRole,
+    /// Its own CA; None signs with the default CA (--ca-cert/--ca-key). Unused unless it signs.
+    pub ca: Option<CaPaths>,
+    /// A custom signer may sign with the cluster's own CA only when this says so.
+    pub allow_cluster_ca: bool,
+    /// Line of the entry in the policy file, for errors found after parsing.
+    pub line: u64,
+}
+
 /// The validated policy. Built from the policy file by `config`; see README "Policy reference".
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// Every signer of ours, whatever its role.
     pub signer_names: BTreeSet<String>,
+    /// What we do for each of them.
+    pub signers: BTreeMap<String, SignerConfig>,
     /// Always contains system:masters.
     pub forbidden_groups: Vec<String>,
     pub kubelet_client: bool,
@@ -84,6 +138,40 @@ pub struct Policy {
     pub allow_list: Vec<AllowRule>,
     pub unmatched: Unmatched,
     pub signing: SigningLimits,
+}
+
+impl Policy {
+    /// Our role for `signer`; None for a foreign signer.
+    pub fn role(&self, signer: &str) -> Option<SignerRole> {
+        self.signers.get(signer).map(|s| s.role)
+    }
+
+    /// We approve, deny or leave `signer`'s pending CSRs.
+    pub fn decides(&self, signer: &str) -> bool {
+        self.role(signer).is_some_and(SignerRole::decides)
+    }
+
+    /// We issue `signer`'s approved CSRs.
+    pub fn signs(&self, signer: &str) -> bool {
+        self.role(signer).is_some_and(SignerRole::signs)
+    }
+
+    /// The CA files `signer` signs with: its own, else the default.
+    pub fn ca_for<'a>(&'a self, signer: &str, default: &'a CaPaths) -> Option<&'a CaPaths> {
+        let config = self.signers.get(signer)?;
+        config
+            .role
+            .signs()
+            .then(|| config.ca.as_ref().unwrap_or(default))
+    }
+
+    /// Every CA some signing signer needs, each once.
+    pub fn cas_needed<'a>(&'a self, default: &'a CaPaths) -> BTreeSet<&'a CaPaths> {
+        self.signers
+            .keys()
+            .filter_map(|signer| self.ca_for(signer, default))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +276,7 @@ pub struct FactsNeeded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     NotOurSigner,
+    SignOnlySigner,
     InvalidRequest,
     WeakKey,
     UnsupportedKey,
@@ -212,6 +301,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NotOurSigner => "NotOurSigner",
+            Reason::SignOnlySigner => "SignOnlySigner",
             Reason::InvalidRequest => "InvalidRequest",
             Reason::WeakKey => "WeakKey",
             Reason::UnsupportedKey => "UnsupportedKey",
@@ -385,7 +475,7 @@ fn leave(reason: Reason, message: impl Into<String>) -> Decision {
 /// Which cluster facts `decide` will need for this CSR.
 pub fn facts_needed(csr: &CsrView, policy: &Policy) -> FactsNeeded {
     let mut needed = FactsNeeded::default();
-    if !policy.signer_names.contains(&csr.signer_name) {
+    if !policy.decides(&csr.signer_name) {
         return needed;
     }
     let Ok(request) = &csr.request else {
@@ -424,6 +514,18 @@ pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
                     "signerName {:?} is not one of ours ({}); another signer owns this request",
                     csr.signer_name,
                     join(&policy.signer_names)
+                ),
+            ),
+        );
+    }
+    if !policy.decides(&csr.signer_name) {
+        return trace.decide(
+            RULE_SIGNER,
+            leave(
+                Reason::SignOnlySigner,
+                format!(
+                    "csr-warden only signs {} (role: sign): it issues the certificate once a human or another approver approves, and makes no decision",
+                    csr.signer_name
                 ),
             ),
         );

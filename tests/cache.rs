@@ -3,6 +3,7 @@
 
 use csr_warden::controller::watch::{trim_for_cache, worth_caching};
 use csr_warden::controller::{CsrState, csr_state};
+use csr_warden::policy::SignerRole;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestCondition, CertificateSigningRequestSpec,
@@ -65,7 +66,7 @@ fn finished_csrs_are_not_cached_at_all() {
         let finished = csr(conditions, certificate);
         assert_eq!(csr_state(&finished), state);
         assert!(
-            !worth_caching(&finished, true),
+            !worth_caching(&finished, Some(SignerRole::ApproveAndSign)),
             "{state:?} is never worked again"
         );
     }
@@ -73,8 +74,20 @@ fn finished_csrs_are_not_cached_at_all() {
 
 #[test]
 fn a_foreign_signers_csr_is_not_cached() {
-    assert!(!worth_caching(&csr(&[], None), false));
-    assert!(!worth_caching(&csr(&["Approved"], None), false));
+    assert!(!worth_caching(&csr(&[], None), None));
+    assert!(!worth_caching(&csr(&["Approved"], None), None));
+}
+
+#[test]
+fn each_role_caches_only_what_it_works_on() {
+    let pending = csr(&[], None);
+    let approved = csr(&["Approved"], None);
+    // approve: decides pending CSRs; another signer issues the approved ones.
+    assert!(worth_caching(&pending, Some(SignerRole::Approve)));
+    assert!(!worth_caching(&approved, Some(SignerRole::Approve)));
+    // sign: never decides; issues what others approved.
+    assert!(!worth_caching(&pending, Some(SignerRole::Sign)));
+    assert!(worth_caching(&approved, Some(SignerRole::Sign)));
 }
 
 #[test]
@@ -84,7 +97,7 @@ fn a_csr_of_ours_with_work_left_is_cached_whole_but_for_managed_fields_and_the_a
         (&["Approved"][..], CsrState::ApprovedUnsigned),
     ] {
         let mut waiting = csr(conditions, None);
-        assert!(worth_caching(&waiting, true));
+        assert!(worth_caching(&waiting, Some(SignerRole::ApproveAndSign)));
         trim_for_cache(&mut waiting);
         assert!(
             !waiting.spec.request.0.is_empty(),

@@ -5,36 +5,6 @@ mod support;
 
 use support::*;
 
-/// A kubelet serving CSR from worker-1's own identity for `sans`; the Node has 10.0.0.11.
-fn create_serving_csr(h: &Harness, name: &str, sans: &str) {
-    h.server.add_user(
-        "node-token",
-        "system:node:worker-1",
-        &["system:nodes", "system:authenticated"],
-    );
-    h.server.add_node(
-        "worker-1",
-        &[("InternalIP", "10.0.0.11"), ("Hostname", "worker-1")],
-    );
-    let pem = openssl_csr(
-        h.dir.path(),
-        name,
-        KeyKind::P256,
-        "/CN=system:node:worker-1/O=system:nodes",
-        Some(sans),
-        &[],
-    );
-    h.server.create_csr(
-        "node-token",
-        csr_object(
-            name,
-            KUBELET_SERVING_SIGNER,
-            &["digital signature", "server auth"],
-            &pem,
-        ),
-    );
-}
-
 fn json(out: &str, err: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}{err}"))
 }
@@ -45,7 +15,7 @@ async fn check_explains_live_csrs_with_the_clusters_facts_and_the_controllers_po
     h.install_policy_configmap();
     h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
     h.create_bootstrap_client_csr("node-csr-1", "worker-1");
-    create_serving_csr(&h, "serving-elsewhere", "DNS:worker-1,IP:10.0.0.99");
+    h.create_serving_csr("serving-elsewhere", "DNS:worker-1,IP:10.0.0.99");
 
     // bob: no rule names him.
     let (code, out, err) = h.check_live(&["--csr", "bob"]).await;

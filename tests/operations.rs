@@ -97,12 +97,18 @@ async fn metrics_and_health_endpoints_report_what_happened() {
         "{metrics}"
     );
     assert!(
-        metric_sample(&metrics, "csr_warden_ca_not_after_timestamp_seconds")
-            .is_some_and(|t| t > 1.7e9),
+        metric_sample(
+            &metrics,
+            r#"csr_warden_ca_not_after_timestamp_seconds{signer="kubernetes.io/kube-apiserver-client"}"#
+        )
+        .is_some_and(|t| t > 1.7e9),
         "{metrics}"
     );
     assert_eq!(
-        metric_sample(&metrics, "csr_warden_ca_expiring_soon"),
+        metric_sample(
+            &metrics,
+            r#"csr_warden_ca_expiring_soon{signer="kubernetes.io/kube-apiserver-client"}"#
+        ),
         Some(0.0),
         "{metrics}"
     );
@@ -119,7 +125,10 @@ async fn readiness_fails_while_the_ca_is_missing() {
     controller.wait_synced().await;
     let (status, body) = controller.http_get("/readyz").await;
     assert_eq!(status, 503);
-    assert!(body.contains("CA is not loaded"), "{body}");
+    assert!(
+        body.contains("the CA of signer kubernetes.io/") && body.contains("is not loaded"),
+        "{body}"
+    );
     // Approvals still happen; signing fails loudly, never silently.
     h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
     h.server
@@ -314,7 +323,10 @@ async fn a_ca_close_to_expiry_is_reported_and_caps_certificates() {
         .await;
     let (_, metrics) = controller.http_get("/metrics").await;
     assert_eq!(
-        metric_sample(&metrics, "csr_warden_ca_expiring_soon"),
+        metric_sample(
+            &metrics,
+            r#"csr_warden_ca_expiring_soon{signer="kubernetes.io/kubelet-serving"}"#
+        ),
         Some(1.0),
         "{metrics}"
     );

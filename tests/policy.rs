@@ -65,6 +65,27 @@ fn other_signers_are_left_alone_even_for_system_masters() {
     );
 }
 
+#[test]
+fn a_sign_only_signer_is_never_decided_even_when_a_rule_would_approve() {
+    let pem = rcgen_csr("jane", &["developers"], &[]);
+    let sign_only = policy(
+        "signers:\n  - name: example.com/legacy\n    role: sign\nallowList:\n  - commonName: jane\n    groups: [developers]\n",
+    );
+    let jane = view("example.com/legacy", CLIENT, "jane", &[], &pem);
+    let decision = decide_with(&jane, &ClusterFacts::default(), &sign_only);
+    assert!(
+        matches!(
+            decision,
+            Decision::Leave {
+                reason: Reason::SignOnlySigner,
+                ..
+            }
+        ),
+        "{decision:?}"
+    );
+    assert_eq!(facts_needed(&jane, &sign_only), FactsNeeded::default());
+}
+
 // Rule 2 ------------------------------------------------------------------------------------
 
 #[test]

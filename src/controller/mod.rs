@@ -246,13 +246,8 @@ fn is_not_found(error: &Error) -> bool {
 /// One reconcile: look at where the CSR stands and do the one thing it needs.
 pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Result<(), Error> {
     let name = csr.name_any();
-    if !ctx
-        .live
-        .policy()
-        .signer_names
-        .contains(&csr.spec.signer_name)
-    {
-        tracing::debug!(csr = %name, signer = %csr.spec.signer_name, decision = "ignored", "not our signer; untouched");
+    if !watch::wanted(&csr, &ctx.live) {
+        tracing::debug!(csr = %name, signer = %csr.spec.signer_name, decision = "ignored", "not ours to decide or sign; untouched");
         return Ok(());
     }
     if !ctx.live.is_leader() {

@@ -24,6 +24,11 @@ impl Context {
         mut csr: CertificateSigningRequest,
     ) -> Result<(), Error> {
         let name = csr.name_any();
+        if !self.live.policy().signs(&csr.spec.signer_name) {
+            // Approve-only: another signer (kube-controller-manager) issues; never Failed by us.
+            tracing::debug!(csr = %name, signer = %csr.spec.signer_name, "approved; another signer issues it");
+            return Ok(());
+        }
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = csr_view(&csr);
             let outcome = self.certificate_for(&view)?;
@@ -71,7 +76,10 @@ impl Context {
                                 &csr,
                                 EventType::Normal,
                                 "Issued",
-                                &format!("certificate issued by {}", self.ca_subject()),
+                                &format!(
+                                    "certificate issued by {}",
+                                    self.ca_subject(&view.signer_name)
+                                ),
                                 "Sign",
                             )
                             .await;
@@ -107,9 +115,9 @@ impl Context {
         Err(Error::TooManyConflicts { csr: name })
     }
 
-    fn ca_subject(&self) -> String {
+    fn ca_subject(&self, signer: &str) -> String {
         self.live
-            .ca()
+            .ca_for(signer)
             .as_ref()
             .as_ref()
             .map(|ca| ca.subject().to_owned())
@@ -132,13 +140,16 @@ impl Context {
                 )));
             }
         };
-        let ca_slot = self.live.ca();
+        let ca_slot = self.live.ca_for(&view.signer_name);
         let ca = match ca_slot.as_ref() {
             Ok(ca) => ca,
             Err(why) => {
                 return Ok(Err((
                     "CAUnavailable".to_owned(),
-                    format!("the signing CA is not loaded: {why}"),
+                    format!(
+                        "the CA of signer {} is not loaded: {why}; fix its Secret (it is reloaded) and ask for a new certificate",
+                        view.signer_name
+                    ),
                 )));
             }
         };

@@ -25,9 +25,10 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use super::csr_state;
 use super::work::Work;
+use super::{CsrState, csr_state};
 use crate::live::Live;
+use crate::policy::SignerRole;
 
 /// How long the resync lets the watch catch up before it calls a difference a miss.
 const RESYNC_GRACE: Duration = Duration::from_secs(2);
@@ -39,15 +40,19 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Whether the cache keeps a CSR at all: only ours with work left. A finished CSR (Issued,
 /// Denied, Failed) is never acted on again and a foreign signer's is never acted on, so neither
 /// costs memory; a change that makes one interesting again arrives as a watch event.
-pub fn worth_caching(csr: &CertificateSigningRequest, ours: bool) -> bool {
-    ours && csr_state(csr).needs_work()
+pub fn worth_caching(csr: &CertificateSigningRequest, role: Option<SignerRole>) -> bool {
+    match (csr_state(csr), role) {
+        (CsrState::Pending, Some(role)) => role.decides(),
+        (CsrState::ApprovedUnsigned, Some(role)) => role.signs(),
+        _ => false,
+    }
 }
 
-/// The one test of "ours to work on": one of our signers, and something left to do. The cache,
-/// the queue and the resync all ask this.
+/// The one test of "ours to work on": one of our signers, and something left for us to do in its
+/// role (decide a pending CSR, sign an approved one). The cache, the queue, the resync and
+/// reconcile all ask this.
 pub(super) fn wanted(csr: &CertificateSigningRequest, live: &Live) -> bool {
-    let ours = live.policy().signer_names.contains(&csr.spec.signer_name);
-    worth_caching(csr, ours)
+    worth_caching(csr, live.policy().role(&csr.spec.signer_name))
 }
 
 /// What a cached CSR need not carry: managedFields and the `kubectl apply` copy of the object.
@@ -62,7 +67,8 @@ pub fn trim_for_cache(csr: &mut CertificateSigningRequest) {
 }
 
 /// Watch every CSR forever: keep `writer`'s cache and queue what needs work. Restarts (a
-/// relist) when the policy's signers change, since foreign CSRs are cached trimmed.
+/// relist) when the policy's signers or their roles change, since the cache holds only what the
+/// roles in force had work for (an approve-only signer's approved CSRs are not cached, say).
 pub async fn watch_forever(
     api: Api<CertificateSigningRequest>,
     mut writer: Writer<CertificateSigningRequest>,
@@ -71,7 +77,15 @@ pub async fn watch_forever(
     timeout_seconds: u32,
 ) {
     let mut recheck = live.recheck_events();
-    let mut signers = live.policy().signer_names.clone();
+    let roles_of = |live: &Live| -> Vec<(String, SignerRole)> {
+        let policy = live.policy();
+        policy
+            .signers
+            .iter()
+            .map(|(name, config)| (name.clone(), config.role))
+            .collect()
+    };
+    let mut signers = roles_of(&live);
     let mut listed_once = false;
     loop {
         // A consistent list (not resourceVersion=0 from a possibly cold watch cache), and a
@@ -102,10 +116,10 @@ pub async fn watch_forever(
                     if changed.is_err() {
                         return;
                     }
-                    let now = live.policy().signer_names.clone();
+                    let now = roles_of(&live);
                     if now != signers {
                         signers = now;
-                        tracing::info!(signers = ?signers, "signers changed; relisting every CSR");
+                        tracing::info!(signers = ?signers, "signers or their roles changed; relisting every CSR");
                         break;
                     }
                     work.offer_everything();

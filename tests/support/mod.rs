@@ -41,11 +41,32 @@ pub async fn harness() -> Harness {
 impl Harness {
     /// A kube-apiserver-client CSR for `subject` (P-256 key by openssl), created as `token`'s user.
     pub fn create_client_csr(&self, token: &str, name: &str, subject: &str) {
+        self.create_signer_csr(token, name, subject, CLIENT_SIGNER);
+    }
+
+    /// A client certificate CSR for `subject` and `signer`, created as `token`'s user.
+    pub fn create_signer_csr(&self, token: &str, name: &str, subject: &str, signer: &str) {
         let pem = openssl_csr(self.dir.path(), name, KeyKind::P256, subject, None, &[]);
-        self.server.create_csr(
-            token,
-            csr_object(name, CLIENT_SIGNER, &["client auth"], &pem),
+        self.server
+            .create_csr(token, csr_object(name, signer, &["client auth"], &pem));
+    }
+
+    /// The controller with `policy` and with no default CA files (--ca-cert/--ca-key name files
+    /// that do not exist): every CA it signs with is one the policy names.
+    pub fn controller_with_policy(&self, policy: &str, flags: &[&str]) -> ControllerProcess {
+        std::fs::write(self.dir.path().join("policy.yaml"), policy).expect("write policy");
+        let missing = (
+            self.dir.path().join("no-default-ca.crt"),
+            self.dir.path().join("no-default-ca.key"),
         );
+        ControllerProcess::start(&self.server, self.dir.path(), &missing, flags)
+    }
+
+    /// An admin's kubeconfig, for kubectl as the cluster's operator.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.server
+            .add_user("admin-token", "admin", &["system:masters"]);
+        self.server.kubeconfig(self.dir.path(), "admin-token")
     }
 }
 
@@ -126,9 +147,7 @@ impl Harness {
     /// `csr-warden check ...` as an operator runs it, with an admin's kubeconfig: (exit code,
     /// stdout, stderr).
     pub async fn check_live(&self, args: &[&str]) -> (i32, String, String) {
-        self.server
-            .add_user("admin-token", "admin", &["system:masters"]);
-        let kubeconfig = self.server.kubeconfig(self.dir.path(), "admin-token");
+        let kubeconfig = self.admin_kubeconfig();
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"))
             .arg("check")
             .args(args)
@@ -142,6 +161,37 @@ impl Harness {
             String::from_utf8_lossy(&output.stdout).into_owned(),
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    }
+
+    /// A kubelet serving CSR from worker-1's own identity for `sans` ("DNS:worker-1,IP:..."); the
+    /// Node worker-1 has 10.0.0.11 and hostname worker-1.
+    pub fn create_serving_csr(&self, name: &str, sans: &str) {
+        self.server.add_user(
+            "node-token",
+            "system:node:worker-1",
+            &["system:nodes", "system:authenticated"],
+        );
+        self.server.add_node(
+            "worker-1",
+            &[("InternalIP", "10.0.0.11"), ("Hostname", "worker-1")],
+        );
+        let pem = openssl_csr(
+            self.dir.path(),
+            name,
+            KeyKind::P256,
+            "/CN=system:node:worker-1/O=system:nodes",
+            Some(sans),
+            &[],
+        );
+        self.server.create_csr(
+            "node-token",
+            csr_object(
+                name,
+                KUBELET_SERVING_SIGNER,
+                &["digital signature", "server auth"],
+                &pem,
+            ),
+        );
     }
 
     /// `n` allow-listed CSRs from jane, named `{prefix}-000` ... in creation order.
@@ -395,6 +445,22 @@ pub fn openssl_verify(dir: &Path, ca: &Path, cert_pem: &str, purpose: &str) -> S
     .into_owned()
 }
 
+/// Whether `openssl verify` accepts `cert_pem` as issued by `ca` (false, not a panic, when it
+/// does not).
+pub fn openssl_verifies(dir: &Path, ca: &Path, cert_pem: &str, purpose: &str) -> bool {
+    let cert = dir.join("verify.crt");
+    std::fs::write(&cert, cert_pem).expect("write cert");
+    Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca)
+        .args(["-purpose", purpose])
+        .arg(&cert)
+        .output()
+        .expect("openssl must be installed")
+        .status
+        .success()
+}
+
 /// `openssl x509 -text` of a PEM certificate.
 pub fn openssl_text(dir: &Path, cert_pem: &str) -> String {
     let cert = dir.join("text.crt");
@@ -516,6 +582,14 @@ impl ControllerProcess {
             lines,
             changes,
         }
+    }
+
+    /// Wait for the process to exit by itself: its exit code and every log line it wrote.
+    pub async fn wait_exit(mut self) -> (Option<i32>, Vec<Value>) {
+        let status = self.child.wait().await.expect("wait for csr-warden");
+        // The reader ends (and drops its sender) once stdout is closed and read to the end.
+        while self.changes.changed().await.is_ok() {}
+        (status.code(), self.lines())
     }
 
     pub fn pid(&self) -> Option<u32> {
