@@ -242,3 +242,63 @@ async fn a_custom_signer_on_the_cluster_ca_refuses_to_start_unless_allowed() {
     let (status, body) = controller.http_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signers_ca_is_reloaded_when_its_secret_changes() {
+    let h = harness().await;
+    // The Secret's files, as kubelet mounts them; rotated in place below.
+    let mounted = tempfile::tempdir().expect("dir");
+    let team_ca = (
+        mounted.path().join("tls.crt"),
+        mounted.path().join("tls.key"),
+    );
+    let old_dir = tempfile::tempdir().expect("dir");
+    let old_ca = openssl_ca(old_dir.path(), KeyKind::P256, 365);
+    let new_dir = tempfile::tempdir().expect("dir");
+    let new_ca = openssl_ca(new_dir.path(), KeyKind::Ed25519, 365);
+    let mount = |ca: &(std::path::PathBuf, std::path::PathBuf)| {
+        std::fs::copy(&ca.0, &team_ca.0).expect("cert");
+        std::fs::copy(&ca.1, &team_ca.1).expect("key");
+    };
+    mount(&old_ca);
+    let policy = format!(
+        "signers:\n  - name: {TEAM}\n    ca: {}\nallowList:\n  - commonName: jane\n    groups: [developers]\n",
+        ca_yaml(&team_ca)
+    );
+    let controller = h.controller_with_policy(&policy, &["--reload-interval-ms", "100"]);
+    h.create_signer_csr("jane-token", "before", "/CN=jane/O=developers", TEAM);
+    h.server
+        .wait_for("before issued", |s| issued(s, "before"))
+        .await;
+    mount(&new_ca);
+    // The second "CA loaded" for the team signer: the first was at start-up.
+    controller
+        .wait_for_logs("the new CA loaded", 2, |l| {
+            l["message"] == "CA loaded" && l["signers"].as_str().is_some_and(|s| s.contains(TEAM))
+        })
+        .await;
+    h.create_signer_csr("jane-token", "after", "/CN=jane/O=developers", TEAM);
+    h.server
+        .wait_for("after issued", |s| issued(s, "after"))
+        .await;
+    let before = certificate_pem(&csr_state(&h.server, "before")).expect("before");
+    let after = certificate_pem(&csr_state(&h.server, "after")).expect("after");
+    assert!(openssl_verifies(
+        h.dir.path(),
+        &old_ca.0,
+        &before,
+        "sslclient"
+    ));
+    assert!(openssl_verifies(
+        h.dir.path(),
+        &new_ca.0,
+        &after,
+        "sslclient"
+    ));
+    assert!(!openssl_verifies(
+        h.dir.path(),
+        &old_ca.0,
+        &after,
+        "sslclient"
+    ));
+}

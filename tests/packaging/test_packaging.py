@@ -35,6 +35,12 @@ FULL_VALUES = {
     "namespace": {"create": False},
     "serviceAccount": {"annotations": {"example.com/owner": "platform"}},
     "caSecretName": "my-ca",
+    "signers": [
+        {"name": "example.com/internal-client", "role": "approveAndSign", "caSecretName": "internal-ca",
+         "allowClusterCA": False},
+        {"name": "kubernetes.io/kubelet-serving", "role": "approve"},
+        {"name": "example.com/legacy", "role": "sign"},
+    ],
     "policy": {
         "signerNames": ["example.com/internal-client"],
         "forbiddenGroups": ["system:masters", "cluster-admins"],
@@ -132,13 +138,120 @@ def test_full_values_reach_the_objects():
     assert container["ports"][0]["containerPort"] == 9090
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-cluster-critical"
     assert spec["tolerations"] == FULL_VALUES["tolerations"]
-    assert spec["volumes"][1]["secret"]["secretName"] == "my-ca"
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert secrets == {"ca": "my-ca", "signer-ca-0": "internal-ca"}
     assert deploy["metadata"]["labels"]["team"] == "platform"
-    role = named(objects, "ClusterRole", "csr-warden")
-    signers = [r for r in role["rules"] if r["resources"] == ["signers"]][0]
-    assert signers["resourceNames"] == ["example.com/internal-client"]
+    assert signer_rules(objects) == {"approve": ["example.com/internal-client", "kubernetes.io/kubelet-serving"],
+                                     "sign": ["example.com/internal-client", "example.com/legacy"]}
     policy = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
-    assert policy == FULL_VALUES["policy"]
+    expected = {k: v for k, v in FULL_VALUES["policy"].items() if k != "signerNames"}
+    expected["signers"] = [
+        {"name": "example.com/internal-client", "role": "approveAndSign",
+         "ca": {"cert": "/etc/csr-warden/cas/internal-ca/tls.crt", "key": "/etc/csr-warden/cas/internal-ca/tls.key"}},
+        {"name": "kubernetes.io/kubelet-serving", "role": "approve"},
+        {"name": "example.com/legacy", "role": "sign"},
+    ]
+    assert policy == expected
+
+
+def signer_rules(objects):
+    """verb -> resourceNames of the ClusterRole's `signers` rules."""
+    role = named(objects, "ClusterRole", "csr-warden")
+    rules = [r for r in role["rules"] if r["resources"] == ["signers"]]
+    assert all(len(r["verbs"]) == 1 for r in rules), rules
+    return {r["verbs"][0]: r["resourceNames"] for r in rules}
+
+
+def subresource_verbs(objects):
+    role = named(objects, "ClusterRole", "csr-warden")
+    return {r["resources"][0] for r in role["rules"] if r["resources"][0].startswith("certificatesigningrequests/")}
+
+
+def render_with_signers(signers):
+    values = {"signers": signers}
+    return render_manifests.render(values)
+
+
+def validate_with_the_binary(tmp_path, objects):
+    path = tmp_path / "policy.yaml"
+    path.write_text(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
+    binary = ROOT / "target" / "release" / "csr-warden"
+    result = subprocess.run([str(binary), "policy", "validate", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return yaml.safe_load(path.read_text())
+
+
+def kubernetes_validate(tmp_path, objects):
+    out = tmp_path / "rendered.yaml"
+    out.write_text("---\n".join(yaml.safe_dump(o) for o in objects if o["kind"] != "ServiceMonitor"))
+    result = subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "-k", KUBE_VERSION, str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_approve_only_signers_get_approve_rbac_and_no_ca_at_all(tmp_path):
+    objects = render_with_signers([{"name": "kubernetes.io/kubelet-serving", "role": "approve"},
+                                   {"name": "kubernetes.io/kube-apiserver-client-kubelet", "role": "approve"}])
+    assert signer_rules(objects) == {"approve": ["kubernetes.io/kubelet-serving",
+                                                 "kubernetes.io/kube-apiserver-client-kubelet"]}
+    assert subresource_verbs(objects) == {"certificatesigningrequests/approval"}
+    spec = deployment(objects)["spec"]["template"]["spec"]
+    assert not [v for v in spec["volumes"] if "secret" in v], "no CA Secret is mounted"
+    assert not [a for a in spec["containers"][0]["args"] if a.startswith("--ca-")]
+    policy = validate_with_the_binary(tmp_path, objects)
+    assert policy["signers"] == [{"name": "kubernetes.io/kubelet-serving", "role": "approve"},
+                                 {"name": "kubernetes.io/kube-apiserver-client-kubelet", "role": "approve"}]
+    assert "signerNames" not in policy
+    kubernetes_validate(tmp_path, objects)
+
+
+def test_sign_only_signer_gets_sign_and_status_rbac_and_its_own_ca_mounted(tmp_path):
+    objects = render_with_signers([{"name": "example.com/legacy", "role": "sign", "caSecretName": "legacy-ca"}])
+    assert signer_rules(objects) == {"sign": ["example.com/legacy"]}
+    assert subresource_verbs(objects) == {"certificatesigningrequests/status"}
+    role = named(objects, "ClusterRole", "csr-warden")
+    assert not [r for r in role["rules"] if r["resources"] in (["subjectaccessreviews"], ["nodes"])], (
+        "nothing decides, so no facts are asked")
+    container = deployment(objects)["spec"]["template"]["spec"]["containers"][0]
+    volumes = deployment(objects)["spec"]["template"]["spec"]["volumes"]
+    assert [v["secret"]["secretName"] for v in volumes if "secret" in v] == ["legacy-ca"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["signer-ca-0"] == "/etc/csr-warden/cas/legacy-ca"
+    policy = validate_with_the_binary(tmp_path, objects)
+    assert policy["signers"][0]["ca"]["cert"] == "/etc/csr-warden/cas/legacy-ca/tls.crt"
+    kubernetes_validate(tmp_path, objects)
+
+
+def test_approve_and_sign_with_own_ca_gets_both_and_shares_a_secret_once(tmp_path):
+    objects = render_with_signers([
+        {"name": "example.com/team-client", "caSecretName": "team-ca", "allowClusterCA": True},
+        {"name": "example.com/team-server", "role": "approveAndSign", "caSecretName": "team-ca"},
+        {"name": "kubernetes.io/kube-apiserver-client"},
+    ])
+    both = ["example.com/team-client", "example.com/team-server", "kubernetes.io/kube-apiserver-client"]
+    assert signer_rules(objects) == {"approve": both, "sign": both}
+    assert subresource_verbs(objects) == {"certificatesigningrequests/approval", "certificatesigningrequests/status"}
+    volumes = deployment(objects)["spec"]["template"]["spec"]["volumes"]
+    # team-ca once; the default CA for the kubernetes.io signer without one.
+    assert sorted(v["secret"]["secretName"] for v in volumes if "secret" in v) == ["csr-warden-ca", "team-ca"]
+    policy = validate_with_the_binary(tmp_path, objects)
+    assert policy["signers"][0] == {"name": "example.com/team-client", "role": "approveAndSign",
+                                    "allowClusterCA": True,
+                                    "ca": {"cert": "/etc/csr-warden/cas/team-ca/tls.crt",
+                                           "key": "/etc/csr-warden/cas/team-ca/tls.key"}}
+    kubernetes_validate(tmp_path, objects)
+
+
+def test_an_approve_only_signer_with_a_ca_secret_is_refused_by_the_chart():
+    chart = helm.Chart.load(str(CHART))
+    with pytest.raises(helm.HelmError, match="never signs"):
+        chart.render({"signers": [{"name": "kubernetes.io/kubelet-serving", "role": "approve",
+                                   "caSecretName": "x"}]}, name="csr-warden", namespace="csr-warden",
+                     is_install=True)
+    for bad in ({"signers": [{"name": "kubernetes.io/kubelet-serving", "role": "approver"}]},
+                {"signers": [{"role": "approve"}]}):
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(bad)
 
 
 def test_every_manifest_passes_kubernetes_validate_strict():
@@ -166,7 +279,10 @@ def test_cluster_role_is_exactly_least_privilege():
         (("certificates.k8s.io",), ("certificatesigningrequests/status",), (), ("update",)),
         (("certificates.k8s.io",), ("signers",), ("kubernetes.io/kube-apiserver-client",
                                                   "kubernetes.io/kube-apiserver-client-kubelet",
-                                                  "kubernetes.io/kubelet-serving"), ("approve", "sign")),
+                                                  "kubernetes.io/kubelet-serving"), ("approve",)),
+        (("certificates.k8s.io",), ("signers",), ("kubernetes.io/kube-apiserver-client",
+                                                  "kubernetes.io/kube-apiserver-client-kubelet",
+                                                  "kubernetes.io/kubelet-serving"), ("sign",)),
         (("events.k8s.io",), ("events",), (), ("create", "patch")),
         (("authorization.k8s.io",), ("subjectaccessreviews",), (), ("create",)),
         (("",), ("nodes",), (), ("get",)),

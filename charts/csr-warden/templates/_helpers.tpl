@@ -38,3 +38,79 @@ annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* The signers as csr-warden runs them, as a JSON list of {name, role, caSecretName,
+allowClusterCA}: .Values.signers when set, else every policy.signerNames entry approveAndSign
+with the default CA (caSecretName). */}}
+{{- define "csr-warden.signers" -}}
+{{- $out := list -}}
+{{- if .Values.signers -}}
+{{- range .Values.signers -}}
+{{- $role := .role | default "approveAndSign" -}}
+{{- if and (eq $role "approve") .caSecretName -}}
+{{- fail (printf "signers: %s has role approve, which never signs, but sets caSecretName; remove it or use approveAndSign" .name) -}}
+{{- end -}}
+{{- $out = append $out (dict "name" .name "role" $role "caSecretName" (.caSecretName | default "") "allowClusterCA" (.allowClusterCA | default false)) -}}
+{{- end -}}
+{{- else -}}
+{{- range .Values.policy.signerNames -}}
+{{- $out = append $out (dict "name" . "role" "approveAndSign" "caSecretName" "" "allowClusterCA" false) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Signers csr-warden approves or denies for (JSON list of names). */}}
+{{- define "csr-warden.deciders" -}}
+{{- $out := list -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- if ne .role "sign" }}{{ $out = append $out .name }}{{ end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Signers csr-warden issues certificates for (JSON list of names). */}}
+{{- define "csr-warden.signing" -}}
+{{- $out := list -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- if ne .role "approve" }}{{ $out = append $out .name }}{{ end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* "true" when some signing signer has no CA Secret of its own and uses caSecretName. */}}
+{{- define "csr-warden.needsDefaultCA" -}}
+{{- $needs := false -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- if and (ne .role "approve") (not .caSecretName) }}{{ $needs = true }}{{ end -}}
+{{- end -}}
+{{- if $needs }}true{{ end -}}
+{{- end -}}
+
+{{/* The CA Secrets of signing signers that have their own (JSON list, each once). */}}
+{{- define "csr-warden.signerCASecrets" -}}
+{{- $out := list -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- if and (ne .role "approve") .caSecretName }}{{ $out = append $out .caSecretName }}{{ end -}}
+{{- end -}}
+{{- toJson ($out | uniq) -}}
+{{- end -}}
+
+{{/* The policy file: .Values.policy, with signers (and their mounted CA paths) in place of
+signerNames when .Values.signers is set. */}}
+{{- define "csr-warden.policy" -}}
+{{- if .Values.signers -}}
+{{- $signers := list -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- $entry := dict "name" .name "role" .role -}}
+{{- if and .caSecretName (ne .role "approve") -}}
+{{- $_ := set $entry "ca" (dict "cert" (printf "/etc/csr-warden/cas/%s/tls.crt" .caSecretName) "key" (printf "/etc/csr-warden/cas/%s/tls.key" .caSecretName)) -}}
+{{- end -}}
+{{- if .allowClusterCA }}{{ $_ := set $entry "allowClusterCA" true }}{{ end -}}
+{{- $signers = append $signers $entry -}}
+{{- end -}}
+{{- toYaml (merge (dict "signers" $signers) (omit .Values.policy "signerNames")) -}}
+{{- else -}}
+{{- toYaml .Values.policy -}}
+{{- end -}}
+{{- end -}}
