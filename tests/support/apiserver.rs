@@ -222,8 +222,16 @@ impl FakeApiServer {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "fake-apiserver");
         let cert = params.signed_by(&key, &issuer).expect("server cert");
+        // Client certificates signed by the cluster CA authenticate, as with kube-apiserver's
+        // --client-ca-file: CN is the user, every O a group. A bearer token works without one.
+        let mut client_roots = rustls::RootCertStore::empty();
+        client_roots.add(ca_cert.der().clone()).expect("client CA");
+        let client_verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(client_roots))
+            .allow_unauthenticated()
+            .build()
+            .expect("client verifier");
         let server_config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
+            .with_client_cert_verifier(client_verifier)
             .with_single_cert(
                 vec![cert.der().clone(), ca_cert.der().clone()],
                 rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -310,9 +318,18 @@ impl FakeApiServer {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let certificate_user = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| identity_of_certificate(leaf));
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+                        let certificate_user = certificate_user.clone();
+                        async move {
+                            Ok::<_, Infallible>(handle(shared, request, certificate_user).await)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
@@ -361,6 +378,28 @@ impl FakeApiServer {
             self.url()
         );
         let path = dir.join(format!("kubeconfig-{token}"));
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// A kubeconfig that logs in with a client certificate (PEM) and its key instead of a token.
+    pub fn kubeconfig_with_certificate(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        certificate_pem: &str,
+        key_pem: &str,
+    ) -> std::path::PathBuf {
+        use base64::Engine;
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\ncurrent-context: fake\n",
+            self.url(),
+            b64(&self.ca_pem),
+            b64(certificate_pem),
+            b64(key_pem)
+        );
+        let path = dir.join(format!("kubeconfig-cert-{name}"));
         std::fs::write(&path, text).expect("write kubeconfig");
         path
     }
@@ -735,7 +774,30 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+/// The user a verified client certificate names: CN, and every O as a group (as the API
+/// server's x509 authenticator reads it), plus system:authenticated.
+fn identity_of_certificate(der: &[u8]) -> Option<Identity> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let username = subject.iter_common_name().last()?.as_str().ok()?.to_owned();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_owned))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(Identity {
+        uid: String::new(),
+        username,
+        groups,
+    })
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    certificate_user: Option<Identity>,
+) -> Response<Body> {
     let token = request
         .headers()
         .get("authorization")
@@ -744,7 +806,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         .map(str::to_owned);
     let identity = {
         let mut state = shared.state.lock().expect("state");
-        let identity = token.and_then(|t| state.tokens.get(&t).cloned());
+        let identity = token
+            .and_then(|t| state.tokens.get(&t).cloned())
+            .or(certificate_user);
         if identity.is_none() {
             state.unauthorized += 1;
         }
@@ -925,6 +989,18 @@ async fn handle_authenticated(
                 None => not_found("configmaps", name),
             }
         }
+        (&Method::POST, ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"]) => {
+            // What `kubectl auth whoami` asks: the server's own view of the caller.
+            full(
+                StatusCode::CREATED,
+                json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
+                    "metadata": {"creationTimestamp": null},
+                    "status": {"userInfo": {"username": identity.username, "uid": identity.uid,
+                                            "groups": identity.groups}},
+                }),
+            )
+        }
         (&Method::GET, ["api", "v1", "nodes", name]) => {
             match shared.state.lock().expect("state").nodes.get(*name) {
                 Some(node) => full(StatusCode::OK, node.clone()),
@@ -1092,7 +1168,7 @@ fn api_groups() -> Value {
     };
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
         group("certificates.k8s.io"), group("events.k8s.io"), group("authorization.k8s.io"),
-        group("coordination.k8s.io")
+        group("coordination.k8s.io"), group("authentication.k8s.io")
     ]})
 }
 
@@ -1150,6 +1226,13 @@ fn group_resources(group: &str, version: &str) -> Option<Value> {
             true,
             &["create", "get", "list", "patch"],
             &["ev"],
+        )],
+        "authentication.k8s.io" => vec![resource(
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+            &["create"],
+            &[],
         )],
         "authorization.k8s.io" => vec![resource(
             "subjectaccessreviews",
