@@ -1,5 +1,6 @@
-//! Per-CSR cost: parsing + policy decision, and issuing one certificate with P-256, RSA-2048 and
-//! Ed25519 CAs, against the floor of the raw signature with the same key.
+//! Per-CSR cost: parsing + policy decision, and issuing one certificate with P-256, P-384,
+//! RSA-2048 and Ed25519 CAs, against the floor of the raw signature with the same key. The CSR is
+//! a user in two groups (/CN=maria/O=developers/O=ops), its subject carried over whole.
 //! `cargo bench --bench decide_and_issue`; figures in BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -14,22 +15,31 @@ use csr_warden::issue::{ApprovedRequest, issue};
 use csr_warden::policy::{ClusterFacts, CsrView, Requester, decide};
 use rcgen::SigningKey;
 
-const POLICY: &str = "allowList:\n  - commonName: jane\n    groups: [developers]\n";
+const POLICY: &str = "allowList:\n  - commonName: maria\n    groups: [developers, ops]\n";
 
-fn jane_csr() -> String {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "jane");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "developers");
-    params
-        .serialize_request(&key)
-        .expect("csr")
-        .pem()
-        .expect("pem")
+/// A P-256 CSR made by openssl, as users make them, for a user in two groups.
+fn maria_csr(dir: &Path) -> String {
+    let key = dir.join("maria.key");
+    let csr = dir.join("maria.csr");
+    assert!(
+        Command::new("openssl")
+            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+            .arg(&key)
+            .status()
+            .expect("openssl")
+            .success()
+    );
+    assert!(
+        Command::new("openssl")
+            .args(["req", "-new", "-subj", "/CN=maria/O=developers/O=ops", "-key"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr)
+            .status()
+            .expect("openssl")
+            .success()
+    );
+    std::fs::read_to_string(csr).expect("csr")
 }
 
 /// A CA made by openssl, as operators have them.
@@ -72,25 +82,30 @@ fn openssl_ca(dir: &Path, algorithm: &[&str]) -> CertificateAuthority {
 
 fn benches(c: &mut Criterion) {
     let policy = parse_policy(POLICY, Path::new("bench.yaml")).expect("policy");
-    let pem = jane_csr();
+    let csr_dir = tempfile::tempdir().expect("dir");
+    let pem = maria_csr(csr_dir.path());
     let usages = vec!["client auth".to_owned()];
+    let view_of = |pem: &str| CsrView {
+        name: "maria".into(),
+        signer_name: "kubernetes.io/kube-apiserver-client".into(),
+        usages: usages.clone(),
+        expiration_seconds: Some(3600),
+        requester: Requester {
+            username: "maria".into(),
+            uid: None,
+            groups: vec![],
+        },
+        request: inspect(black_box(pem.as_bytes())),
+    };
+    assert!(
+        decide(&view_of(&pem), &ClusterFacts::default(), &policy)
+            .decision
+            .verb()
+            == "approve"
+    );
 
-    c.bench_function("inspect+decide (P-256 CSR, allow-listed)", |b| {
-        b.iter(|| {
-            let view = CsrView {
-                name: "jane".into(),
-                signer_name: "kubernetes.io/kube-apiserver-client".into(),
-                usages: usages.clone(),
-                expiration_seconds: Some(3600),
-                requester: Requester {
-                    username: "jane".into(),
-                    uid: None,
-                    groups: vec![],
-                },
-                request: inspect(black_box(pem.as_bytes())),
-            };
-            black_box(decide(&view, &ClusterFacts::default(), &policy))
-        })
+    c.bench_function("inspect+decide (P-256 CSR, two groups, allow-listed)", |b| {
+        b.iter(|| black_box(decide(&view_of(&pem), &ClusterFacts::default(), &policy)))
     });
 
     let request = inspect(pem.as_bytes()).expect("request");
@@ -106,6 +121,10 @@ fn benches(c: &mut Criterion) {
             &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
         ),
         (
+            "ECDSA P-384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"][..],
+        ),
+        (
             "RSA-2048",
             &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
         ),
@@ -119,10 +138,30 @@ fn benches(c: &mut Criterion) {
                 black_box(issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue"))
             })
         });
+        if name == "ECDSA P-256" {
+            // What one CSR costs csr-warden from request to certificate.
+            c.bench_function("inspect+decide+issue (P-256 CSR and CA)", |b| {
+                b.iter(|| {
+                    let view = view_of(&pem);
+                    let verdict = decide(&view, &ClusterFacts::default(), &policy);
+                    let request = view.request.as_ref().expect("request");
+                    let approved = ApprovedRequest {
+                        signer_name: "kubernetes.io/kube-apiserver-client",
+                        usages: &usages,
+                        expiration_seconds: Some(3600),
+                        request,
+                    };
+                    black_box((
+                        verdict,
+                        issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue"),
+                    ))
+                })
+            });
+        }
         // The floor: one signature over a TBSCertificate-sized message with the same key.
         let message = vec![0x5a_u8; 600];
         c.bench_function(&format!("raw signature ({name} CA key)"), |b| {
-            b.iter(|| black_box(ca.issuer().key().sign(black_box(&message)).expect("sign")))
+            b.iter(|| black_box(ca.key().sign(black_box(&message)).expect("sign")))
         });
     }
 }

@@ -2,8 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{Issuer, KeyPair, PublicKeyData};
+use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm};
 use time::OffsetDateTime;
+use x509_cert::der::{Decode, asn1::ObjectIdentifier};
+use x509_cert::name::Name;
+use x509_cert::spki::AlgorithmIdentifierOwned;
+use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,11 +35,22 @@ pub enum CaError {
         "CA private key {key} does not belong to the certificate {cert}; mount the matching tls.crt and tls.key"
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "CA private key {path} is of a kind csr-warden cannot sign with; use RSA, ECDSA P-256/P-384/P-521 or Ed25519"
+    )]
+    UnsupportedKey { path: PathBuf },
 }
 
 /// The CA that signs approved requests. The private key never reaches logs: Debug redacts it.
+/// What every certificate it issues repeats (issuer name, AKI, signature algorithm) is worked out
+/// once, when it is loaded.
 pub struct CertificateAuthority {
-    issuer: Issuer<'static, KeyPair>,
+    key: KeyPair,
+    /// The CA certificate's subject, exactly as encoded: every certificate's issuer.
+    issuer_name: Name,
+    /// The CA's key identifier (its SKI, else derived from its key): every certificate's AKI.
+    key_identifier: Vec<u8>,
+    signature_algorithm: AlgorithmIdentifierOwned,
     subject: String,
     not_after: OffsetDateTime,
     cert_pem: String,
@@ -111,10 +126,27 @@ impl CertificateAuthority {
         let not_after = cert.validity().not_after.to_datetime();
         let subject = cert.subject().to_string();
         let public_key = cert.tbs_certificate.subject_pki.raw.to_vec();
-        let issuer = Issuer::from_ca_cert_der(&pem.contents.clone().into(), key)
-            .map_err(|e| bad_cert(e.to_string()))?;
+        let issuer_name =
+            Name::from_der(cert.subject().as_raw()).map_err(|e| bad_cert(e.to_string()))?;
+        let key_identifier = cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0.to_vec()),
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                key_identifier(&cert.tbs_certificate.subject_pki.subject_public_key.data)
+            });
+        let signature_algorithm =
+            signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
+                path: key_path.to_owned(),
+            })?;
         Ok(CertificateAuthority {
-            issuer,
+            key,
+            issuer_name,
+            key_identifier,
+            signature_algorithm,
             subject,
             not_after,
             cert_pem: cert_pem.to_owned(),
@@ -122,8 +154,21 @@ impl CertificateAuthority {
         })
     }
 
-    pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
-        &self.issuer
+    /// The signing key (aws-lc-rs underneath).
+    pub fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
+    pub fn issuer_name(&self) -> &Name {
+        &self.issuer_name
+    }
+
+    pub fn key_identifier(&self) -> &[u8] {
+        &self.key_identifier
+    }
+
+    pub fn signature_algorithm(&self) -> &AlgorithmIdentifierOwned {
+        &self.signature_algorithm
     }
 
     pub fn subject(&self) -> &str {
@@ -186,6 +231,48 @@ impl ClusterCa {
     pub fn contains(&self, ca: &CertificateAuthority) -> bool {
         self.public_keys.iter().any(|k| k == ca.public_key())
     }
+}
+
+/// RFC 7093 section 2 method 1: the leftmost 160 bits of the SHA-256 of the subjectPublicKey
+/// bits. Used for the SKI of every certificate issued (and a CA's AKI when it has no SKI).
+pub fn key_identifier(subject_public_key: &[u8]) -> Vec<u8> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, subject_public_key);
+    digest.as_ref()[..20].to_vec()
+}
+
+/// The AlgorithmIdentifier of the signatures `key` makes, for the certificates it signs.
+fn signature_algorithm(algorithm: &SignatureAlgorithm) -> Option<AlgorithmIdentifierOwned> {
+    const RSA_SHA256: &str = "1.2.840.113549.1.1.11";
+    const RSA_SHA384: &str = "1.2.840.113549.1.1.12";
+    const RSA_SHA512: &str = "1.2.840.113549.1.1.13";
+    const ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
+    const ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
+    const ECDSA_SHA512: &str = "1.2.840.10045.4.3.4";
+    const ED25519: &str = "1.3.101.112";
+    use rcgen::{
+        PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ECDSA_P521_SHA256,
+        PKCS_ECDSA_P521_SHA384, PKCS_ECDSA_P521_SHA512, PKCS_ED25519, PKCS_RSA_SHA256,
+        PKCS_RSA_SHA384, PKCS_RSA_SHA512,
+    };
+    // RSA PKCS#1 v1.5 identifiers carry NULL parameters (RFC 4055); ECDSA and Ed25519 none.
+    let (oid, null_parameters) = [
+        (&PKCS_RSA_SHA256, RSA_SHA256, true),
+        (&PKCS_RSA_SHA384, RSA_SHA384, true),
+        (&PKCS_RSA_SHA512, RSA_SHA512, true),
+        (&PKCS_ECDSA_P256_SHA256, ECDSA_SHA256, false),
+        (&PKCS_ECDSA_P384_SHA384, ECDSA_SHA384, false),
+        (&PKCS_ECDSA_P521_SHA256, ECDSA_SHA256, false),
+        (&PKCS_ECDSA_P521_SHA384, ECDSA_SHA384, false),
+        (&PKCS_ECDSA_P521_SHA512, ECDSA_SHA512, false),
+        (&PKCS_ED25519, ED25519, false),
+    ]
+    .into_iter()
+    .find(|(known, _, _)| *known == algorithm)
+    .map(|(_, oid, null)| (oid, null))?;
+    Some(AlgorithmIdentifierOwned {
+        oid: ObjectIdentifier::new(oid).ok()?,
+        parameters: null_parameters.then(|| x509_cert::der::asn1::Null.into()),
+    })
 }
 
 /// A random positive serial of 128 bits (top bit cleared so the DER INTEGER stays positive and

@@ -45,6 +45,10 @@ pub enum InspectError {
     BadDer(String),
     #[error("the CSR's subject is malformed: {0}")]
     BadSubject(String),
+    #[error(
+        "the CSR's subject joins several attributes in one RDN ({0}); csr-warden does not issue multi-valued RDNs: give each attribute its own RDN, e.g. /CN=maria/O=developers/O=ops"
+    )]
+    MultiValuedRdn(String),
     #[error("the CSR's extensions are malformed or unsupported: {0}")]
     BadExtension(String),
     #[error(
@@ -96,8 +100,10 @@ pub struct CertificateRequest {
     /// Subject O values: in Kubernetes these become the certificate holder's groups.
     pub organizations: Vec<String>,
     pub organizational_units: Vec<String>,
-    /// The full subject in order, so the issued certificate can carry it unchanged.
+    /// The full subject in order, for the policy and for messages.
     pub subject: Vec<SubjectAttribute>,
+    /// The subject Name exactly as the CSR encodes it: the issued certificate carries these bytes.
+    pub subject_der: Vec<u8>,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub email_addresses: Vec<String>,
@@ -167,6 +173,7 @@ pub fn inspect(pem_bytes: &[u8]) -> Result<CertificateRequest, InspectError> {
         organizations: Vec::new(),
         organizational_units: Vec::new(),
         subject: Vec::new(),
+        subject_der: info.subject.as_raw().to_vec(),
         dns_names: Vec::new(),
         ip_addresses: Vec::new(),
         email_addresses: Vec::new(),
@@ -277,10 +284,15 @@ fn read_subject(
 ) -> Result<(), InspectError> {
     for rdn in csr.certification_request_info.subject.iter_rdn() {
         let attributes: Vec<_> = rdn.iter().collect();
+        // O=a+OU=b in one SET: denied rather than carried over. Nothing Kubernetes reads needs
+        // it, and DER would reorder the SET's members.
         if attributes.len() != 1 {
-            return Err(InspectError::BadSubject(
-                "multi-valued RDNs (several attributes joined with '+') are not supported".into(),
-            ));
+            let joined = attributes
+                .iter()
+                .map(|a| a.attr_type().to_id_string())
+                .collect::<Vec<_>>()
+                .join("+");
+            return Err(InspectError::MultiValuedRdn(joined));
         }
         let attribute = attributes[0];
         let oid = attribute.attr_type();

@@ -1,18 +1,34 @@
 //! PURE: CA + approved request + now → certificate PEM.
 //!
 //! The certificate is built from what the policy inspected, never from the CSR's own extension
-//! requests: subject and SANs from the CSR, KeyUsage/ExtendedKeyUsage from spec.usages,
-//! CA:false always, validity from spec.expirationSeconds clamped by policy and by the CA.
-//! The signer re-checks each well-known signer's rules, because a human may approve anything.
+//! requests: the subject is the CSR's own encoded Name, carried over whole (every attribute, in
+//! order, with its string type: Kubernetes reads a user's groups from every O); SANs from the CSR;
+//! KeyUsage/ExtendedKeyUsage from spec.usages; CA:false always; validity from
+//! spec.expirationSeconds clamped by policy and by the CA. The signer re-checks each well-known
+//! signer's rules, because a human may approve anything.
+//!
+//! Built with RustCrypto's `x509-cert` (rcgen keeps one value per attribute type, so it cannot
+//! carry `O=app1/O=app2`) and signed with the CA's key on aws-lc-rs.
 
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
-    KeyUsagePurpose, SanType, SerialNumber, SubjectPublicKeyInfo,
-};
+use rcgen::SigningKey;
 use time::{Duration, OffsetDateTime};
+use x509_cert::certificate::{Certificate, TbsCertificate, Version};
+use x509_cert::der::asn1::{BitString, Ia5String, OctetString};
+use x509_cert::der::pem::LineEnding;
+use x509_cert::der::{Decode, Encode, EncodePem};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::{AsExtension, Extension};
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoOwned};
+use x509_cert::time::{Time, Validity};
 
-use crate::ca::CertificateAuthority;
-use crate::inspect::{CertificateRequest, SubjectAttribute};
+use crate::ca::{CertificateAuthority, key_identifier};
+use crate::inspect::CertificateRequest;
 use crate::policy::{
     CLIENT_USAGES, NODE_GROUP, NODE_USER_PREFIX, SERVING_USAGES, SIGNER_KUBELET_CLIENT,
     SIGNER_KUBELET_SERVING, SigningLimits, USAGE_CLIENT_AUTH, USAGE_SERVER_AUTH,
@@ -77,29 +93,107 @@ pub fn issue(
     let (not_before, not_after) =
         validity(approved.expiration_seconds, limits, now, ca.not_after())?;
 
-    let mut params = CertificateParams::default();
-    params.distinguished_name = subject(&approved.request.subject)?;
-    params.subject_alt_names = sans(approved.request)?;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.use_authority_key_identifier_extension = true;
-    let (key_usages, extended_key_usages) = usages(approved.usages);
-    params.key_usages = key_usages;
-    params.extended_key_usages = extended_key_usages;
-
-    let public_key = SubjectPublicKeyInfo::from_der(&approved.request.public_key_der)
+    let request = approved.request;
+    let subject = Name::from_der(&request.subject_der).map_err(build_error("the subject"))?;
+    let public_key = SubjectPublicKeyInfoOwned::from_der(&request.public_key_der)
         .map_err(|e| IssueError::PublicKey(e.to_string()))?;
-    let certificate = params
-        .signed_by(&public_key, ca.issuer())
-        .map_err(|e| IssueError::Build(e.to_string()))?;
+    let subject_key_id = key_identifier(public_key.subject_public_key.raw_bytes());
+    let tbs_certificate = TbsCertificate {
+        version: Version::V3,
+        serial_number: SerialNumber::new(&serial).map_err(build_error("the serial"))?,
+        signature: ca.signature_algorithm().clone(),
+        issuer: ca.issuer_name().clone(),
+        validity: Validity {
+            not_before: time_of(not_before)?,
+            not_after: time_of(not_after)?,
+        },
+        extensions: Some(extensions(
+            approved,
+            &subject,
+            subject_key_id,
+            ca.key_identifier(),
+        )?),
+        subject,
+        subject_public_key_info: public_key,
+        issuer_unique_id: None,
+        subject_unique_id: None,
+    };
+    let to_be_signed = tbs_certificate
+        .to_der()
+        .map_err(build_error("the certificate"))?;
+    let signature = ca
+        .key()
+        .sign(&to_be_signed)
+        .map_err(|e| IssueError::Build(format!("signing failed: {e}")))?;
+    let certificate = Certificate {
+        tbs_certificate,
+        signature_algorithm: ca.signature_algorithm().clone(),
+        signature: BitString::from_bytes(&signature).map_err(build_error("the signature"))?,
+    };
+    let pem = certificate
+        .to_pem(LineEnding::LF)
+        .map_err(build_error("the PEM"))?;
     Ok(IssuedCertificate {
-        pem: certificate.pem(),
+        pem,
         not_before,
         not_after,
         serial_hex: serial.iter().map(|b| format!("{b:02x}")).collect(),
     })
+}
+
+fn build_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> IssueError {
+    move |error| IssueError::Build(format!("encoding {what}: {error}"))
+}
+
+/// UTCTime until 2049, GeneralizedTime after (RFC 5280 4.1.2.5).
+fn time_of(at: OffsetDateTime) -> Result<Time, IssueError> {
+    Time::try_from(std::time::SystemTime::from(at)).map_err(build_error("a validity time"))
+}
+
+/// KeyUsage (critical) and ExtendedKeyUsage from spec.usages, BasicConstraints CA:FALSE
+/// (critical), the SANs (critical when the subject is empty, RFC 5280 4.2.1.6), SKI and AKI.
+fn extensions(
+    approved: &ApprovedRequest<'_>,
+    subject: &Name,
+    subject_key_id: Vec<u8>,
+    authority_key_id: &[u8],
+) -> Result<Vec<Extension>, IssueError> {
+    let mut out = Vec::with_capacity(6);
+    let mut add = |extension: &dyn Fn() -> Result<Extension, x509_cert::der::Error>| {
+        extension()
+            .map(|e| out.push(e))
+            .map_err(build_error("an extension"))
+    };
+    let (key_usages, extended_key_usages) = usages(approved.usages);
+    if !key_usages.is_empty() {
+        add(&|| KeyUsage(key_usages).to_extension(subject, &[]))?;
+    }
+    if !extended_key_usages.is_empty() {
+        add(&|| ExtendedKeyUsage(extended_key_usages.clone()).to_extension(subject, &[]))?;
+    }
+    add(&|| {
+        BasicConstraints {
+            ca: false,
+            path_len_constraint: None,
+        }
+        .to_extension(subject, &[])
+    })?;
+    let names = sans(approved.request)?;
+    if !names.is_empty() {
+        add(&|| SubjectAltName(names.clone()).to_extension(subject, &[]))?;
+    }
+    add(&|| {
+        SubjectKeyIdentifier(OctetString::new(subject_key_id.clone())?).to_extension(subject, &[])
+    })?;
+    add(&|| {
+        AuthorityKeyIdentifier {
+            key_identifier: Some(OctetString::new(authority_key_id)?),
+            authority_cert_issuer: None,
+            authority_cert_serial_number: None,
+        }
+        .to_extension(subject, &[])
+    })?;
+    Ok(out)
 }
 
 /// NotBefore = now - 5 min; NotAfter = now + requested (or default), at most the policy maximum
@@ -189,99 +283,89 @@ fn check_signer_rules(approved: &ApprovedRequest<'_>) -> Result<(), IssueError> 
     Ok(())
 }
 
-fn subject(attributes: &[SubjectAttribute]) -> Result<DistinguishedName, IssueError> {
-    let mut name = DistinguishedName::new();
-    for attribute in attributes {
-        let (kind, value): (DnType, DnValue) = match attribute.oid.as_slice() {
-            [2, 5, 4, 3] => (DnType::CommonName, attribute.value.clone().into()),
-            [2, 5, 4, 10] => (DnType::OrganizationName, attribute.value.clone().into()),
-            [2, 5, 4, 11] => (
-                DnType::OrganizationalUnitName,
-                attribute.value.clone().into(),
-            ),
-            [2, 5, 4, 7] => (DnType::LocalityName, attribute.value.clone().into()),
-            [2, 5, 4, 8] => (DnType::StateOrProvinceName, attribute.value.clone().into()),
-            // RFC 5280 wants countryName as a PrintableString.
-            [2, 5, 4, 6] => (
-                DnType::CountryName,
-                match rcgen::string::PrintableString::try_from(attribute.value.as_str()) {
-                    Ok(printable) => DnValue::PrintableString(printable),
-                    Err(_) => attribute.value.clone().into(),
-                },
-            ),
-            other => (
-                DnType::CustomDnType(other.to_vec()),
-                attribute.value.clone().into(),
-            ),
-        };
-        // rcgen keeps one value per attribute type; refuse rather than drop a value silently.
-        if name.get(&kind).is_some() {
-            return Err(IssueError::SignerRules {
-                signer: String::from("csr-warden"),
-                problem: "the subject repeats an attribute type (e.g. two O values); request one"
-                    .into(),
-            });
-        }
-        name.push(kind, value);
-    }
-    Ok(name)
-}
-
-fn sans(request: &CertificateRequest) -> Result<Vec<SanType>, IssueError> {
+fn sans(request: &CertificateRequest) -> Result<Vec<GeneralName>, IssueError> {
+    let ia5 = |kind: &str, value: &str| {
+        Ia5String::new(value)
+            .map_err(|_| IssueError::Build(format!("{kind} SAN {value:?} is not IA5 text")))
+    };
     let mut sans = Vec::new();
     for dns in &request.dns_names {
-        let name = dns
-            .clone()
-            .try_into()
-            .map_err(|_| IssueError::Build(format!("DNS SAN {dns:?} is not IA5 text")))?;
-        sans.push(SanType::DnsName(name));
+        sans.push(GeneralName::DnsName(ia5("DNS", dns)?));
     }
-    sans.extend(request.ip_addresses.iter().copied().map(SanType::IpAddress));
+    for ip in &request.ip_addresses {
+        let bytes = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        sans.push(GeneralName::IpAddress(
+            OctetString::new(bytes).map_err(build_error("an IP SAN"))?,
+        ));
+    }
     for email in &request.email_addresses {
-        let name = email
-            .clone()
-            .try_into()
-            .map_err(|_| IssueError::Build(format!("email SAN {email:?} is not IA5 text")))?;
-        sans.push(SanType::Rfc822Name(name));
+        sans.push(GeneralName::Rfc822Name(ia5("email", email)?));
     }
     for uri in &request.uris {
-        let name = uri
-            .clone()
-            .try_into()
-            .map_err(|_| IssueError::Build(format!("URI SAN {uri:?} is not IA5 text")))?;
-        sans.push(SanType::URI(name));
+        sans.push(GeneralName::UniformResourceIdentifier(ia5("URI", uri)?));
     }
     Ok(sans)
 }
 
 /// spec.usages → KeyUsage and ExtendedKeyUsage, as kube-controller-manager maps them.
-fn usages(usages: &[String]) -> (Vec<KeyUsagePurpose>, Vec<ExtendedKeyUsagePurpose>) {
-    let mut key_usages = Vec::new();
+fn usages(
+    usages: &[String],
+) -> (
+    x509_cert::der::flagset::FlagSet<KeyUsages>,
+    Vec<ObjectIdentifier>,
+) {
+    use x509_cert::der::oid::db::rfc5280 as oids;
+    let mut key_usages = x509_cert::der::flagset::FlagSet::<KeyUsages>::default();
     let mut extended = Vec::new();
     for usage in usages {
-        match usage.as_str() {
-            "signing" | "digital signature" => key_usages.push(KeyUsagePurpose::DigitalSignature),
-            "content commitment" => key_usages.push(KeyUsagePurpose::ContentCommitment),
-            "key encipherment" => key_usages.push(KeyUsagePurpose::KeyEncipherment),
-            "key agreement" => key_usages.push(KeyUsagePurpose::KeyAgreement),
-            "data encipherment" => key_usages.push(KeyUsagePurpose::DataEncipherment),
-            "encipher only" => key_usages.push(KeyUsagePurpose::EncipherOnly),
-            "decipher only" => key_usages.push(KeyUsagePurpose::DecipherOnly),
-            "client auth" => extended.push(ExtendedKeyUsagePurpose::ClientAuth),
-            "server auth" => extended.push(ExtendedKeyUsagePurpose::ServerAuth),
-            "code signing" => extended.push(ExtendedKeyUsagePurpose::CodeSigning),
-            "email protection" | "s/mime" => {
-                extended.push(ExtendedKeyUsagePurpose::EmailProtection)
+        let purpose = match usage.as_str() {
+            "signing" | "digital signature" => {
+                key_usages |= KeyUsages::DigitalSignature;
+                None
             }
-            "timestamping" => extended.push(ExtendedKeyUsagePurpose::TimeStamping),
-            "ocsp signing" => extended.push(ExtendedKeyUsagePurpose::OcspSigning),
-            "any" => extended.push(ExtendedKeyUsagePurpose::Any),
+            "content commitment" => {
+                key_usages |= KeyUsages::NonRepudiation;
+                None
+            }
+            "key encipherment" => {
+                key_usages |= KeyUsages::KeyEncipherment;
+                None
+            }
+            "key agreement" => {
+                key_usages |= KeyUsages::KeyAgreement;
+                None
+            }
+            "data encipherment" => {
+                key_usages |= KeyUsages::DataEncipherment;
+                None
+            }
+            "encipher only" => {
+                key_usages |= KeyUsages::EncipherOnly;
+                None
+            }
+            "decipher only" => {
+                key_usages |= KeyUsages::DecipherOnly;
+                None
+            }
+            "client auth" => Some(oids::ID_KP_CLIENT_AUTH),
+            "server auth" => Some(oids::ID_KP_SERVER_AUTH),
+            "code signing" => Some(oids::ID_KP_CODE_SIGNING),
+            "email protection" | "s/mime" => Some(oids::ID_KP_EMAIL_PROTECTION),
+            "timestamping" => Some(oids::ID_KP_TIME_STAMPING),
+            "ocsp signing" => Some(oids::ID_KP_OCSP_SIGNING),
+            "any" => Some(oids::ANY_EXTENDED_KEY_USAGE),
             // "cert sign", "crl sign" and the IPsec/SGC purposes are refused by the signer rules
             // before we get here; never grant them.
-            _ => {}
+            _ => None,
+        };
+        if let Some(purpose) = purpose
+            && !extended.contains(&purpose)
+        {
+            extended.push(purpose);
         }
     }
-    key_usages.dedup();
-    extended.dedup();
     (key_usages, extended)
 }

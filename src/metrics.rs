@@ -49,6 +49,7 @@ pub struct Metrics {
     pub watch_restarts: Counter,
     pub resyncs: Counter,
     pub resync_recovered: Counter,
+    pub requests_inspected: Counter,
     pub queue_waiting: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub ca_not_after: Family<SignerLabels, Gauge<i64>>,
@@ -78,6 +79,7 @@ impl Metrics {
             watch_restarts: Counter::default(),
             resyncs: Counter::default(),
             resync_recovered: Counter::default(),
+            requests_inspected: Counter::default(),
             queue_waiting: Gauge::default(),
             reloads: Family::default(),
             ca_not_after: Family::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             "resync_recovered",
             "CSRs needing work that the watch had missed and the resync found (alert if above 0)",
             metrics.resync_recovered.clone(),
+        );
+        registry.register(
+            "requests_inspected",
+            "CSR requests parsed and signature-checked (once per CSR, however often it is looked at)",
+            metrics.requests_inspected.clone(),
         );
         registry.register(
             "work_queue_csrs",

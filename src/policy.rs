@@ -602,6 +602,7 @@ fn well_formed(csr: &CsrView) -> Result<&CertificateRequest, (Reason, String)> {
             let reason = match error {
                 InspectError::WeakKey { .. } => Reason::WeakKey,
                 InspectError::UnsupportedKey(_) => Reason::UnsupportedKey,
+                InspectError::MultiValuedRdn(_) => Reason::UnsupportedSubject,
                 _ => Reason::InvalidRequest,
             };
             return Err((reason, error.to_string()));
@@ -609,9 +610,6 @@ fn well_formed(csr: &CsrView) -> Result<&CertificateRequest, (Reason, String)> {
     };
     if let Some(problem) = spec_problem(csr) {
         return Err((Reason::InvalidRequest, problem));
-    }
-    if let Some(problem) = subject_problem(request) {
-        return Err((Reason::UnsupportedSubject, problem));
     }
     Ok(request)
 }
@@ -668,20 +666,6 @@ fn spec_problem(csr: &CsrView) -> Option<String> {
 
 /// Subjects we could not put into a certificate faithfully. The issuer writes one value per
 /// attribute type, so a second O would be silently dropped: refuse instead of guessing.
-fn subject_problem(request: &CertificateRequest) -> Option<String> {
-    let mut seen = BTreeSet::new();
-    for attribute in &request.subject {
-        if !seen.insert(attribute.oid.clone()) {
-            return Some(format!(
-                "subject {:?} repeats an attribute type; csr-warden issues at most one value per \
-                 attribute (one O per certificate): submit a request with a single O",
-                request.subject_string()
-            ));
-        }
-    }
-    None
-}
-
 /// Groups compare equal when they differ only in case, whitespace or invisible characters, so
 /// "System:Masters " cannot slip past a deny list that says "system:masters".
 pub fn normalize_group(group: &str) -> String {

@@ -633,3 +633,65 @@ async fn kubectl_user_and_operator_flows() {
         "the field selector must filter: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_in_two_groups_gets_a_certificate_the_api_server_reads_as_both() {
+    let h = harness().await;
+    h.server
+        .add_user("maria-token", "maria", &["system:authenticated"]);
+    std::fs::write(
+        h.dir.path().join("policy.yaml"),
+        POLICY.replace(
+            "allowList:\n",
+            "allowList:\n  - commonName: maria\n    groups: [developers, ops]\n",
+        ),
+    )
+    .expect("policy");
+    // As on kubeadm: csr-warden signs kube-apiserver-client with the cluster CA, the CA the API
+    // server trusts for client certificates.
+    let cluster_ca = h.server.cluster_ca_files(h.dir.path());
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &cluster_ca, &[]);
+    h.create_client_csr("maria-token", "maria", "/CN=maria/O=developers/O=ops");
+    h.server
+        .wait_for("maria issued", |s| issued(s, "maria"))
+        .await;
+    let state = csr_state(&h.server, "maria");
+    assert_eq!(
+        condition(&state, "Approved").expect("approved")["reason"],
+        "AutoApprovedAllowList"
+    );
+    let line = log_about(&controller.lines(), "maria")
+        .into_iter()
+        .find(|l| l["decision"] == "approve")
+        .cloned()
+        .expect("decision line");
+    assert_eq!(line["subject"], "CN=maria,O=developers,O=ops", "{line}");
+
+    // The certificate logs maria in, with both groups: the server's own view (kubectl auth whoami).
+    let certificate = certificate_pem(&state).expect("certificate");
+    let key = std::fs::read_to_string(h.dir.path().join("maria.key")).expect("maria's key");
+    let kubeconfig =
+        h.server
+            .kubeconfig_with_certificate(h.dir.path(), "maria", &certificate, &key);
+    let (ok, out, err) = kubectl(&kubeconfig, &["auth", "whoami", "-o", "json"], None);
+    assert!(ok, "{out}{err}");
+    let review: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        review["status"]["userInfo"]["username"], "maria",
+        "{review}"
+    );
+    let groups = review["status"]["userInfo"]["groups"]
+        .as_array()
+        .expect("groups");
+    for group in ["developers", "ops"] {
+        assert!(groups.iter().any(|g| g == group), "{group}: {review}");
+    }
+
+    // Decided and signed from one inspection of the request.
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_requests_inspected_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}

@@ -92,10 +92,21 @@ fn hostile_subjects_are_denied() {
         ),
         Reason::InvalidRequest,
     );
-    assert_denied(
-        "duplicate O",
-        &decide_client(&rcgen_csr("jane", &["developers", "developers"], &[]), None),
-        Reason::UnsupportedSubject,
+    // O=developers+OU=x in one RDN: denied with its own reason rather than reordered or dropped.
+    let dir = tempfile::tempdir().expect("dir");
+    let multi_valued = openssl_csr(
+        dir.path(),
+        "multi",
+        KeyKind::P256,
+        "/CN=jane/O=developers+OU=x",
+        None,
+        &["-multivalue-rdn"],
+    );
+    let decision = decide_client(&multi_valued, None);
+    assert_denied("multi-valued RDN", &decision, Reason::UnsupportedSubject);
+    assert!(
+        decision.message().contains("own RDN"),
+        "says what to do: {decision:?}"
     );
     assert_denied(
         "masters look-alike",

@@ -422,3 +422,74 @@ fn broken_ca_files_give_errors_that_say_what_to_do() {
         Err(CaError::NotCa { .. })
     ));
 }
+
+#[test]
+fn the_subject_is_the_csrs_own_name_byte_for_byte_with_every_group() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Several O and OU values, a UTF8String CN beside PrintableString-able values, and the CSR's
+    // own order (O before CN): all carried over exactly.
+    let csr_pem = openssl_csr(
+        dir.path(),
+        "maria",
+        KeyKind::P256,
+        "/O=developers/O=ops/OU=platform/OU=oncall/CN=maria/C=NL",
+        None,
+        &["-utf8"],
+    );
+    let request = inspect(csr_pem.as_bytes()).expect("inspect");
+    assert_eq!(request.organizations, ["developers", "ops"]);
+    let csr_der = der_of(&csr_pem);
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der)
+        .expect("csr");
+    let csr_subject = csr.certification_request_info.subject.as_raw().to_vec();
+    for kind in [
+        KeyKind::Rsa(2048),
+        KeyKind::P256,
+        KeyKind::P384,
+        KeyKind::Ed25519,
+    ] {
+        let ca_dir = tempfile::tempdir().expect("dir");
+        let ca_files = openssl_ca(ca_dir.path(), kind, 365);
+        let pem = issue_for(
+            &load(&ca_files),
+            &request,
+            CLIENT_SIGNER,
+            &usages(&["client auth"]),
+            None,
+            OffsetDateTime::now_utc(),
+        )
+        .expect("issue");
+        let der = der_of(&pem);
+        let (_, cert) = X509Certificate::from_der(&der).expect("x509");
+        assert_eq!(
+            cert.subject().as_raw(),
+            csr_subject.as_slice(),
+            "{kind:?}: the CSR's subject bytes"
+        );
+        let subject = String::from_utf8(openssl(&[
+            "x509",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+            "-in",
+            write(ca_dir.path(), "maria.crt", &pem)
+                .to_str()
+                .expect("path"),
+        ]))
+        .expect("utf8");
+        assert_eq!(
+            subject.trim(),
+            "subject=C=NL,CN=maria,OU=oncall,OU=platform,O=ops,O=developers",
+            "{kind:?}"
+        );
+        let verified = openssl_verify(ca_dir.path(), &ca_files.0, &pem, "sslclient");
+        assert!(verified.contains("OK"), "{kind:?}: {verified}");
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}

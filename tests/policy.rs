@@ -201,19 +201,68 @@ fn short_expiration_unknown_and_duplicate_usages_are_invalid() {
 }
 
 #[test]
-fn two_o_values_are_refused_rather_than_silently_dropped() {
-    let pem = rcgen_csr("jane", &["developers", "qa"], &[]);
-    let csr = view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &pem);
-    let request = csr.request.as_ref().expect("parsed");
-    assert_eq!(request.organizations, ["developers", "qa"]);
+fn every_o_value_is_a_group_and_each_must_be_allowed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let allow = policy("allowList:\n  - commonName: maria\n    groups: [developers, ops, qa]\n");
+    // openssl, as the Kubernetes docs do it: -subj "/CN=jbeda/O=app1/O=app2".
+    let maria = |name: &str, subject: &str| {
+        let pem = openssl_csr(dir.path(), name, KeyKind::P256, subject, None, &[]);
+        view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "maria", &[], &pem)
+    };
+    let two = maria("two", "/CN=maria/O=developers/O=ops");
     assert_eq!(
-        reason(&decide_with(
-            &csr,
-            &ClusterFacts::default(),
-            &default_policy()
-        )),
-        Reason::UnsupportedSubject
+        two.request.as_ref().expect("parsed").organizations,
+        ["developers", "ops"]
     );
+    let three = maria("three", "/CN=maria/O=developers/O=ops/O=qa");
+    let repeated_ou = maria("ou", "/CN=maria/O=developers/OU=a/OU=b");
+    assert_eq!(
+        repeated_ou
+            .request
+            .as_ref()
+            .expect("parsed")
+            .organizational_units,
+        ["a", "b"]
+    );
+    for csr in [&two, &three, &repeated_ou] {
+        let verdict = decide(csr, &ClusterFacts::default(), &allow);
+        assert_eq!(
+            verdict.decision.reason(),
+            Reason::AutoApprovedAllowList,
+            "{verdict:?}"
+        );
+    }
+    // check and the log show every group.
+    let steps = decide(&three, &ClusterFacts::default(), &allow).steps;
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.detail.contains("O=developers,O=ops,O=qa")),
+        "{steps:?}"
+    );
+
+    let outsider = decide_with(
+        &maria("finance", "/CN=maria/O=developers/O=finance"),
+        &ClusterFacts::default(),
+        &allow,
+    );
+    assert_eq!(reason(&outsider), Reason::DisallowedGroups);
+    assert!(outsider.message().contains("O=finance"), "{outsider:?}");
+
+    for (name, subject) in [
+        ("masters-last", "/CN=maria/O=developers/O=SYSTEM:Masters"),
+        ("masters-first", "/CN=maria/O=system:masters/O=developers"),
+    ] {
+        assert_eq!(
+            reason(&decide_with(
+                &maria(name, subject),
+                &ClusterFacts::default(),
+                &allow
+            )),
+            Reason::ForbiddenGroup,
+            "{subject}"
+        );
+    }
 }
 
 // Rule 3 ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use super::record::log_decision;
 use super::{
     APPROVED, Context, CsrState, DENIED, Error, MAX_CONFLICT_RETRIES, age_seconds, condition,
-    csr_state, csr_view, is_conflict, kube_error,
+    csr_state, is_conflict, kube_error,
 };
 use crate::metrics::DecisionLabels;
 use crate::policy::{self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup};
@@ -89,7 +89,7 @@ impl Context {
         let name = csr.name_any();
         let policy = self.live.policy();
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let view = csr_view(&csr);
+            let view = self.view(&csr);
             let facts =
                 cluster_facts(&self.client, &policy::facts_needed(&view, &policy), &view).await?;
             let verdict = policy::decide(&view, &facts, &policy);

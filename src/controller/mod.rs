@@ -32,7 +32,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
-use crate::inspect::inspect;
+use crate::inspect::{CertificateRequest, InspectError, inspect};
 use crate::live::Live;
 use crate::metrics::ErrorLabels;
 use crate::policy::{CsrView, Requester};
@@ -120,7 +120,13 @@ pub struct Context {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Per CSR name: (uid, Event reason) last recorded for leaving it pending.
     left_pending: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// Per CSR uid: its spec.request and what inspecting it found. spec is immutable, so each CSR
+    /// is parsed and its signature verified once, not on every reconcile and again to sign it.
+    inspected: std::sync::Mutex<std::collections::HashMap<String, Inspected>>,
 }
+
+/// One CSR's request bytes and their inspection.
+type Inspected = (Vec<u8>, Result<CertificateRequest, InspectError>);
 
 /// Where a CSR stands, from its conditions and certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +175,14 @@ pub fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
 
 /// The policy's view of a CSR object.
 pub fn csr_view(csr: &CertificateSigningRequest) -> CsrView {
+    csr_view_with(csr, inspect(&csr.spec.request.0))
+}
+
+/// The policy's view of a CSR object whose request was already inspected.
+fn csr_view_with(
+    csr: &CertificateSigningRequest,
+    request: Result<CertificateRequest, InspectError>,
+) -> CsrView {
     let spec = &csr.spec;
     CsrView {
         name: csr.name_any(),
@@ -180,7 +194,7 @@ pub fn csr_view(csr: &CertificateSigningRequest) -> CsrView {
             uid: spec.uid.clone(),
             groups: spec.groups.clone().unwrap_or_default(),
         },
-        request: inspect(&spec.request.0),
+        request,
     }
 }
 
@@ -227,7 +241,45 @@ impl Context {
             settings,
             failures: Default::default(),
             left_pending: Default::default(),
+            inspected: Default::default(),
         }
+    }
+
+    /// The policy's view of `csr`, inspecting its request only the first time it is seen.
+    fn view(&self, csr: &CertificateSigningRequest) -> CsrView {
+        let request_bytes = &csr.spec.request.0;
+        let Some(uid) = csr.metadata.uid.as_deref() else {
+            return csr_view(csr);
+        };
+        let known = self
+            .inspected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .filter(|(bytes, _)| bytes == request_bytes)
+            .map(|(_, request)| request.clone());
+        let request = match known {
+            Some(request) => request,
+            None => {
+                // Inspected outside the lock: workers verify signatures in parallel.
+                let request = inspect(request_bytes);
+                self.live.metrics.requests_inspected.inc();
+                self.inspected
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(uid.to_owned(), (request_bytes.clone(), request.clone()));
+                request
+            }
+        };
+        csr_view_with(csr, request)
+    }
+
+    /// Drop the inspections of CSRs no longer cached (finished, deleted, foreign).
+    fn forget_inspected(&self, still_cached: impl Fn(&str) -> bool) {
+        self.inspected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid, _| still_cached(uid));
     }
 
     async fn get(&self, name: &str) -> Result<Option<CertificateSigningRequest>, Error> {
@@ -306,6 +358,12 @@ async fn watch_queue(
     loop {
         ticker.tick().await;
         ctx.forget_left_pending(|name| store.get(&ObjectRef::new(name)).is_some());
+        let cached_uids: std::collections::HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|csr| csr.metadata.uid.clone())
+            .collect();
+        ctx.forget_inspected(|uid| cached_uids.contains(uid));
         let (waiting, _) = work.sizes();
         live.metrics
             .queue_waiting

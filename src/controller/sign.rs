@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 
 use super::{
     Context, CsrState, Error, FAILED, MAX_CONFLICT_RETRIES, age_seconds, condition, csr_state,
-    csr_view, is_conflict, kube_error, subject_of,
+    is_conflict, kube_error, subject_of,
 };
 use crate::issue::{ApprovedRequest, IssueError, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
@@ -30,7 +30,7 @@ impl Context {
             return Ok(());
         }
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let view = csr_view(&csr);
+            let view = self.view(&csr);
             let outcome = self.certificate_for(&view)?;
             if self.settings.dry_run {
                 match &outcome {
