@@ -6,6 +6,7 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use csr_warden::ca::CertificateAuthority;
@@ -23,7 +24,14 @@ fn maria_csr(dir: &Path) -> String {
     let csr = dir.join("maria.csr");
     assert!(
         Command::new("openssl")
-            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out"
+            ])
             .arg(&key)
             .status()
             .expect("openssl")
@@ -31,7 +39,13 @@ fn maria_csr(dir: &Path) -> String {
     );
     assert!(
         Command::new("openssl")
-            .args(["req", "-new", "-subj", "/CN=maria/O=developers/O=ops", "-key"])
+            .args([
+                "req",
+                "-new",
+                "-subj",
+                "/CN=maria/O=developers/O=ops",
+                "-key"
+            ])
             .arg(&key)
             .arg("-out")
             .arg(&csr)
@@ -104,9 +118,10 @@ fn benches(c: &mut Criterion) {
             == "approve"
     );
 
-    c.bench_function("inspect+decide (P-256 CSR, two groups, allow-listed)", |b| {
-        b.iter(|| black_box(decide(&view_of(&pem), &ClusterFacts::default(), &policy)))
-    });
+    c.bench_function(
+        "inspect+decide (P-256 CSR, two groups, allow-listed)",
+        |b| b.iter(|| black_box(decide(&view_of(&pem), &ClusterFacts::default(), &policy))),
+    );
 
     let request = inspect(pem.as_bytes()).expect("request");
     let approved = ApprovedRequest {
@@ -158,12 +173,47 @@ fn benches(c: &mut Criterion) {
                 })
             });
         }
-        // The floor: one signature over a TBSCertificate-sized message with the same key.
-        let message = vec![0x5a_u8; 600];
+        // The floor: one signature with the same key over a message as long as the real
+        // TBSCertificate (what `issue` signs).
+        let issued = issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue");
+        let message = vec![0x5a_u8; tbs_len(&issued.pem)];
         c.bench_function(&format!("raw signature ({name} CA key)"), |b| {
             b.iter(|| black_box(ca.key().sign(black_box(&message)).expect("sign")))
         });
+        // The ratio, measured interleaved (rounds of each, alternating) so that this VM's
+        // drifting clock speed hits both alike: the median round's issue / raw.
+        let mut ratios: Vec<f64> = (0..40)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..200 {
+                    black_box(issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue"));
+                }
+                let issuing = start.elapsed();
+                let start = Instant::now();
+                for _ in 0..200 {
+                    black_box(ca.key().sign(black_box(&message)).expect("sign"));
+                }
+                issuing.as_secs_f64() / start.elapsed().as_secs_f64()
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "ratio issue / raw signature ({name} CA): median {:.2} (quartiles {:.2} .. {:.2}), TBSCertificate {} bytes",
+            ratios[ratios.len() / 2],
+            ratios[ratios.len() / 4],
+            ratios[3 * ratios.len() / 4],
+            message.len()
+        );
     }
+}
+
+/// Length of the TBSCertificate inside a PEM certificate.
+fn tbs_len(pem: &str) -> usize {
+    use x509_parser::prelude::FromDer;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(&block.contents).expect("x509");
+    cert.tbs_certificate.as_ref().len()
 }
 
 criterion_group!(decide_and_issue, benches);

@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use der::Encode;
+use der::asn1::{ObjectIdentifier, OctetString};
+use der::oid::AssociatedOid;
 use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm};
 use time::OffsetDateTime;
-use x509_cert::der::{Decode, asn1::ObjectIdentifier};
-use x509_cert::name::Name;
+use x509_cert::ext::Extension;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, BasicConstraints};
 use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -47,9 +50,11 @@ pub enum CaError {
 pub struct CertificateAuthority {
     key: KeyPair,
     /// The CA certificate's subject, exactly as encoded: every certificate's issuer.
-    issuer_name: Name,
-    /// The CA's key identifier (its SKI, else derived from its key): every certificate's AKI.
-    key_identifier: Vec<u8>,
+    issuer_der: Vec<u8>,
+    /// AuthorityKeyIdentifier naming the CA's key identifier (its SKI, else derived from its
+    /// key), and BasicConstraints CA:FALSE: the same in every certificate.
+    authority_key_extension: Extension,
+    basic_constraints_extension: Extension,
     signature_algorithm: AlgorithmIdentifierOwned,
     subject: String,
     not_after: OffsetDateTime,
@@ -126,8 +131,7 @@ impl CertificateAuthority {
         let not_after = cert.validity().not_after.to_datetime();
         let subject = cert.subject().to_string();
         let public_key = cert.tbs_certificate.subject_pki.raw.to_vec();
-        let issuer_name =
-            Name::from_der(cert.subject().as_raw()).map_err(|e| bad_cert(e.to_string()))?;
+        let issuer_der = cert.subject().as_raw().to_vec();
         let key_identifier = cert
             .extensions()
             .iter()
@@ -142,10 +146,36 @@ impl CertificateAuthority {
             signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
                 path: key_path.to_owned(),
             })?;
+        let extension = |oid, critical, value: &dyn Fn() -> der::Result<Vec<u8>>| {
+            value()
+                .and_then(OctetString::new)
+                .map(|extn_value| Extension {
+                    extn_id: oid,
+                    critical,
+                    extn_value,
+                })
+                .map_err(|e| bad_cert(format!("cannot encode its key identifier: {e}")))
+        };
+        let authority_key_extension = extension(AuthorityKeyIdentifier::OID, false, &|| {
+            AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(key_identifier.clone())?),
+                authority_cert_issuer: None,
+                authority_cert_serial_number: None,
+            }
+            .to_der()
+        })?;
+        let basic_constraints_extension = extension(BasicConstraints::OID, true, &|| {
+            BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            }
+            .to_der()
+        })?;
         Ok(CertificateAuthority {
             key,
-            issuer_name,
-            key_identifier,
+            issuer_der,
+            authority_key_extension,
+            basic_constraints_extension,
             signature_algorithm,
             subject,
             not_after,
@@ -159,12 +189,17 @@ impl CertificateAuthority {
         &self.key
     }
 
-    pub fn issuer_name(&self) -> &Name {
-        &self.issuer_name
+    /// The CA certificate's subject DER: the issuer of what it signs.
+    pub fn issuer_der(&self) -> &[u8] {
+        &self.issuer_der
     }
 
-    pub fn key_identifier(&self) -> &[u8] {
-        &self.key_identifier
+    pub fn authority_key_extension(&self) -> &Extension {
+        &self.authority_key_extension
+    }
+
+    pub fn basic_constraints_extension(&self) -> &Extension {
+        &self.basic_constraints_extension
     }
 
     pub fn signature_algorithm(&self) -> &AlgorithmIdentifierOwned {
@@ -271,13 +306,13 @@ fn signature_algorithm(algorithm: &SignatureAlgorithm) -> Option<AlgorithmIdenti
     .map(|(_, oid, null)| (oid, null))?;
     Some(AlgorithmIdentifierOwned {
         oid: ObjectIdentifier::new(oid).ok()?,
-        parameters: null_parameters.then(|| x509_cert::der::asn1::Null.into()),
+        parameters: null_parameters.then(|| der::asn1::Null.into()),
     })
 }
 
 /// A random positive serial of 128 bits (top bit cleared so the DER INTEGER stays positive and
-/// within RFC 5280's 20 octets; first octet non-zero so the encoding is minimal). rcgen would
-/// otherwise derive it from the public key, giving every certificate for one key the same serial.
+/// within RFC 5280's 20 octets; first octet non-zero so the encoding is minimal), so two
+/// certificates for one key never share a serial.
 pub fn random_serial() -> Result<[u8; 16], getrandom::Error> {
     let mut serial = [0u8; 16];
     getrandom::fill(&mut serial)?;

@@ -111,6 +111,8 @@ pub struct CertificateRequest {
     pub key: KeyAlgorithm,
     /// DER SubjectPublicKeyInfo, copied into the certificate as-is.
     pub public_key_der: Vec<u8>,
+    /// The subjectPublicKey bits alone (what the certificate's SKI is derived from).
+    pub subject_public_key: Vec<u8>,
 }
 
 impl CertificateRequest {
@@ -180,6 +182,7 @@ pub fn inspect(pem_bytes: &[u8]) -> Result<CertificateRequest, InspectError> {
         uris: Vec::new(),
         key,
         public_key_der: info.subject_pki.raw.to_vec(),
+        subject_public_key: info.subject_pki.subject_public_key.data.to_vec(),
     };
     read_subject(&csr, &mut request)?;
     read_sans(&csr, &mut request)?;

@@ -10,24 +10,48 @@
 //! Built with RustCrypto's `x509-cert` (rcgen keeps one value per attribute type, so it cannot
 //! carry `O=app1/O=app2`) and signed with the CA's key on aws-lc-rs.
 
+use der::asn1::{AnyRef, BitStringRef, Ia5String, OctetString};
+use der::referenced::OwnedToRef;
+use der::{Decode, Encode, Sequence};
 use rcgen::SigningKey;
 use time::{Duration, OffsetDateTime};
-use x509_cert::certificate::{Certificate, TbsCertificate, Version};
-use x509_cert::der::asn1::{BitString, Ia5String, OctetString};
-use x509_cert::der::pem::LineEnding;
-use x509_cert::der::{Decode, Encode, EncodePem};
+use x509_cert::certificate::Version;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
-    SubjectAltName, SubjectKeyIdentifier,
+    ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
 };
-use x509_cert::ext::{AsExtension, Extension};
-use x509_cert::name::Name;
+use x509_cert::ext::{Extension, Extensions};
 use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::{ObjectIdentifier, SubjectPublicKeyInfoOwned};
+use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier};
 use x509_cert::time::{Time, Validity};
 
 use crate::ca::{CertificateAuthority, key_identifier};
+
+/// RFC 5280's TBSCertificate, with the issuer and subject Names and the public key kept as the
+/// DER they arrived in (the CA certificate's subject; the CSR's subject and key): carried over
+/// byte for byte, never decoded and re-encoded. Encoded by the `der` crate.
+#[derive(Sequence)]
+struct TbsCertificate<'a> {
+    #[asn1(context_specific = "0", default = "Default::default")]
+    version: Version,
+    serial_number: SerialNumber,
+    signature: AlgorithmIdentifierRef<'a>,
+    issuer: AnyRef<'a>,
+    validity: Validity,
+    subject: AnyRef<'a>,
+    subject_public_key_info: AnyRef<'a>,
+    /// The Extensions SEQUENCE, encoded once.
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT")]
+    extensions: AnyRef<'a>,
+}
+
+/// RFC 5280's Certificate around an already encoded TBSCertificate (signed as those bytes).
+#[derive(Sequence)]
+struct SignedCertificate<'a> {
+    tbs_certificate: AnyRef<'a>,
+    signature_algorithm: AlgorithmIdentifierRef<'a>,
+    signature: BitStringRef<'a>,
+}
 use crate::inspect::CertificateRequest;
 use crate::policy::{
     CLIENT_USAGES, NODE_GROUP, NODE_USER_PREFIX, SERVING_USAGES, SIGNER_KUBELET_CLIENT,
@@ -94,29 +118,23 @@ pub fn issue(
         validity(approved.expiration_seconds, limits, now, ca.not_after())?;
 
     let request = approved.request;
-    let subject = Name::from_der(&request.subject_der).map_err(build_error("the subject"))?;
-    let public_key = SubjectPublicKeyInfoOwned::from_der(&request.public_key_der)
-        .map_err(|e| IssueError::PublicKey(e.to_string()))?;
-    let subject_key_id = key_identifier(public_key.subject_public_key.raw_bytes());
+    let signature_algorithm = ca.signature_algorithm().owned_to_ref();
+    let extensions = extensions(ca, approved)?
+        .to_der()
+        .map_err(build_error("the extensions"))?;
     let tbs_certificate = TbsCertificate {
         version: Version::V3,
         serial_number: SerialNumber::new(&serial).map_err(build_error("the serial"))?,
-        signature: ca.signature_algorithm().clone(),
-        issuer: ca.issuer_name().clone(),
+        signature: signature_algorithm,
+        issuer: raw("the issuer", ca.issuer_der())?,
         validity: Validity {
             not_before: time_of(not_before)?,
             not_after: time_of(not_after)?,
         },
-        extensions: Some(extensions(
-            approved,
-            &subject,
-            subject_key_id,
-            ca.key_identifier(),
-        )?),
-        subject,
-        subject_public_key_info: public_key,
-        issuer_unique_id: None,
-        subject_unique_id: None,
+        subject: raw("the subject", &request.subject_der)?,
+        subject_public_key_info: raw("the public key", &request.public_key_der)
+            .map_err(|e| IssueError::PublicKey(e.to_string()))?,
+        extensions: raw("the extensions", &extensions)?,
     };
     let to_be_signed = tbs_certificate
         .to_der()
@@ -125,20 +143,56 @@ pub fn issue(
         .key()
         .sign(&to_be_signed)
         .map_err(|e| IssueError::Build(format!("signing failed: {e}")))?;
-    let certificate = Certificate {
-        tbs_certificate,
-        signature_algorithm: ca.signature_algorithm().clone(),
-        signature: BitString::from_bytes(&signature).map_err(build_error("the signature"))?,
+    let certificate = SignedCertificate {
+        tbs_certificate: raw("the certificate", &to_be_signed)?,
+        signature_algorithm,
+        signature: BitStringRef::from_bytes(&signature).map_err(build_error("the signature"))?,
     };
-    let pem = certificate
-        .to_pem(LineEnding::LF)
-        .map_err(build_error("the PEM"))?;
+    let der = certificate
+        .to_der()
+        .map_err(build_error("the certificate"))?;
+    let pem = pem_certificate(&der);
     Ok(IssuedCertificate {
         pem,
         not_before,
         not_after,
-        serial_hex: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        serial_hex: hex(&serial),
     })
+}
+
+/// RFC 7468 PEM: base64 in 64-character lines between the CERTIFICATE labels.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----\n";
+    const END: &str = "-----END CERTIFICATE-----\n";
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::with_capacity(BEGIN.len() + body.len() + body.len() / 64 + 1 + END.len());
+    pem.push_str(BEGIN);
+    // base64 output is ASCII: any byte offset is a char boundary.
+    let mut rest = body.as_str();
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        pem.push_str(line);
+        pem.push('\n');
+        rest = tail;
+    }
+    pem.push_str(END);
+    pem
+}
+
+/// Lower-case hex (a `format!` per byte costs more than the rest of the certificate's DER).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
+}
+
+/// An encoded value (a Name, a key, a TBSCertificate) to embed as it is.
+fn raw<'b>(what: &'static str, der: &'b [u8]) -> Result<AnyRef<'b>, IssueError> {
+    AnyRef::from_der(der).map_err(build_error(what))
 }
 
 fn build_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> IssueError {
@@ -151,48 +205,58 @@ fn time_of(at: OffsetDateTime) -> Result<Time, IssueError> {
 }
 
 /// KeyUsage (critical) and ExtendedKeyUsage from spec.usages, BasicConstraints CA:FALSE
-/// (critical), the SANs (critical when the subject is empty, RFC 5280 4.2.1.6), SKI and AKI.
+/// (critical), the SANs (critical when the subject is empty, RFC 5280 4.2.1.6), SKI, and the
+/// CA's AKI. The last two constant ones come ready from the CA.
 fn extensions(
+    ca: &CertificateAuthority,
     approved: &ApprovedRequest<'_>,
-    subject: &Name,
-    subject_key_id: Vec<u8>,
-    authority_key_id: &[u8],
-) -> Result<Vec<Extension>, IssueError> {
+) -> Result<Extensions, IssueError> {
+    fn extension(
+        oid: ObjectIdentifier,
+        critical: bool,
+        value: &impl Encode,
+    ) -> Result<Extension, IssueError> {
+        let extn_value = value
+            .to_der()
+            .and_then(OctetString::new)
+            .map_err(build_error("an extension"))?;
+        Ok(Extension {
+            extn_id: oid,
+            critical,
+            extn_value,
+        })
+    }
+    use der::oid::AssociatedOid;
+    let request = approved.request;
     let mut out = Vec::with_capacity(6);
-    let mut add = |extension: &dyn Fn() -> Result<Extension, x509_cert::der::Error>| {
-        extension()
-            .map(|e| out.push(e))
-            .map_err(build_error("an extension"))
-    };
     let (key_usages, extended_key_usages) = usages(approved.usages);
     if !key_usages.is_empty() {
-        add(&|| KeyUsage(key_usages).to_extension(subject, &[]))?;
+        out.push(extension(KeyUsage::OID, true, &KeyUsage(key_usages))?);
     }
     if !extended_key_usages.is_empty() {
-        add(&|| ExtendedKeyUsage(extended_key_usages.clone()).to_extension(subject, &[]))?;
+        out.push(extension(
+            ExtendedKeyUsage::OID,
+            false,
+            &ExtendedKeyUsage(extended_key_usages),
+        )?);
     }
-    add(&|| {
-        BasicConstraints {
-            ca: false,
-            path_len_constraint: None,
-        }
-        .to_extension(subject, &[])
-    })?;
-    let names = sans(approved.request)?;
+    out.push(ca.basic_constraints_extension().clone());
+    let names = sans(request)?;
     if !names.is_empty() {
-        add(&|| SubjectAltName(names.clone()).to_extension(subject, &[]))?;
+        out.push(extension(
+            SubjectAltName::OID,
+            request.subject.is_empty(),
+            &SubjectAltName(names),
+        )?);
     }
-    add(&|| {
-        SubjectKeyIdentifier(OctetString::new(subject_key_id.clone())?).to_extension(subject, &[])
-    })?;
-    add(&|| {
-        AuthorityKeyIdentifier {
-            key_identifier: Some(OctetString::new(authority_key_id)?),
-            authority_cert_issuer: None,
-            authority_cert_serial_number: None,
-        }
-        .to_extension(subject, &[])
-    })?;
+    let subject_key_id = OctetString::new(key_identifier(&request.subject_public_key))
+        .map_err(build_error("the SKI"))?;
+    out.push(extension(
+        SubjectKeyIdentifier::OID,
+        false,
+        &SubjectKeyIdentifier(subject_key_id),
+    )?);
+    out.push(ca.authority_key_extension().clone());
     Ok(out)
 }
 
@@ -311,14 +375,9 @@ fn sans(request: &CertificateRequest) -> Result<Vec<GeneralName>, IssueError> {
 }
 
 /// spec.usages → KeyUsage and ExtendedKeyUsage, as kube-controller-manager maps them.
-fn usages(
-    usages: &[String],
-) -> (
-    x509_cert::der::flagset::FlagSet<KeyUsages>,
-    Vec<ObjectIdentifier>,
-) {
-    use x509_cert::der::oid::db::rfc5280 as oids;
-    let mut key_usages = x509_cert::der::flagset::FlagSet::<KeyUsages>::default();
+fn usages(usages: &[String]) -> (der::flagset::FlagSet<KeyUsages>, Vec<ObjectIdentifier>) {
+    use der::oid::db::rfc5280 as oids;
+    let mut key_usages = der::flagset::FlagSet::<KeyUsages>::default();
     let mut extended = Vec::new();
     for usage in usages {
         let purpose = match usage.as_str() {

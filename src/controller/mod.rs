@@ -125,8 +125,16 @@ pub struct Context {
     inspected: std::sync::Mutex<std::collections::HashMap<String, Inspected>>,
 }
 
-/// One CSR's request bytes and their inspection.
-type Inspected = (Vec<u8>, Result<CertificateRequest, InspectError>);
+/// A fingerprint of one CSR's request bytes (the bytes themselves already sit in the cache), and
+/// their inspection.
+type Inspected = (u64, Result<CertificateRequest, InspectError>);
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// Where a CSR stands, from its conditions and certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,12 +259,13 @@ impl Context {
         let Some(uid) = csr.metadata.uid.as_deref() else {
             return csr_view(csr);
         };
+        let print = fingerprint(request_bytes);
         let known = self
             .inspected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(uid)
-            .filter(|(bytes, _)| bytes == request_bytes)
+            .filter(|(known, _)| *known == print)
             .map(|(_, request)| request.clone());
         let request = match known {
             Some(request) => request,
@@ -267,7 +276,7 @@ impl Context {
                 self.inspected
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(uid.to_owned(), (request_bytes.clone(), request.clone()));
+                    .insert(uid.to_owned(), (print, request.clone()));
                 request
             }
         };
