@@ -18,80 +18,71 @@ use rcgen::SigningKey;
 
 const POLICY: &str = "allowList:\n  - commonName: maria\n    groups: [developers, ops]\n";
 
+/// Run openssl in `dir`; the bench cannot go on without it.
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .expect("openssl must be installed");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
 /// A P-256 CSR made by openssl, as users make them, for a user in two groups.
 fn maria_csr(dir: &Path) -> String {
-    let key = dir.join("maria.key");
-    let csr = dir.join("maria.csr");
-    assert!(
-        Command::new("openssl")
-            .args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out"
-            ])
-            .arg(&key)
-            .status()
-            .expect("openssl")
-            .success()
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "maria.key",
+        ],
     );
-    assert!(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-new",
-                "-subj",
-                "/CN=maria/O=developers/O=ops",
-                "-key"
-            ])
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr)
-            .status()
-            .expect("openssl")
-            .success()
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-subj",
+            "/CN=maria/O=developers/O=ops",
+            "-key",
+            "maria.key",
+            "-out",
+            "maria.csr",
+        ],
     );
-    std::fs::read_to_string(csr).expect("csr")
+    std::fs::read_to_string(dir.join("maria.csr")).expect("csr")
 }
 
 /// A CA made by openssl, as operators have them.
 fn openssl_ca(dir: &Path, algorithm: &[&str]) -> CertificateAuthority {
-    let key = dir.join("ca.key");
-    let cert = dir.join("ca.crt");
     let mut genpkey = vec!["genpkey"];
     genpkey.extend(algorithm);
-    genpkey.extend(["-out", key.to_str().expect("path")]);
-    assert!(
-        Command::new("openssl")
-            .args(&genpkey)
-            .status()
-            .expect("openssl")
-            .success()
+    genpkey.extend(["-out", "ca.key"]);
+    openssl(dir, &genpkey);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=bench CA",
+            "-days",
+            "30",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-out",
+            "ca.crt",
+        ],
     );
-    assert!(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                key.to_str().expect("p"),
-                "-subj",
-                "/CN=bench CA",
-                "-days",
-                "30",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-out",
-                cert.to_str().expect("p")
-            ])
-            .status()
-            .expect("openssl")
-            .success()
-    );
-    CertificateAuthority::load(&cert, &key).expect("CA")
+    CertificateAuthority::load(&dir.join("ca.crt"), &dir.join("ca.key")).expect("CA")
 }
 
 fn benches(c: &mut Criterion) {

@@ -426,8 +426,8 @@ fn broken_ca_files_give_errors_that_say_what_to_do() {
 #[test]
 fn the_subject_is_the_csrs_own_name_byte_for_byte_with_every_group() {
     let dir = tempfile::tempdir().expect("dir");
-    // Several O and OU values, a UTF8String CN beside PrintableString-able values, and the CSR's
-    // own order (O before CN): all carried over exactly.
+    // Several O and OU values, UTF8Strings (-utf8; openssl would otherwise pick PrintableString)
+    // and the CSR's own order (O before CN): all carried over exactly.
     let csr_pem = openssl_csr(
         dir.path(),
         "maria",
