@@ -146,31 +146,25 @@ impl CertificateAuthority {
             signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
                 path: key_path.to_owned(),
             })?;
-        let extension = |oid, critical, value: &dyn Fn() -> der::Result<Vec<u8>>| {
-            value()
-                .and_then(OctetString::new)
-                .map(|extn_value| Extension {
-                    extn_id: oid,
-                    critical,
-                    extn_value,
-                })
-                .map_err(|e| bad_cert(format!("cannot encode its key identifier: {e}")))
-        };
-        let authority_key_extension = extension(AuthorityKeyIdentifier::OID, false, &|| {
-            AuthorityKeyIdentifier {
-                key_identifier: Some(OctetString::new(key_identifier.clone())?),
+        let unencodable =
+            |e: der::Error| bad_cert(format!("cannot encode its key identifier: {e}"));
+        let authority_key_extension = extension(
+            false,
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(key_identifier).map_err(unencodable)?),
                 authority_cert_issuer: None,
                 authority_cert_serial_number: None,
-            }
-            .to_der()
-        })?;
-        let basic_constraints_extension = extension(BasicConstraints::OID, true, &|| {
-            BasicConstraints {
+            },
+        )
+        .map_err(unencodable)?;
+        let basic_constraints_extension = extension(
+            true,
+            &BasicConstraints {
                 ca: false,
                 path_len_constraint: None,
-            }
-            .to_der()
-        })?;
+            },
+        )
+        .map_err(unencodable)?;
         Ok(CertificateAuthority {
             key,
             issuer_der,
@@ -266,6 +260,15 @@ impl ClusterCa {
     pub fn contains(&self, ca: &CertificateAuthority) -> bool {
         self.public_keys.iter().any(|k| k == ca.public_key())
     }
+}
+
+/// A certificate extension: `value` DER-encoded under its own OID.
+pub fn extension<T: Encode + AssociatedOid>(critical: bool, value: &T) -> der::Result<Extension> {
+    Ok(Extension {
+        extn_id: T::OID,
+        critical,
+        extn_value: OctetString::new(value.to_der()?)?,
+    })
 }
 
 /// RFC 7093 section 2 method 1: the leftmost 160 bits of the SHA-256 of the subjectPublicKey

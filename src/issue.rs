@@ -16,16 +16,16 @@ use der::{Decode, Encode, Sequence};
 use rcgen::SigningKey;
 use time::{Duration, OffsetDateTime};
 use x509_cert::certificate::Version;
+use x509_cert::ext::Extensions;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
 };
-use x509_cert::ext::{Extension, Extensions};
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier};
 use x509_cert::time::{Time, Validity};
 
-use crate::ca::{CertificateAuthority, key_identifier};
+use crate::ca::{CertificateAuthority, extension, key_identifier};
 
 /// RFC 5280's TBSCertificate, with the issuer and subject Names and the public key kept as the
 /// DER they arrived in (the CA certificate's subject; the CSR's subject and key): carried over
@@ -211,51 +211,25 @@ fn extensions(
     ca: &CertificateAuthority,
     approved: &ApprovedRequest<'_>,
 ) -> Result<Extensions, IssueError> {
-    fn extension(
-        oid: ObjectIdentifier,
-        critical: bool,
-        value: &impl Encode,
-    ) -> Result<Extension, IssueError> {
-        let extn_value = value
-            .to_der()
-            .and_then(OctetString::new)
-            .map_err(build_error("an extension"))?;
-        Ok(Extension {
-            extn_id: oid,
-            critical,
-            extn_value,
-        })
-    }
-    use der::oid::AssociatedOid;
+    let encoding = build_error("an extension");
     let request = approved.request;
     let mut out = Vec::with_capacity(6);
     let (key_usages, extended_key_usages) = usages(approved.usages);
     if !key_usages.is_empty() {
-        out.push(extension(KeyUsage::OID, true, &KeyUsage(key_usages))?);
+        out.push(extension(true, &KeyUsage(key_usages)).map_err(&encoding)?);
     }
     if !extended_key_usages.is_empty() {
-        out.push(extension(
-            ExtendedKeyUsage::OID,
-            false,
-            &ExtendedKeyUsage(extended_key_usages),
-        )?);
+        out.push(extension(false, &ExtendedKeyUsage(extended_key_usages)).map_err(&encoding)?);
     }
     out.push(ca.basic_constraints_extension().clone());
     let names = sans(request)?;
     if !names.is_empty() {
-        out.push(extension(
-            SubjectAltName::OID,
-            request.subject.is_empty(),
-            &SubjectAltName(names),
-        )?);
+        let critical = request.subject.is_empty();
+        out.push(extension(critical, &SubjectAltName(names)).map_err(&encoding)?);
     }
     let subject_key_id = OctetString::new(key_identifier(&request.subject_public_key))
         .map_err(build_error("the SKI"))?;
-    out.push(extension(
-        SubjectKeyIdentifier::OID,
-        false,
-        &SubjectKeyIdentifier(subject_key_id),
-    )?);
+    out.push(extension(false, &SubjectKeyIdentifier(subject_key_id)).map_err(&encoding)?);
     out.push(ca.authority_key_extension().clone());
     Ok(out)
 }
@@ -380,35 +354,17 @@ fn usages(usages: &[String]) -> (der::flagset::FlagSet<KeyUsages>, Vec<ObjectIde
     let mut key_usages = der::flagset::FlagSet::<KeyUsages>::default();
     let mut extended = Vec::new();
     for usage in usages {
+        let key_usage = match usage.as_str() {
+            "signing" | "digital signature" => Some(KeyUsages::DigitalSignature),
+            "content commitment" => Some(KeyUsages::NonRepudiation),
+            "key encipherment" => Some(KeyUsages::KeyEncipherment),
+            "key agreement" => Some(KeyUsages::KeyAgreement),
+            "data encipherment" => Some(KeyUsages::DataEncipherment),
+            "encipher only" => Some(KeyUsages::EncipherOnly),
+            "decipher only" => Some(KeyUsages::DecipherOnly),
+            _ => None,
+        };
         let purpose = match usage.as_str() {
-            "signing" | "digital signature" => {
-                key_usages |= KeyUsages::DigitalSignature;
-                None
-            }
-            "content commitment" => {
-                key_usages |= KeyUsages::NonRepudiation;
-                None
-            }
-            "key encipherment" => {
-                key_usages |= KeyUsages::KeyEncipherment;
-                None
-            }
-            "key agreement" => {
-                key_usages |= KeyUsages::KeyAgreement;
-                None
-            }
-            "data encipherment" => {
-                key_usages |= KeyUsages::DataEncipherment;
-                None
-            }
-            "encipher only" => {
-                key_usages |= KeyUsages::EncipherOnly;
-                None
-            }
-            "decipher only" => {
-                key_usages |= KeyUsages::DecipherOnly;
-                None
-            }
             "client auth" => Some(oids::ID_KP_CLIENT_AUTH),
             "server auth" => Some(oids::ID_KP_SERVER_AUTH),
             "code signing" => Some(oids::ID_KP_CODE_SIGNING),
@@ -420,6 +376,9 @@ fn usages(usages: &[String]) -> (der::flagset::FlagSet<KeyUsages>, Vec<ObjectIde
             // before we get here; never grant them.
             _ => None,
         };
+        if let Some(key_usage) = key_usage {
+            key_usages |= key_usage;
+        }
         if let Some(purpose) = purpose
             && !extended.contains(&purpose)
         {
