@@ -4,14 +4,14 @@ use std::path::{Path, PathBuf};
 
 use der::Encode;
 use der::asn1::{ObjectIdentifier, OctetString};
-use der::oid::AssociatedOid;
 use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm};
 use time::OffsetDateTime;
-use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, BasicConstraints};
 use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::issue::ExtensionOf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -52,9 +52,9 @@ pub struct CertificateAuthority {
     /// The CA certificate's subject, exactly as encoded: every certificate's issuer.
     issuer_der: Vec<u8>,
     /// AuthorityKeyIdentifier naming the CA's key identifier (its SKI, else derived from its
-    /// key), and BasicConstraints CA:FALSE: the same in every certificate.
-    authority_key_extension: Extension,
-    basic_constraints_extension: Extension,
+    /// key), and BasicConstraints CA:FALSE: the same in every certificate, so encoded once.
+    authority_key_extension: Vec<u8>,
+    basic_constraints_extension: Vec<u8>,
     signature_algorithm: AlgorithmIdentifierOwned,
     subject: String,
     not_after: OffsetDateTime,
@@ -140,7 +140,7 @@ impl CertificateAuthority {
                 _ => None,
             })
             .unwrap_or_else(|| {
-                key_identifier(&cert.tbs_certificate.subject_pki.subject_public_key.data)
+                key_identifier(&cert.tbs_certificate.subject_pki.subject_public_key.data).to_vec()
             });
         let signature_algorithm =
             signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
@@ -148,22 +148,24 @@ impl CertificateAuthority {
             })?;
         let unencodable =
             |e: der::Error| bad_cert(format!("cannot encode its key identifier: {e}"));
-        let authority_key_extension = extension(
+        let authority_key_extension = ExtensionOf::new(
             false,
-            &AuthorityKeyIdentifier {
+            AuthorityKeyIdentifier {
                 key_identifier: Some(OctetString::new(key_identifier).map_err(unencodable)?),
                 authority_cert_issuer: None,
                 authority_cert_serial_number: None,
             },
         )
+        .to_der()
         .map_err(unencodable)?;
-        let basic_constraints_extension = extension(
+        let basic_constraints_extension = ExtensionOf::new(
             true,
-            &BasicConstraints {
+            BasicConstraints {
                 ca: false,
                 path_len_constraint: None,
             },
         )
+        .to_der()
         .map_err(unencodable)?;
         Ok(CertificateAuthority {
             key,
@@ -188,11 +190,13 @@ impl CertificateAuthority {
         &self.issuer_der
     }
 
-    pub fn authority_key_extension(&self) -> &Extension {
+    /// The encoded AuthorityKeyIdentifier extension of every certificate this CA issues.
+    pub fn authority_key_extension(&self) -> &[u8] {
         &self.authority_key_extension
     }
 
-    pub fn basic_constraints_extension(&self) -> &Extension {
+    /// The encoded BasicConstraints CA:FALSE extension (critical) of every issued certificate.
+    pub fn basic_constraints_extension(&self) -> &[u8] {
         &self.basic_constraints_extension
     }
 
@@ -262,20 +266,13 @@ impl ClusterCa {
     }
 }
 
-/// A certificate extension: `value` DER-encoded under its own OID.
-pub fn extension<T: Encode + AssociatedOid>(critical: bool, value: &T) -> der::Result<Extension> {
-    Ok(Extension {
-        extn_id: T::OID,
-        critical,
-        extn_value: OctetString::new(value.to_der()?)?,
-    })
-}
-
 /// RFC 7093 section 2 method 1: the leftmost 160 bits of the SHA-256 of the subjectPublicKey
 /// bits. Used for the SKI of every certificate issued (and a CA's AKI when it has no SKI).
-pub fn key_identifier(subject_public_key: &[u8]) -> Vec<u8> {
+pub fn key_identifier(subject_public_key: &[u8]) -> [u8; 20] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, subject_public_key);
-    digest.as_ref()[..20].to_vec()
+    let mut identifier = [0; 20];
+    identifier.copy_from_slice(&digest.as_ref()[..20]);
+    identifier
 }
 
 /// The AlgorithmIdentifier of the signatures `key` makes, for the certificates it signs.

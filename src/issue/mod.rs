@@ -7,51 +7,30 @@
 //! spec.expirationSeconds clamped by policy and by the CA. The signer re-checks each well-known
 //! signer's rules, because a human may approve anything.
 //!
-//! Built with RustCrypto's `x509-cert` (rcgen keeps one value per attribute type, so it cannot
-//! carry `O=app1/O=app2`) and signed with the CA's key on aws-lc-rs.
+//! Built with RustCrypto's `x509-cert`/`der` types (rcgen keeps one value per attribute type, so
+//! it cannot carry `O=app1/O=app2`; `encoding` writes them) and signed with the CA's key on
+//! aws-lc-rs.
 
-use der::asn1::{AnyRef, BitStringRef, Ia5String, OctetString};
+use der::asn1::{BitStringRef, Ia5String, OctetString, OctetStringRef, UintRef};
+use der::oid::AssociatedOid;
 use der::referenced::OwnedToRef;
-use der::{Decode, Encode, Sequence};
 use rcgen::SigningKey;
 use time::{Duration, OffsetDateTime};
-use x509_cert::certificate::Version;
-use x509_cert::ext::Extensions;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
 };
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier};
+use x509_cert::spki::ObjectIdentifier;
 use x509_cert::time::{Time, Validity};
 
-use crate::ca::{CertificateAuthority, extension, key_identifier};
+mod encoding;
 
-/// RFC 5280's TBSCertificate, with the issuer and subject Names and the public key kept as the
-/// DER they arrived in (the CA certificate's subject; the CSR's subject and key): carried over
-/// byte for byte, never decoded and re-encoded. Encoded by the `der` crate.
-#[derive(Sequence)]
-struct TbsCertificate<'a> {
-    #[asn1(context_specific = "0", default = "Default::default")]
-    version: Version,
-    serial_number: SerialNumber,
-    signature: AlgorithmIdentifierRef<'a>,
-    issuer: AnyRef<'a>,
-    validity: Validity,
-    subject: AnyRef<'a>,
-    subject_public_key_info: AnyRef<'a>,
-    /// The Extensions SEQUENCE, encoded once.
-    #[asn1(context_specific = "3", tag_mode = "EXPLICIT")]
-    extensions: AnyRef<'a>,
-}
+pub(crate) use encoding::ExtensionOf;
+use encoding::{
+    CertificateExtensions, Encoded, KnownLength, SignedCertificate, TbsCertificate, encode,
+};
 
-/// RFC 5280's Certificate around an already encoded TBSCertificate (signed as those bytes).
-#[derive(Sequence)]
-struct SignedCertificate<'a> {
-    tbs_certificate: AnyRef<'a>,
-    signature_algorithm: AlgorithmIdentifierRef<'a>,
-    signature: BitStringRef<'a>,
-}
+use crate::ca::{CertificateAuthority, key_identifier};
 use crate::inspect::CertificateRequest;
 use crate::policy::{
     CLIENT_USAGES, NODE_GROUP, NODE_USER_PREFIX, SERVING_USAGES, SIGNER_KUBELET_CLIENT,
@@ -70,8 +49,6 @@ pub enum IssueError {
     SignerRules { signer: String, problem: String },
     #[error("the CA expires at {ca_not_after}, less than {} minutes from now; rotate the CA Secret", MIN_LIFETIME.whole_minutes())]
     CaExpiring { ca_not_after: OffsetDateTime },
-    #[error("the request's public key cannot be certified: {0}")]
-    PublicKey(String),
     #[error("building the certificate failed: {0}")]
     Build(String),
 }
@@ -80,7 +57,7 @@ impl IssueError {
     /// The reason of the Failed condition and the Warning Event.
     pub fn reason(&self) -> &'static str {
         match self {
-            IssueError::SignerRules { .. } | IssueError::PublicKey(_) => "SignerValidationFailure",
+            IssueError::SignerRules { .. } => "SignerValidationFailure",
             IssueError::CaExpiring { .. } => "CAExpiring",
             IssueError::Build(_) => "SigningFailed",
         }
@@ -119,39 +96,55 @@ pub fn issue(
 
     let request = approved.request;
     let signature_algorithm = ca.signature_algorithm().owned_to_ref();
-    let extensions = extensions(ca, approved)?
-        .to_der()
-        .map_err(build_error("the extensions"))?;
+    let (key_usages, extended_key_usages) = usages(approved.usages);
+    let subject_alt_names = sans(request)?;
+    let subject_key_identifier = key_identifier(&request.subject_public_key);
     let tbs_certificate = TbsCertificate {
-        version: Version::V3,
-        serial_number: SerialNumber::new(&serial).map_err(build_error("the serial"))?,
+        serial_number: UintRef::new(&serial).map_err(build_error("the serial"))?,
         signature: signature_algorithm,
-        issuer: raw("the issuer", ca.issuer_der())?,
+        issuer: Encoded(ca.issuer_der()),
         validity: Validity {
             not_before: time_of(not_before)?,
             not_after: time_of(not_after)?,
         },
-        subject: raw("the subject", &request.subject_der)?,
-        subject_public_key_info: raw("the public key", &request.public_key_der)
-            .map_err(|e| IssueError::PublicKey(e.to_string()))?,
-        extensions: raw("the extensions", &extensions)?,
+        subject: Encoded(&request.subject_der),
+        subject_public_key_info: Encoded(&request.public_key_der),
+        // KeyUsage (critical) and ExtendedKeyUsage from spec.usages, BasicConstraints CA:FALSE
+        // (critical), the SANs (critical when the subject is empty, RFC 5280 4.2.1.6), SKI, and
+        // the CA's AKI.
+        extensions: KnownLength::new(CertificateExtensions {
+            key_usage: (!key_usages.is_empty())
+                .then(|| ExtensionOf::new(true, KeyUsage(key_usages))),
+            extended_key_usage: (!extended_key_usages.is_empty())
+                .then(|| ExtensionOf::new(false, ExtendedKeyUsage(extended_key_usages))),
+            basic_constraints: Encoded(ca.basic_constraints_extension()),
+            subject_alt_name: (!subject_alt_names.is_empty()).then(|| {
+                ExtensionOf::new(
+                    request.subject.is_empty(),
+                    SubjectAltName(subject_alt_names),
+                )
+            }),
+            subject_key_identifier: ExtensionOf::with_oid(
+                SubjectKeyIdentifier::OID,
+                false,
+                OctetStringRef::new(&subject_key_identifier).map_err(build_error("the SKI"))?,
+            ),
+            authority_key_identifier: Encoded(ca.authority_key_extension()),
+        })
+        .map_err(build_error("the extensions"))?,
     };
-    let to_be_signed = tbs_certificate
-        .to_der()
-        .map_err(build_error("the certificate"))?;
+    let to_be_signed = encode(&tbs_certificate).map_err(build_error("the certificate"))?;
     let signature = ca
         .key()
         .sign(&to_be_signed)
         .map_err(|e| IssueError::Build(format!("signing failed: {e}")))?;
     let certificate = SignedCertificate {
-        tbs_certificate: raw("the certificate", &to_be_signed)?,
+        tbs_certificate: Encoded(&to_be_signed),
         signature_algorithm,
         signature: BitStringRef::from_bytes(&signature).map_err(build_error("the signature"))?,
     };
-    let der = certificate
-        .to_der()
-        .map_err(build_error("the certificate"))?;
-    let pem = pem_certificate(&der);
+    let der = encode(&certificate).map_err(build_error("the certificate"))?;
+    let pem = pem_certificate(&der)?;
     Ok(IssuedCertificate {
         pem,
         not_before,
@@ -160,24 +153,26 @@ pub fn issue(
     })
 }
 
-/// RFC 7468 PEM: base64 in 64-character lines between the CERTIFICATE labels.
-fn pem_certificate(der: &[u8]) -> String {
+/// RFC 7468 PEM: base64 in 64-character lines between the CERTIFICATE labels, each line
+/// encoded in place.
+fn pem_certificate(der: &[u8]) -> Result<String, IssueError> {
     use base64::Engine;
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----\n";
-    const END: &str = "-----END CERTIFICATE-----\n";
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::with_capacity(BEGIN.len() + body.len() + body.len() / 64 + 1 + END.len());
-    pem.push_str(BEGIN);
-    // base64 output is ASCII: any byte offset is a char boundary.
-    let mut rest = body.as_str();
-    while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
-        pem.push_str(line);
-        pem.push('\n');
-        rest = tail;
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----\n";
+    const END: &[u8] = b"-----END CERTIFICATE-----\n";
+    // 48 bytes of DER make one line of 64 characters.
+    let body = base64::encoded_len(der.len(), true).unwrap_or(usize::MAX);
+    let mut pem = vec![0; BEGIN.len() + body + der.len().div_ceil(48) + END.len()];
+    pem[..BEGIN.len()].copy_from_slice(BEGIN);
+    let mut at = BEGIN.len();
+    for chunk in der.chunks(48) {
+        at += base64::engine::general_purpose::STANDARD
+            .encode_slice(chunk, &mut pem[at..])
+            .map_err(build_error("the PEM"))?;
+        pem[at] = b'\n';
+        at += 1;
     }
-    pem.push_str(END);
-    pem
+    pem[at..].copy_from_slice(END);
+    String::from_utf8(pem).map_err(build_error("the PEM"))
 }
 
 /// Lower-case hex (a `format!` per byte costs more than the rest of the certificate's DER).
@@ -190,11 +185,6 @@ fn hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// An encoded value (a Name, a key, a TBSCertificate) to embed as it is.
-fn raw<'b>(what: &'static str, der: &'b [u8]) -> Result<AnyRef<'b>, IssueError> {
-    AnyRef::from_der(der).map_err(build_error(what))
-}
-
 fn build_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> IssueError {
     move |error| IssueError::Build(format!("encoding {what}: {error}"))
 }
@@ -202,36 +192,6 @@ fn build_error<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> IssueE
 /// UTCTime until 2049, GeneralizedTime after (RFC 5280 4.1.2.5).
 fn time_of(at: OffsetDateTime) -> Result<Time, IssueError> {
     Time::try_from(std::time::SystemTime::from(at)).map_err(build_error("a validity time"))
-}
-
-/// KeyUsage (critical) and ExtendedKeyUsage from spec.usages, BasicConstraints CA:FALSE
-/// (critical), the SANs (critical when the subject is empty, RFC 5280 4.2.1.6), SKI, and the
-/// CA's AKI. The last two constant ones come ready from the CA.
-fn extensions(
-    ca: &CertificateAuthority,
-    approved: &ApprovedRequest<'_>,
-) -> Result<Extensions, IssueError> {
-    let encoding = build_error("an extension");
-    let request = approved.request;
-    let mut out = Vec::with_capacity(6);
-    let (key_usages, extended_key_usages) = usages(approved.usages);
-    if !key_usages.is_empty() {
-        out.push(extension(true, &KeyUsage(key_usages)).map_err(&encoding)?);
-    }
-    if !extended_key_usages.is_empty() {
-        out.push(extension(false, &ExtendedKeyUsage(extended_key_usages)).map_err(&encoding)?);
-    }
-    out.push(ca.basic_constraints_extension().clone());
-    let names = sans(request)?;
-    if !names.is_empty() {
-        let critical = request.subject.is_empty();
-        out.push(extension(critical, &SubjectAltName(names)).map_err(&encoding)?);
-    }
-    let subject_key_id = OctetString::new(key_identifier(&request.subject_public_key))
-        .map_err(build_error("the SKI"))?;
-    out.push(extension(false, &SubjectKeyIdentifier(subject_key_id)).map_err(&encoding)?);
-    out.push(ca.authority_key_extension().clone());
-    Ok(out)
 }
 
 /// NotBefore = now - 5 min; NotAfter = now + requested (or default), at most the policy maximum

@@ -1,0 +1,262 @@
+//! How an issued certificate is written: RFC 5280's structures over the `der` crate's encoders,
+//! borrowing what they carry over (the CA's subject, the CSR's subject and key, the extensions
+//! the CA encoded once) and encoded in one pass into a growing buffer.
+
+use der::asn1::{BitStringRef, ContextSpecificRef, OctetStringRef, UintRef};
+use der::oid::AssociatedOid;
+use der::{Encode, EncodeValue, FixedTag, Length, Tag, TagMode, TagNumber, Writer};
+use x509_cert::certificate::Version;
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
+use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier};
+use x509_cert::time::Validity;
+
+/// RFC 5280's TBSCertificate, borrowing everything it carries over: the issuer and subject
+/// Names and the public key as the DER they arrived in (the CA certificate's subject; the CSR's
+/// subject and key), never decoded and re-encoded. Encoded in one pass by the `der` crate.
+pub(super) struct TbsCertificate<'a> {
+    pub serial_number: UintRef<'a>,
+    pub signature: AlgorithmIdentifierRef<'a>,
+    pub issuer: Encoded<'a>,
+    pub validity: Validity,
+    pub subject: Encoded<'a>,
+    pub subject_public_key_info: Encoded<'a>,
+    pub extensions: KnownLength<CertificateExtensions<'a>>,
+}
+
+impl TbsCertificate<'_> {
+    const VERSION: ContextSpecificRef<'static, Version> = ContextSpecificRef {
+        tag_number: TagNumber::N0,
+        tag_mode: TagMode::Explicit,
+        value: &Version::V3,
+    };
+
+    fn extensions(&self) -> ContextSpecificRef<'_, KnownLength<CertificateExtensions<'_>>> {
+        ContextSpecificRef {
+            tag_number: TagNumber::N3,
+            tag_mode: TagMode::Explicit,
+            value: &self.extensions,
+        }
+    }
+}
+
+impl EncodeValue for TbsCertificate<'_> {
+    fn value_len(&self) -> der::Result<Length> {
+        total([
+            Self::VERSION.encoded_len(),
+            self.serial_number.encoded_len(),
+            self.signature.encoded_len(),
+            self.issuer.encoded_len(),
+            self.validity.encoded_len(),
+            self.subject.encoded_len(),
+            self.subject_public_key_info.encoded_len(),
+            self.extensions().encoded_len(),
+        ])
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        Self::VERSION.encode(writer)?;
+        self.serial_number.encode(writer)?;
+        self.signature.encode(writer)?;
+        self.issuer.encode(writer)?;
+        self.validity.encode(writer)?;
+        self.subject.encode(writer)?;
+        self.subject_public_key_info.encode(writer)?;
+        self.extensions().encode(writer)
+    }
+}
+
+impl FixedTag for TbsCertificate<'_> {
+    const TAG: Tag = Tag::Sequence;
+}
+
+/// The Extensions SEQUENCE of an issued certificate, in this order. The two that are the same
+/// in every certificate a CA issues come encoded from the CA.
+pub(super) struct CertificateExtensions<'a> {
+    pub key_usage: Option<ExtensionOf<KeyUsage>>,
+    pub extended_key_usage: Option<ExtensionOf<ExtendedKeyUsage>>,
+    pub basic_constraints: Encoded<'a>,
+    pub subject_alt_name: Option<ExtensionOf<SubjectAltName>>,
+    pub subject_key_identifier: ExtensionOf<OctetStringRef<'a>>,
+    pub authority_key_identifier: Encoded<'a>,
+}
+
+impl EncodeValue for CertificateExtensions<'_> {
+    fn value_len(&self) -> der::Result<Length> {
+        total([
+            self.key_usage.encoded_len(),
+            self.extended_key_usage.encoded_len(),
+            self.basic_constraints.encoded_len(),
+            self.subject_alt_name.encoded_len(),
+            self.subject_key_identifier.encoded_len(),
+            self.authority_key_identifier.encoded_len(),
+        ])
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        self.key_usage.encode(writer)?;
+        self.extended_key_usage.encode(writer)?;
+        self.basic_constraints.encode(writer)?;
+        self.subject_alt_name.encode(writer)?;
+        self.subject_key_identifier.encode(writer)?;
+        self.authority_key_identifier.encode(writer)
+    }
+}
+
+impl FixedTag for CertificateExtensions<'_> {
+    const TAG: Tag = Tag::Sequence;
+}
+
+/// RFC 5280's Extension, encoded straight from its value: the value's DER goes inside the
+/// extnValue OCTET STRING as it is written, with no intermediate buffer.
+pub(crate) struct ExtensionOf<T> {
+    oid: ObjectIdentifier,
+    /// Encoded only when true (DEFAULT FALSE).
+    critical: Option<bool>,
+    value: T,
+}
+
+impl<T: AssociatedOid> ExtensionOf<T> {
+    pub fn new(critical: bool, value: T) -> Self {
+        Self::with_oid(T::OID, critical, value)
+    }
+}
+
+impl<T> ExtensionOf<T> {
+    pub fn with_oid(oid: ObjectIdentifier, critical: bool, value: T) -> Self {
+        ExtensionOf {
+            oid,
+            critical: critical.then_some(true),
+            value,
+        }
+    }
+}
+
+impl<T: Encode> ExtensionOf<T> {
+    fn value(&self) -> ContentsOfOctetString<'_, T> {
+        ContentsOfOctetString(&self.value)
+    }
+}
+
+impl<T: Encode> EncodeValue for ExtensionOf<T> {
+    fn value_len(&self) -> der::Result<Length> {
+        total([
+            self.oid.encoded_len(),
+            self.critical.encoded_len(),
+            self.value().encoded_len(),
+        ])
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        self.oid.encode(writer)?;
+        self.critical.encode(writer)?;
+        self.value().encode(writer)
+    }
+}
+
+impl<T> FixedTag for ExtensionOf<T> {
+    const TAG: Tag = Tag::Sequence;
+}
+
+/// An OCTET STRING whose contents are the DER of `T` (how an extension wraps its value).
+struct ContentsOfOctetString<'a, T>(&'a T);
+
+impl<T: Encode> EncodeValue for ContentsOfOctetString<'_, T> {
+    fn value_len(&self) -> der::Result<Length> {
+        self.0.encoded_len()
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        self.0.encode(writer)
+    }
+}
+
+impl<T> FixedTag for ContentsOfOctetString<'_, T> {
+    const TAG: Tag = Tag::OctetString;
+}
+
+/// A value that is DER already, written as it is: the CA certificate's subject, the CSR's
+/// subject and key (as x509-parser found them), an extension the CA encoded once, the signed
+/// TBSCertificate.
+pub(super) struct Encoded<'a>(pub &'a [u8]);
+
+impl Encode for Encoded<'_> {
+    fn encoded_len(&self) -> der::Result<Length> {
+        Length::try_from(self.0.len())
+    }
+
+    fn encode(&self, writer: &mut impl Writer) -> der::Result<()> {
+        writer.write(self.0)
+    }
+}
+
+/// A value whose length is worked out once. der asks a value for its length again at every
+/// level above it, and the extensions are the deepest part of a certificate.
+pub(super) struct KnownLength<T> {
+    value_len: Length,
+    value: T,
+}
+
+impl<T: EncodeValue> KnownLength<T> {
+    pub fn new(value: T) -> der::Result<Self> {
+        Ok(KnownLength {
+            value_len: value.value_len()?,
+            value,
+        })
+    }
+}
+
+impl<T: EncodeValue> EncodeValue for KnownLength<T> {
+    fn value_len(&self) -> der::Result<Length> {
+        Ok(self.value_len)
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        self.value.encode_value(writer)
+    }
+}
+
+impl<T: FixedTag> FixedTag for KnownLength<T> {
+    const TAG: Tag = T::TAG;
+}
+
+/// DER into a Vec through der's writer for `io::Write`: each write is an append, where
+/// `to_der`'s slice writer zeroes the buffer first and checks bounds on every byte it writes.
+pub(super) fn encode(value: &impl Encode) -> der::Result<Vec<u8>> {
+    let mut der = Vec::with_capacity(usize::try_from(value.encoded_len()?)?);
+    value.encode(&mut der)?;
+    Ok(der)
+}
+
+/// The length of fields encoded one after another.
+fn total<const N: usize>(lengths: [der::Result<Length>; N]) -> der::Result<Length> {
+    lengths
+        .into_iter()
+        .try_fold(Length::ZERO, |sum, length| sum + length?)
+}
+
+/// RFC 5280's Certificate around an already encoded TBSCertificate (signed as those bytes).
+pub(super) struct SignedCertificate<'a> {
+    pub tbs_certificate: Encoded<'a>,
+    pub signature_algorithm: AlgorithmIdentifierRef<'a>,
+    pub signature: BitStringRef<'a>,
+}
+
+impl EncodeValue for SignedCertificate<'_> {
+    fn value_len(&self) -> der::Result<Length> {
+        total([
+            self.tbs_certificate.encoded_len(),
+            self.signature_algorithm.encoded_len(),
+            self.signature.encoded_len(),
+        ])
+    }
+
+    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+        self.tbs_certificate.encode(writer)?;
+        self.signature_algorithm.encode(writer)?;
+        self.signature.encode(writer)
+    }
+}
+
+impl FixedTag for SignedCertificate<'_> {
+    const TAG: Tag = Tag::Sequence;
+}
