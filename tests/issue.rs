@@ -488,6 +488,97 @@ fn the_subject_is_the_csrs_own_name_byte_for_byte_with_every_group() {
     }
 }
 
+#[test]
+fn certificates_are_canonical_der_that_x509_cert_reads_back_byte_for_byte() {
+    use der::{Decode, Encode};
+    let dir = tempfile::tempdir().expect("dir");
+    let sans = "DNS:eve.example.com,IP:10.0.0.7,IP:fd00::7,email:eve@example.com,URI:spiffe://example.com/eve";
+    let requests = [
+        (
+            "eve",
+            inspect(
+                openssl_csr(
+                    dir.path(),
+                    "eve",
+                    KeyKind::P256,
+                    "/CN=eve/O=a/O=b",
+                    Some(sans),
+                    &[],
+                )
+                .as_bytes(),
+            )
+            .expect("inspect"),
+            usages(&["client auth", "digital signature", "key encipherment"]),
+        ),
+        (
+            "jane",
+            jane(dir.path(), KeyKind::Ed25519),
+            usages(&["client auth"]),
+        ),
+    ];
+    for kind in [
+        KeyKind::Rsa(2048),
+        KeyKind::P256,
+        KeyKind::P384,
+        KeyKind::Ed25519,
+    ] {
+        let ca_dir = tempfile::tempdir().expect("dir");
+        let ca = load(&openssl_ca(ca_dir.path(), kind, 365));
+        for (name, request, usage) in &requests {
+            let pem = issue_for(
+                &ca,
+                request,
+                CLIENT_SIGNER,
+                usage,
+                None,
+                OffsetDateTime::now_utc(),
+            )
+            .expect("issue");
+            // RFC 7468's strict form: 64 characters a line, the last one shorter or equal.
+            let lines: Vec<&str> = pem.lines().collect();
+            let body = &lines[1..lines.len() - 1];
+            assert!(
+                body.iter().all(|l| l.len() == 64)
+                    || body[..body.len() - 1].iter().all(|l| l.len() == 64),
+                "{kind:?} {name}: {pem}"
+            );
+            assert!(body.last().is_some_and(|l| !l.is_empty() && l.len() <= 64));
+            let der = der_of(&pem);
+            // x509-cert's decoder accepts DER only (minimal lengths, BOOLEAN TRUE as 0xFF, ...);
+            // encoding what it read must give the very same bytes.
+            let certificate = x509_cert::Certificate::from_der(&der)
+                .unwrap_or_else(|e| panic!("{kind:?} {name}: not DER x509-cert accepts: {e}"));
+            assert_eq!(
+                certificate.to_der().expect("re-encode"),
+                der,
+                "{kind:?} {name}: re-encoded differently"
+            );
+            let extensions = certificate.tbs_certificate.extensions.expect("extensions");
+            let critical: Vec<(String, bool)> = extensions
+                .iter()
+                .map(|e| (e.extn_id.to_string(), e.critical))
+                .collect();
+            // KeyUsage (when spec.usages has key usages), ExtendedKeyUsage, BasicConstraints,
+            // SAN (when asked for), SKI, AKI: in this order, critical where RFC 5280 says.
+            let asked_for_more = *name == "eve";
+            let has_sans = *name != "jane";
+            let expected: Vec<(String, bool)> = [
+                ("2.5.29.15", true, asked_for_more),
+                ("2.5.29.37", false, true),
+                ("2.5.29.19", true, true),
+                ("2.5.29.17", *name == "nameless", has_sans),
+                ("2.5.29.14", false, true),
+                ("2.5.29.35", false, true),
+            ]
+            .into_iter()
+            .filter(|(_, _, present)| *present)
+            .map(|(oid, critical, _)| (oid.to_owned(), critical))
+            .collect();
+            assert_eq!(critical, expected, "{kind:?} {name}");
+        }
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
