@@ -10,6 +10,31 @@ use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
 use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier};
 use x509_cert::time::Validity;
 
+/// A SEQUENCE of the fields listed, encoded one after another. Its length and its encoding come
+/// from the one list, so they cannot disagree.
+macro_rules! sequence {
+    ([$($generics:tt)*] $type:ty, |$this:ident| [$($field:expr),+ $(,)?]) => {
+        impl<$($generics)*> EncodeValue for $type {
+            fn value_len(&self) -> der::Result<Length> {
+                let $this = self;
+                [$($field.encoded_len()),+]
+                    .into_iter()
+                    .try_fold(Length::ZERO, |sum, length| sum + length?)
+            }
+
+            fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
+                let $this = self;
+                $($field.encode(writer)?;)+
+                Ok(())
+            }
+        }
+
+        impl<$($generics)*> FixedTag for $type {
+            const TAG: Tag = Tag::Sequence;
+        }
+    };
+}
+
 /// RFC 5280's TBSCertificate, borrowing everything it carries over: the issuer and subject
 /// Names and the public key as the DER they arrived in (the CA certificate's subject; the CSR's
 /// subject and key), never decoded and re-encoded. Encoded in one pass by the `der` crate.
@@ -39,35 +64,16 @@ impl TbsCertificate<'_> {
     }
 }
 
-impl EncodeValue for TbsCertificate<'_> {
-    fn value_len(&self) -> der::Result<Length> {
-        total([
-            Self::VERSION.encoded_len(),
-            self.serial_number.encoded_len(),
-            self.signature.encoded_len(),
-            self.issuer.encoded_len(),
-            self.validity.encoded_len(),
-            self.subject.encoded_len(),
-            self.subject_public_key_info.encoded_len(),
-            self.extensions().encoded_len(),
-        ])
-    }
-
-    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
-        Self::VERSION.encode(writer)?;
-        self.serial_number.encode(writer)?;
-        self.signature.encode(writer)?;
-        self.issuer.encode(writer)?;
-        self.validity.encode(writer)?;
-        self.subject.encode(writer)?;
-        self.subject_public_key_info.encode(writer)?;
-        self.extensions().encode(writer)
-    }
-}
-
-impl FixedTag for TbsCertificate<'_> {
-    const TAG: Tag = Tag::Sequence;
-}
+sequence!(['a] TbsCertificate<'a>, |tbs| [
+    TbsCertificate::VERSION,
+    tbs.serial_number,
+    tbs.signature,
+    tbs.issuer,
+    tbs.validity,
+    tbs.subject,
+    tbs.subject_public_key_info,
+    tbs.extensions(),
+]);
 
 /// The Extensions SEQUENCE of an issued certificate, in this order. The two that are the same
 /// in every certificate a CA issues come encoded from the CA.
@@ -80,31 +86,14 @@ pub(super) struct CertificateExtensions<'a> {
     pub authority_key_identifier: Encoded<'a>,
 }
 
-impl EncodeValue for CertificateExtensions<'_> {
-    fn value_len(&self) -> der::Result<Length> {
-        total([
-            self.key_usage.encoded_len(),
-            self.extended_key_usage.encoded_len(),
-            self.basic_constraints.encoded_len(),
-            self.subject_alt_name.encoded_len(),
-            self.subject_key_identifier.encoded_len(),
-            self.authority_key_identifier.encoded_len(),
-        ])
-    }
-
-    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
-        self.key_usage.encode(writer)?;
-        self.extended_key_usage.encode(writer)?;
-        self.basic_constraints.encode(writer)?;
-        self.subject_alt_name.encode(writer)?;
-        self.subject_key_identifier.encode(writer)?;
-        self.authority_key_identifier.encode(writer)
-    }
-}
-
-impl FixedTag for CertificateExtensions<'_> {
-    const TAG: Tag = Tag::Sequence;
-}
+sequence!(['a] CertificateExtensions<'a>, |extensions| [
+    extensions.key_usage,
+    extensions.extended_key_usage,
+    extensions.basic_constraints,
+    extensions.subject_alt_name,
+    extensions.subject_key_identifier,
+    extensions.authority_key_identifier,
+]);
 
 /// RFC 5280's Extension, encoded straight from its value: the value's DER goes inside the
 /// extnValue OCTET STRING as it is written, with no intermediate buffer.
@@ -137,25 +126,11 @@ impl<T: Encode> ExtensionOf<T> {
     }
 }
 
-impl<T: Encode> EncodeValue for ExtensionOf<T> {
-    fn value_len(&self) -> der::Result<Length> {
-        total([
-            self.oid.encoded_len(),
-            self.critical.encoded_len(),
-            self.value().encoded_len(),
-        ])
-    }
-
-    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
-        self.oid.encode(writer)?;
-        self.critical.encode(writer)?;
-        self.value().encode(writer)
-    }
-}
-
-impl<T> FixedTag for ExtensionOf<T> {
-    const TAG: Tag = Tag::Sequence;
-}
+sequence!([T: Encode] ExtensionOf<T>, |extension| [
+    extension.oid,
+    extension.critical,
+    extension.value(),
+]);
 
 /// An OCTET STRING whose contents are the DER of `T` (how an extension wraps its value).
 struct ContentsOfOctetString<'a, T>(&'a T);
@@ -227,13 +202,6 @@ pub(super) fn encode(value: &impl Encode) -> der::Result<Vec<u8>> {
     Ok(der)
 }
 
-/// The length of fields encoded one after another.
-fn total<const N: usize>(lengths: [der::Result<Length>; N]) -> der::Result<Length> {
-    lengths
-        .into_iter()
-        .try_fold(Length::ZERO, |sum, length| sum + length?)
-}
-
 /// RFC 5280's Certificate around an already encoded TBSCertificate (signed as those bytes).
 pub(super) struct SignedCertificate<'a> {
     pub tbs_certificate: Encoded<'a>,
@@ -241,22 +209,8 @@ pub(super) struct SignedCertificate<'a> {
     pub signature: BitStringRef<'a>,
 }
 
-impl EncodeValue for SignedCertificate<'_> {
-    fn value_len(&self) -> der::Result<Length> {
-        total([
-            self.tbs_certificate.encoded_len(),
-            self.signature_algorithm.encoded_len(),
-            self.signature.encoded_len(),
-        ])
-    }
-
-    fn encode_value(&self, writer: &mut impl Writer) -> der::Result<()> {
-        self.tbs_certificate.encode(writer)?;
-        self.signature_algorithm.encode(writer)?;
-        self.signature.encode(writer)
-    }
-}
-
-impl FixedTag for SignedCertificate<'_> {
-    const TAG: Tag = Tag::Sequence;
-}
+sequence!(['a] SignedCertificate<'a>, |certificate| [
+    certificate.tbs_certificate,
+    certificate.signature_algorithm,
+    certificate.signature,
+]);
