@@ -3,9 +3,11 @@
 //! a user in two groups (/CN=maria/O=developers/O=ops), its subject carried over whole.
 //! `cargo bench --bench decide_and_issue`; figures in BENCHMARKS.md.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -15,80 +17,22 @@ use csr_warden::inspect::inspect;
 use csr_warden::issue::{ApprovedRequest, issue};
 use csr_warden::policy::{ClusterFacts, CsrView, Requester, decide};
 use rcgen::SigningKey;
+use support::{KeyKind, openssl_ca, openssl_csr};
 
 const POLICY: &str = "allowList:\n  - commonName: maria\n    groups: [developers, ops]\n";
-
-/// Run openssl in `dir`; the bench cannot go on without it.
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .expect("openssl must be installed");
-    assert!(status.success(), "openssl {args:?} failed");
-}
-
-/// A P-256 CSR made by openssl, as users make them, for a user in two groups.
-fn maria_csr(dir: &Path) -> String {
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "maria.key",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-subj",
-            "/CN=maria/O=developers/O=ops",
-            "-key",
-            "maria.key",
-            "-out",
-            "maria.csr",
-        ],
-    );
-    std::fs::read_to_string(dir.join("maria.csr")).expect("csr")
-}
-
-/// A CA made by openssl, as operators have them.
-fn openssl_ca(dir: &Path, algorithm: &[&str]) -> CertificateAuthority {
-    let mut genpkey = vec!["genpkey"];
-    genpkey.extend(algorithm);
-    genpkey.extend(["-out", "ca.key"]);
-    openssl(dir, &genpkey);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=bench CA",
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    CertificateAuthority::load(&dir.join("ca.crt"), &dir.join("ca.key")).expect("CA")
-}
 
 fn benches(c: &mut Criterion) {
     let policy = parse_policy(POLICY, Path::new("bench.yaml")).expect("policy");
     let csr_dir = tempfile::tempdir().expect("dir");
-    let pem = maria_csr(csr_dir.path());
+    // A P-256 CSR made by openssl, as users make them, for a user in two groups.
+    let pem = openssl_csr(
+        csr_dir.path(),
+        "maria",
+        KeyKind::P256,
+        "/CN=maria/O=developers/O=ops",
+        None,
+        &[],
+    );
     let usages = vec!["client auth".to_owned()];
     let view_of = |pem: &str| CsrView {
         name: "maria".into(),
@@ -121,23 +65,16 @@ fn benches(c: &mut Criterion) {
         expiration_seconds: Some(3600),
         request: &request,
     };
-    for (name, algorithm) in [
-        (
-            "ECDSA P-256",
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
-        ),
-        (
-            "ECDSA P-384",
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"][..],
-        ),
-        (
-            "RSA-2048",
-            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
-        ),
-        ("Ed25519", &["-algorithm", "ED25519"][..]),
+    for (name, kind) in [
+        ("ECDSA P-256", KeyKind::P256),
+        ("ECDSA P-384", KeyKind::P384),
+        ("RSA-2048", KeyKind::Rsa(2048)),
+        ("Ed25519", KeyKind::Ed25519),
     ] {
         let dir = tempfile::tempdir().expect("dir");
-        let ca = openssl_ca(dir.path(), algorithm);
+        // A CA made by openssl, as operators have them.
+        let (cert, key) = openssl_ca(dir.path(), kind, 30);
+        let ca = CertificateAuthority::load(&cert, &key).expect("CA");
         let now = time::OffsetDateTime::now_utc();
         c.bench_function(&format!("issue ({name} CA)"), |b| {
             b.iter(|| {
