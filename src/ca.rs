@@ -140,7 +140,7 @@ impl CertificateAuthority {
                 _ => None,
             })
             .unwrap_or_else(|| {
-                key_identifier(&cert.tbs_certificate.subject_pki.subject_public_key.data).to_vec()
+                key_identifier(&cert.tbs_certificate.subject_pki.subject_public_key.data)
             });
         let signature_algorithm =
             signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
@@ -268,11 +268,9 @@ impl ClusterCa {
 
 /// RFC 7093 section 2 method 1: the leftmost 160 bits of the SHA-256 of the subjectPublicKey
 /// bits. Used for the SKI of every certificate issued (and a CA's AKI when it has no SKI).
-pub fn key_identifier(subject_public_key: &[u8]) -> [u8; 20] {
+pub fn key_identifier(subject_public_key: &[u8]) -> Vec<u8> {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, subject_public_key);
-    let mut identifier = [0; 20];
-    identifier.copy_from_slice(&digest.as_ref()[..20]);
-    identifier
+    digest.as_ref()[..20].to_vec()
 }
 
 /// The AlgorithmIdentifier of the signatures `key` makes, for the certificates it signs.

@@ -2,12 +2,12 @@
 //! borrowing what they carry over (the CA's subject, the CSR's subject and key, the extensions
 //! the CA encoded once) and encoded in one pass into a growing buffer.
 
-use der::asn1::{BitStringRef, ContextSpecificRef, OctetStringRef, UintRef};
+use der::asn1::{BitStringRef, ContextSpecificRef, UintRef};
 use der::oid::AssociatedOid;
 use der::{Encode, EncodeValue, FixedTag, Length, Tag, TagMode, TagNumber, Writer};
 use x509_cert::certificate::Version;
-use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName};
-use x509_cert::spki::{AlgorithmIdentifierRef, ObjectIdentifier};
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectAltName, SubjectKeyIdentifier};
+use x509_cert::spki::AlgorithmIdentifierRef;
 use x509_cert::time::Validity;
 
 /// A SEQUENCE of the fields listed, encoded one after another. Its length and its encoding come
@@ -82,7 +82,7 @@ pub(super) struct CertificateExtensions<'a> {
     pub extended_key_usage: Option<ExtensionOf<ExtendedKeyUsage>>,
     pub basic_constraints: Encoded<'a>,
     pub subject_alt_name: Option<ExtensionOf<SubjectAltName>>,
-    pub subject_key_identifier: ExtensionOf<OctetStringRef<'a>>,
+    pub subject_key_identifier: ExtensionOf<SubjectKeyIdentifier>,
     pub authority_key_identifier: Encoded<'a>,
 }
 
@@ -98,22 +98,14 @@ sequence!(['a] CertificateExtensions<'a>, |extensions| [
 /// RFC 5280's Extension, encoded straight from its value: the value's DER goes inside the
 /// extnValue OCTET STRING as it is written, with no intermediate buffer.
 pub(crate) struct ExtensionOf<T> {
-    oid: ObjectIdentifier,
     /// Encoded only when true (DEFAULT FALSE).
     critical: Option<bool>,
     value: T,
 }
 
-impl<T: AssociatedOid> ExtensionOf<T> {
-    pub fn new(critical: bool, value: T) -> Self {
-        Self::with_oid(T::OID, critical, value)
-    }
-}
-
 impl<T> ExtensionOf<T> {
-    pub fn with_oid(oid: ObjectIdentifier, critical: bool, value: T) -> Self {
+    pub fn new(critical: bool, value: T) -> Self {
         ExtensionOf {
-            oid,
             critical: critical.then_some(true),
             value,
         }
@@ -126,8 +118,8 @@ impl<T: Encode> ExtensionOf<T> {
     }
 }
 
-sequence!([T: Encode] ExtensionOf<T>, |extension| [
-    extension.oid,
+sequence!([T: Encode + AssociatedOid] ExtensionOf<T>, |extension| [
+    T::OID,
     extension.critical,
     extension.value(),
 ]);

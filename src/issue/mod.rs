@@ -11,8 +11,7 @@
 //! it cannot carry `O=app1/O=app2`; `encoding` writes them) and signed with the CA's key on
 //! aws-lc-rs.
 
-use der::asn1::{BitStringRef, Ia5String, OctetString, OctetStringRef, UintRef};
-use der::oid::AssociatedOid;
+use der::asn1::{BitStringRef, Ia5String, OctetString, UintRef};
 use der::referenced::OwnedToRef;
 use rcgen::SigningKey;
 use time::{Duration, OffsetDateTime};
@@ -124,10 +123,11 @@ pub fn issue(
                     SubjectAltName(subject_alt_names),
                 )
             }),
-            subject_key_identifier: ExtensionOf::with_oid(
-                SubjectKeyIdentifier::OID,
+            subject_key_identifier: ExtensionOf::new(
                 false,
-                OctetStringRef::new(&subject_key_identifier).map_err(build_error("the SKI"))?,
+                SubjectKeyIdentifier(
+                    OctetString::new(subject_key_identifier).map_err(build_error("the SKI"))?,
+                ),
             ),
             authority_key_identifier: Encoded(ca.authority_key_extension()),
         })
@@ -160,7 +160,8 @@ fn pem_certificate(der: &[u8]) -> Result<String, IssueError> {
     const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----\n";
     const END: &[u8] = b"-----END CERTIFICATE-----\n";
     // 48 bytes of DER make one line of 64 characters.
-    let body = base64::encoded_len(der.len(), true).unwrap_or(usize::MAX);
+    let body = base64::encoded_len(der.len(), true)
+        .ok_or_else(|| IssueError::Build("the certificate is too large for PEM".into()))?;
     let mut pem = vec![0; BEGIN.len() + body + der.len().div_ceil(48) + END.len()];
     pem[..BEGIN.len()].copy_from_slice(BEGIN);
     let mut at = BEGIN.len();
