@@ -58,7 +58,9 @@ pub struct CertificateAuthority {
     signature_algorithm: AlgorithmIdentifierOwned,
     subject: String,
     not_after: OffsetDateTime,
-    cert_pem: String,
+    /// Every certificate of tls.crt, DER, the CA first: the chain it may be given with, which
+    /// the cluster-CA guard follows.
+    chain_der: Vec<Vec<u8>>,
     /// DER SubjectPublicKeyInfo: what makes two CA certificates the same signer.
     public_key: Vec<u8>,
 }
@@ -175,7 +177,11 @@ impl CertificateAuthority {
             signature_algorithm,
             subject,
             not_after,
-            cert_pem: cert_pem.to_owned(),
+            chain_der: x509_parser::pem::Pem::iter_from_buffer(cert_pem.as_bytes())
+                .flatten()
+                .filter(|pem| pem.label == "CERTIFICATE")
+                .map(|pem| pem.contents)
+                .collect(),
             public_key,
         })
     }
@@ -213,8 +219,9 @@ impl CertificateAuthority {
         self.not_after
     }
 
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
+    /// The CA certificate and whatever tls.crt holds after it, DER.
+    pub fn chain_der(&self) -> &[Vec<u8>] {
+        &self.chain_der
     }
 
     /// DER SubjectPublicKeyInfo of the CA's key.
@@ -223,15 +230,33 @@ impl CertificateAuthority {
     }
 }
 
-/// The public keys (DER SubjectPublicKeyInfo) of the cluster's own CA certificates: whatever
-/// they sign authenticates to the API server. A re-issued CA certificate with the same key is
-/// the same CA, hence keys rather than certificates.
+/// The cluster's own CA certificates: whatever they sign, directly or through intermediates,
+/// authenticates to the API server (its x509 authenticator builds the chain from what the client
+/// presents). A re-issued CA certificate with the same key is the same CA, so keys are compared.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterCa {
+    /// DER SubjectPublicKeyInfo of each.
     pub public_keys: Vec<Vec<u8>>,
     /// Where they came from, for messages.
     pub origin: String,
 }
+
+/// How a signing CA relates to the cluster's CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterRelation {
+    /// Not the cluster CA, nor issued by it: its chain ends at a root of its own.
+    Unrelated,
+    /// The cluster CA itself (the same key).
+    Same,
+    /// Issued by the cluster CA, directly or through the intermediates named (subjects).
+    ChainsTo { through: Vec<String> },
+    /// Its chain stops at an issuer that is neither in tls.crt nor the cluster CA: it cannot be
+    /// told apart from an intermediate of the cluster CA.
+    Incomplete { missing_issuer: String },
+}
+
+/// Longest chain followed: more than any real PKI uses, and a bound on a loop of cross-signs.
+const MAX_CHAIN: usize = 8;
 
 impl ClusterCa {
     /// From DER certificates (kube's Config::root_cert: the service account's ca.crt in a pod,
@@ -261,8 +286,69 @@ impl ClusterCa {
         !self.public_keys.is_empty()
     }
 
-    pub fn contains(&self, ca: &CertificateAuthority) -> bool {
-        self.public_keys.iter().any(|k| k == ca.public_key())
+    /// Follow `ca`'s chain (the certificates of its tls.crt) up, verifying each signature, until
+    /// it reaches the cluster CA, a self-signed root, or an issuer nobody here holds.
+    pub fn relation(&self, ca: &CertificateAuthority) -> ClusterRelation {
+        let parsed: Vec<X509Certificate<'_>> = ca
+            .chain_der()
+            .iter()
+            .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, c)| c))
+            .collect();
+        let Some(mut current) = parsed.first() else {
+            return ClusterRelation::Incomplete {
+                missing_issuer: ca.subject().to_owned(),
+            };
+        };
+        let cluster_keys: Vec<x509_parser::x509::SubjectPublicKeyInfo<'_>> = self
+            .public_keys
+            .iter()
+            .filter_map(|der| {
+                x509_parser::x509::SubjectPublicKeyInfo::from_der(der)
+                    .ok()
+                    .map(|(_, k)| k)
+            })
+            .collect();
+        let mut through = Vec::new();
+        for _ in 0..MAX_CHAIN {
+            let key = &current.tbs_certificate.subject_pki;
+            if self.public_keys.iter().any(|k| k.as_slice() == key.raw) {
+                return if through.is_empty() {
+                    ClusterRelation::Same
+                } else {
+                    ClusterRelation::ChainsTo { through }
+                };
+            }
+            if cluster_keys
+                .iter()
+                .any(|k| current.verify_signature(Some(k)).is_ok())
+            {
+                through.push(current.subject().to_string());
+                return ClusterRelation::ChainsTo { through };
+            }
+            if current.verify_signature(None).is_ok() {
+                return ClusterRelation::Unrelated;
+            }
+            let issuer = parsed.iter().find(|candidate| {
+                !std::ptr::eq(*candidate, current)
+                    && current
+                        .verify_signature(Some(&candidate.tbs_certificate.subject_pki))
+                        .is_ok()
+            });
+            match issuer {
+                Some(issuer) => {
+                    through.push(current.subject().to_string());
+                    current = issuer;
+                }
+                None => {
+                    return ClusterRelation::Incomplete {
+                        missing_issuer: current.issuer().to_string(),
+                    };
+                }
+            }
+        }
+        ClusterRelation::Incomplete {
+            missing_issuer: current.issuer().to_string(),
+        }
     }
 }
 

@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::policy::{
-    AllowRule, CaPaths, CommonNameMatch, MIN_EXPIRATION_SECONDS, Policy,
+    AllowRule, CaPaths, CommonNameMatch, IpRange, MIN_EXPIRATION_SECONDS, Policy,
     SIGNER_KUBE_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING, SYSTEM_MASTERS,
-    SignerConfig, SignerRole, SigningLimits, Unmatched, normalize_group,
+    ServingAddresses, SignerConfig, SignerRole, SigningLimits, Unmatched, normalize_dns,
+    normalize_group,
 };
 
 /// The largest policy file we read; a real one is a few KiB.
@@ -73,6 +74,9 @@ struct PolicyFile {
     unmatched: UnmatchedFile,
     #[serde(default)]
     signing: Option<Spanned<SigningFile>>,
+    /// The cluster's DNS domain; no kubelet serving SAN may lie under it.
+    #[serde(default)]
+    cluster_domain: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,12 +99,14 @@ struct CaFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct KubeletFile {
     #[serde(default = "yes")]
     client: bool,
     #[serde(default = "yes")]
     serving: bool,
+    #[serde(default)]
+    serving_addresses: Option<Spanned<ServingAddressesFile>>,
 }
 
 impl Default for KubeletFile {
@@ -108,9 +114,22 @@ impl Default for KubeletFile {
         KubeletFile {
             client: true,
             serving: true,
+            serving_addresses: None,
         }
     }
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServingAddressesFile {
+    #[serde(default)]
+    ip_ranges: Vec<Spanned<String>>,
+    #[serde(default)]
+    dns_names: Vec<Spanned<String>>,
+}
+
+/// The default of `clusterDomain`, as kubeadm and the kubelet have it.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 
 fn yes() -> bool {
     true
@@ -309,6 +328,53 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
         }
     };
 
+    let mut serving_addresses = ServingAddresses::default();
+    if let Some(spec) = file.kubelet.serving_addresses {
+        for range in spec.value.ip_ranges {
+            match range.value.parse::<IpRange>() {
+                Ok(parsed) => serving_addresses.ip_ranges.push(parsed),
+                Err(why) => problem(
+                    range.referenced.line(),
+                    format!("kubelet.servingAddresses.ipRanges: {why}"),
+                ),
+            }
+        }
+        for pattern in spec.value.dns_names {
+            match regex::Regex::new(&format!("^(?:{})$", pattern.value)) {
+                Ok(regex) => serving_addresses.dns_names.push(regex),
+                Err(e) => problem(
+                    pattern.referenced.line(),
+                    format!(
+                        "kubelet.servingAddresses.dnsNames {:?} is not a valid regex: {e}",
+                        pattern.value
+                    ),
+                ),
+            }
+        }
+    }
+    let cluster_domain = match file.cluster_domain {
+        None => DEFAULT_CLUSTER_DOMAIN.to_owned(),
+        Some(domain) => {
+            let normalized = normalize_dns(&domain.value);
+            let valid = !normalized.is_empty()
+                && normalized.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !valid {
+                problem(
+                    domain.referenced.line(),
+                    format!(
+                        "clusterDomain {:?} is not a DNS domain (e.g. cluster.local)",
+                        domain.value
+                    ),
+                );
+            }
+            normalized
+        }
+    };
+
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -318,6 +384,8 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
         forbidden_groups,
         kubelet_client: file.kubelet.client,
         kubelet_serving: file.kubelet.serving,
+        serving_addresses,
+        cluster_domain,
         allow_list,
         unmatched: match file.unmatched {
             UnmatchedFile::Leave => Unmatched::Leave,
@@ -622,6 +690,14 @@ pub struct CheckArgs {
     /// The Node's addresses for a kubelet serving request, comma-separated (files only).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
     pub node_addresses: Option<Vec<String>>,
+    /// Addresses other Nodes list, comma-separated, each NODE=ADDRESS or just ADDRESS; '' for
+    /// none (files only: a live check reads every Node).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
+    pub other_node_addresses: Option<Vec<String>>,
+    /// The API server's in-cluster IPs (Service default/kubernetes's ClusterIP, its endpoints),
+    /// comma-separated (files only: a live check reads them).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
+    pub apiserver_addresses: Option<Vec<String>>,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: OutputFormat,
 }

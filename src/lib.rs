@@ -6,6 +6,7 @@
 //! - [`issue`]: how an approved request becomes a certificate (pure).
 //! - [`ca`]: loading the signing CA.
 //! - [`config`]: the policy file.
+//! - [`facts`]: what the cluster answers that a CSR cannot say (reviews, Nodes, the API server).
 //! - [`controller`]: all Kubernetes I/O.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod ca;
 pub mod check;
 pub mod config;
 pub mod controller;
+pub mod facts;
 pub mod http;
 pub mod inspect;
 pub mod issue;

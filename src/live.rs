@@ -14,7 +14,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::ca::{CertificateAuthority, ClusterCa};
+use crate::ca::{CertificateAuthority, ClusterCa, ClusterRelation};
 use crate::config::load_policy;
 use crate::metrics::{Metrics, SignerLabels};
 use crate::policy::{CaPaths, Policy, SIGNER_PREFIX_KUBERNETES};
@@ -279,14 +279,31 @@ fn guard_cluster_ca(policy: &Policy, sources: &Sources, cas: &CaTable) -> Result
         let Some(Ok(ca)) = cas.get(paths).map(|loaded| loaded.slot.as_ref()) else {
             continue;
         };
-        if sources.cluster_ca.contains(ca) {
-            return Err(Refused(format!(
-                "policy line {}: signer {signer} would sign with the cluster's own CA ({} is the CA in {}): its certificates would authenticate to the API server as whatever subject they carry. Give it a CA of its own (ca: {{cert, key}}), or set allowClusterCA: true on that signer if that is intended",
-                config.line,
+        let what = match sources.cluster_ca.relation(ca) {
+            ClusterRelation::Unrelated => continue,
+            ClusterRelation::Same => format!(
+                "{} is the CA in {}",
                 paths.cert.display(),
                 sources.cluster_ca.origin
-            )));
-        }
+            ),
+            ClusterRelation::ChainsTo { through } => format!(
+                "{} chains up to the CA in {} (through {}), verified by signature",
+                paths.cert.display(),
+                sources.cluster_ca.origin,
+                through.join(" <- ")
+            ),
+            ClusterRelation::Incomplete { missing_issuer } => {
+                return Err(Refused(format!(
+                    "policy line {}: cannot tell whether signer {signer}'s CA {} chains up to the cluster's own CA: it was issued by {missing_issuer:?}, which is neither in that tls.crt nor the cluster CA. Put the whole chain up to its root in tls.crt (CA first), or set allowClusterCA: true on that signer",
+                    config.line,
+                    paths.cert.display(),
+                )));
+            }
+        };
+        return Err(Refused(format!(
+            "policy line {}: signer {signer} would sign with the cluster's own CA ({what}): its certificates would authenticate to the API server as whatever subject they carry. Give it a CA of its own (ca: {{cert, key}}), or set allowClusterCA: true on that signer if that is intended",
+            config.line,
+        )));
     }
     Ok(())
 }

@@ -84,18 +84,51 @@ fn examples_decide_as_documented() {
     );
     assert_eq!(code, 0);
 
-    let (code, _) = check_json(
+    // Offline, every fact a serving request needs comes from a flag; one left out is not
+    // guessed: the request is left pending.
+    let (code, serving) = check_json(
         "examples/kubelet-serving.yaml",
         &["--node-addresses", "10.0.0.11,worker-1"],
     );
-    assert_eq!(code, 0);
-    let (code, serving) = check_json(
-        "examples/kubelet-serving.yaml",
-        &["--node-addresses", "10.0.0.99,worker-1"],
+    assert_eq!(
+        (code, serving["reason"].as_str()),
+        (2, Some("NodeFactsUnavailable"))
     );
+    let cluster = [
+        "--apiserver-addresses",
+        "10.96.0.1",
+        "--other-node-addresses",
+        "worker-2=10.0.0.12,worker-2=worker-2",
+    ];
+    let with = |node: &str, others: &[&str]| {
+        let mut args = vec!["--node-addresses", node];
+        args.extend_from_slice(&cluster);
+        args.extend_from_slice(others);
+        check_json("examples/kubelet-serving.yaml", &args)
+    };
+    let (code, _) = with("10.0.0.11,worker-1", &[]);
+    assert_eq!(code, 0);
+    let (code, serving) = with("10.0.0.99,worker-1", &[]);
     assert_eq!(
         (code, serving["reason"].as_str()),
         (1, Some("NodeAddressMismatch"))
+    );
+    // A flag given twice adds to the first: here worker-2 lists worker-1's IP too.
+    let (code, serving) = with(
+        "10.0.0.11,worker-1",
+        &["--other-node-addresses", "worker-2=10.0.0.11"],
+    );
+    assert_eq!(
+        (code, serving["reason"].as_str()),
+        (1, Some("AddressOfAnotherNode"))
+    );
+    let (code, serving) = with(
+        "10.0.0.11,worker-1",
+        &["--apiserver-addresses", "10.0.0.11"],
+    );
+    assert_eq!(
+        (code, serving["reason"].as_str()),
+        (1, Some("ApiServerAddress"))
     );
 }
 

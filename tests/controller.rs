@@ -300,7 +300,7 @@ async fn kubelet_serving_csr_with_a_foreign_san_is_denied() {
 
     let bad = csr_state(&h.server, "serving-bad");
     let denied = condition(&bad, "Denied").expect("denied");
-    assert_eq!(denied["reason"], "NodeAddressMismatch");
+    assert_eq!(denied["reason"], "ApiServerName");
     assert!(
         denied["message"]
             .as_str()
@@ -693,5 +693,57 @@ async fn a_user_in_two_groups_gets_a_certificate_the_api_server_reads_as_both() 
         metric_sample(&metrics, "csr_warden_requests_inspected_total"),
         Some(1.0),
         "{metrics}"
+    );
+}
+
+/// A Node that has no addresses yet (its cloud provider has not initialised it) leaves its
+/// serving CSR pending, and the CSR is decided as soon as the Node's addresses arrive: the Node
+/// watch re-offers it, no resync or restart needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_serving_waits_for_a_node_without_addresses_then_is_decided() {
+    let h = harness().await;
+    h.server.add_user(
+        "node-token",
+        "system:node:worker-1",
+        &["system:nodes", "system:authenticated"],
+    );
+    h.server.add_node("worker-1", &[]);
+    let pem = openssl_csr(
+        h.dir.path(),
+        "late",
+        KeyKind::P256,
+        "/CN=system:node:worker-1/O=system:nodes",
+        Some("DNS:worker-1,IP:10.0.0.11"),
+        &[],
+    );
+    h.server.create_csr(
+        "node-token",
+        csr_object(
+            "serving-late",
+            KUBELET_SERVING_SIGNER,
+            &["digital signature", "server auth"],
+            &pem,
+        ),
+    );
+    let controller = ControllerProcess::start(&h.server, h.dir.path(), &h.ca, &[]);
+    controller
+        .wait_for_log("left pending for want of addresses", |l| {
+            l["csr"] == "serving-late" && l["reason"] == "NodeAddressesPending"
+        })
+        .await;
+    assert!(condition_types(&csr_state(&h.server, "serving-late")).is_empty());
+    h.server.add_node(
+        "worker-1",
+        &[("InternalIP", "10.0.0.11"), ("Hostname", "worker-1")],
+    );
+    h.server
+        .wait_for("issued once the Node has addresses", |s| {
+            issued(s, "serving-late")
+        })
+        .await;
+    let approved = csr_state(&h.server, "serving-late");
+    assert_eq!(
+        condition(&approved, "Approved").expect("approved")["reason"],
+        "AutoApprovedKubeletServing"
     );
 }

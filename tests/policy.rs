@@ -490,11 +490,33 @@ fn kubelet_client_with_the_wrong_shape_is_denied() {
 
 // Rule 5 ------------------------------------------------------------------------------------
 
+/// The API server's in-cluster addresses in these tests: the ClusterIP of default/kubernetes
+/// and one endpoint.
+const API_SERVER_IPS: &[&str] = &["10.96.0.1", "192.0.2.10"];
+
+/// worker-1's Node lists `addresses`; worker-2 lists 10.0.0.12 and worker-2; the API server is
+/// at [`API_SERVER_IPS`].
 fn node_facts(addresses: &[&str]) -> ClusterFacts {
     ClusterFacts {
         node: Some(NodeLookup::Addresses(
             addresses.iter().map(|a| a.to_string()).collect(),
         )),
+        other_nodes: Some(vec![
+            AddressClaim {
+                node: "worker-2".into(),
+                address: "10.0.0.12".into(),
+            },
+            AddressClaim {
+                node: "worker-2".into(),
+                address: "worker-2".into(),
+            },
+        ]),
+        api_server: Some(
+            API_SERVER_IPS
+                .iter()
+                .map(|ip| ip.parse().expect("ip"))
+                .collect(),
+        ),
         ..Default::default()
     }
 }
@@ -537,26 +559,218 @@ fn kubelet_serving_is_approved_when_every_san_is_a_node_address() {
     );
 }
 
+/// The trust boundary: a node's own Node object says what the node wants it to say, so these
+/// are refused whatever it lists. One row per rule: the SAN asked for (worker-1's Node lists it
+/// too, as a lying kubelet would make it), and the reason.
 #[test]
-fn kubelet_serving_with_a_foreign_or_in_cluster_name_is_denied() {
-    let facts = node_facts(&["10.0.0.11", "worker-1"]);
-    for san in [
-        "kubernetes.default.svc",
-        "KUBERNETES.default.svc",
-        "*.svc",
-        "10.0.0.12",
-        "worker-2",
-    ] {
-        let decision = decide_with(
+fn kubelet_serving_never_gets_an_identity_that_is_not_the_nodes_own() {
+    let rows: &[(&str, Reason)] = &[
+        ("kubernetes", Reason::ApiServerName),
+        ("kubernetes.default", Reason::ApiServerName),
+        ("kubernetes.default.svc", Reason::ApiServerName),
+        ("KUBERNETES.default.svc", Reason::ApiServerName),
+        (
+            "kubernetes.default.svc.cluster.local",
+            Reason::ApiServerName,
+        ),
+        (
+            "kubernetes.default.svc.cluster.local.",
+            Reason::ApiServerName,
+        ),
+        ("kubernetes.default.svc.corp.example", Reason::ApiServerName),
+        ("db.payments.svc", Reason::ServiceDomainName),
+        ("db.payments.svc.cluster.local", Reason::ServiceDomainName),
+        ("10-1-2-3.apps.pod.cluster.local", Reason::ServiceDomainName),
+        ("localhost", Reason::LocalhostName),
+        ("LocalHost.", Reason::LocalhostName),
+        ("10.96.0.1", Reason::ApiServerAddress),
+        ("::ffff:10.96.0.1", Reason::ApiServerAddress),
+        ("192.0.2.10", Reason::ApiServerAddress),
+        ("0.0.0.0", Reason::NonUnicastAddress),
+        ("127.0.0.1", Reason::NonUnicastAddress),
+        ("::1", Reason::NonUnicastAddress),
+        ("169.254.169.254", Reason::NonUnicastAddress),
+        ("fe80::1", Reason::NonUnicastAddress),
+        ("224.0.0.1", Reason::NonUnicastAddress),
+        ("ff02::1", Reason::NonUnicastAddress),
+        ("10.0.0.12", Reason::AddressOfAnotherNode),
+        ("Worker-2", Reason::AddressOfAnotherNode),
+        ("*.example.com", Reason::DisallowedSANs),
+        ("10.0.0.99", Reason::NodeAddressMismatch),
+        ("worker-3", Reason::NodeAddressMismatch),
+    ];
+    for (san, expected) in rows {
+        // The lying Node lists the SAN (except for the last rows, where nobody does).
+        let listed: Vec<&str> = if matches!(expected, Reason::NodeAddressMismatch) {
+            vec!["10.0.0.11", "worker-1"]
+        } else {
+            vec!["10.0.0.11", "worker-1", san]
+        };
+        let verdict = decide(
             &serving(&["worker-1", san], "system:node:worker-1"),
-            &facts,
+            &node_facts(&listed),
             &default_policy(),
         );
-        assert_eq!(reason(&decision), Reason::NodeAddressMismatch, "{san}");
-        assert!(
-            decision.message().contains(san) || decision.message().contains("10.0.0.12"),
-            "{decision:?}"
+        assert_eq!(
+            reason(&verdict.decision),
+            *expected,
+            "{san}: {:?}",
+            verdict.decision
         );
+        assert!(matches!(verdict.decision, Decision::Deny { .. }), "{san}");
+        assert!(
+            verdict
+                .decision
+                .message()
+                .to_lowercase()
+                .contains(&san.to_lowercase())
+                || verdict.decision.message().contains("10.96.0.1"),
+            "{san}: the message names the SAN: {}",
+            verdict.decision.message()
+        );
+    }
+}
+
+#[test]
+fn kubelet_serving_rules_all_show_in_the_trace_of_an_approval() {
+    let verdict = decide(
+        &serving(&["worker-1", "10.0.0.11"], "system:node:worker-1"),
+        &node_facts(&["10.0.0.11", "worker-1"]),
+        &default_policy(),
+    );
+    assert_eq!(
+        reason(&verdict.decision),
+        Reason::AutoApprovedKubeletServing
+    );
+    let rules: Vec<&str> = verdict.steps.iter().map(|s| s.rule).collect();
+    for rule in [
+        "serving: requester is the node",
+        "serving: usages and SAN kinds",
+        "serving: reserved names and addresses",
+        "serving: kubelet.servingAddresses",
+        "serving: API server addresses",
+        "serving: the Node's addresses",
+        "serving: other Nodes' addresses",
+        "kubelet serving",
+    ] {
+        assert!(rules.contains(&rule), "{rule} missing from {rules:?}");
+    }
+}
+
+#[test]
+fn kubelet_serving_needs_a_requester_in_system_nodes() {
+    let pem = rcgen_csr("system:node:worker-1", &["system:nodes"], &["worker-1"]);
+    let not_a_node = view(
+        SIGNER_KUBELET_SERVING,
+        SERVING,
+        "system:node:worker-1",
+        &["system:authenticated"],
+        &pem,
+    );
+    let decision = decide_with(&not_a_node, &node_facts(&["worker-1"]), &default_policy());
+    assert_eq!(reason(&decision), Reason::SubjectMismatch);
+    assert!(decision.message().contains("system:nodes"), "{decision:?}");
+}
+
+#[test]
+fn kubelet_serving_waits_for_facts_it_does_not_have_and_for_a_node_without_addresses() {
+    let csr = serving(&["worker-1"], "system:node:worker-1");
+    let policy = default_policy();
+    let full = node_facts(&["worker-1"]);
+    let rows: Vec<(&str, ClusterFacts, Reason)> = vec![
+        (
+            "API server addresses unknown",
+            ClusterFacts {
+                api_server: None,
+                ..full.clone()
+            },
+            Reason::NodeFactsUnavailable,
+        ),
+        (
+            "other Nodes unknown",
+            ClusterFacts {
+                other_nodes: None,
+                ..full.clone()
+            },
+            Reason::NodeFactsUnavailable,
+        ),
+        (
+            "Node not looked up",
+            ClusterFacts {
+                node: None,
+                ..full.clone()
+            },
+            Reason::NodeFactsUnavailable,
+        ),
+        (
+            "Node without addresses",
+            ClusterFacts {
+                node: Some(NodeLookup::Addresses(Vec::new())),
+                ..full.clone()
+            },
+            Reason::NodeAddressesPending,
+        ),
+    ];
+    for (what, facts, expected) in rows {
+        let decision = decide_with(&csr, &facts, &policy);
+        assert!(
+            matches!(decision, Decision::Leave { .. }),
+            "{what}: {decision:?}"
+        );
+        assert_eq!(reason(&decision), expected, "{what}");
+    }
+    // Reserved names are refused before any fact is needed.
+    let decision = decide_with(
+        &serving(&["kubernetes.default.svc"], "system:node:worker-1"),
+        &ClusterFacts::default(),
+        &policy,
+    );
+    assert_eq!(reason(&decision), Reason::ApiServerName);
+}
+
+#[test]
+fn kubelet_serving_addresses_from_the_policy_restrict_every_san() {
+    let restricted = policy(&POLICY.replace(
+        "kubelet: { client: true, serving: true }",
+        r#"clusterDomain: corp.internal
+kubelet:
+  serving: true
+  servingAddresses:
+    ipRanges: [10.0.0.0/24, 'fd00:10::/64']
+    dnsNames: ['[a-z0-9-]+\.nodes\.example\.com', 'worker-[0-9]+']"#,
+    ));
+    let facts = |listed: &[&str]| node_facts(listed);
+    let rows: &[(&[&str], Reason)] = &[
+        (
+            &["worker-1", "10.0.0.11"],
+            Reason::AutoApprovedKubeletServing,
+        ),
+        (
+            &["w1.nodes.example.com", "fd00:10::11"],
+            Reason::AutoApprovedKubeletServing,
+        ),
+        (
+            &["W1.Nodes.Example.com."],
+            Reason::AutoApprovedKubeletServing,
+        ),
+        (&["10.0.1.11"], Reason::OutsideServingAddresses),
+        (&["fd00:11::11"], Reason::OutsideServingAddresses),
+        (
+            &["w1.nodes.example.com.evil.org"],
+            Reason::OutsideServingAddresses,
+        ),
+        (&["worker-1.evil.org"], Reason::OutsideServingAddresses),
+        (&["api.corp.internal"], Reason::ServiceDomainName),
+    ];
+    for (sans, expected) in rows {
+        let mut listed = vec!["10.0.0.11"];
+        listed.extend_from_slice(sans);
+        let decision = decide_with(
+            &serving(sans, "system:node:worker-1"),
+            &facts(&listed),
+            &restricted,
+        );
+        assert_eq!(reason(&decision), *expected, "{sans:?}: {decision:?}");
     }
 }
 
@@ -599,7 +813,7 @@ fn kubelet_serving_checks_requester_usages_and_san_kinds() {
         SIGNER_KUBELET_SERVING,
         SERVING,
         "system:node:worker-1",
-        &[],
+        &["system:nodes"],
         &pem,
     );
     assert_eq!(
@@ -608,7 +822,7 @@ fn kubelet_serving_checks_requester_usages_and_san_kinds() {
     );
     let missing = ClusterFacts {
         node: Some(NodeLookup::Missing),
-        ..Default::default()
+        ..node_facts(&[])
     };
     assert_eq!(
         reason(&decide_with(

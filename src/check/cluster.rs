@@ -1,9 +1,10 @@
 //! `csr-warden check --csr NAME` and `check --all-pending`: explain live CSRs with the facts the
-//! controller itself would ask the cluster for ([`cluster_facts`]), decided by the same
+//! controller itself would ask the cluster for ([`Facts::lookup`]), decided by the same
 //! [`policy::decide`].
 //!
 //! The caller's own credentials are used (in-cluster, else KUBECONFIG or ~/.kube/config). It needs:
-//! get/list CSRs, create SubjectAccessReviews, get Nodes, and get the policy ConfigMap unless
+//! get/list CSRs, create SubjectAccessReviews, list Nodes, get Service default/kubernetes, list
+//! EndpointSlices in `default`, and get the policy ConfigMap unless
 //! `--policy` is given. It writes nothing.
 
 use std::path::Path;
@@ -16,7 +17,8 @@ use serde::Serialize;
 
 use super::{EXIT_BAD_INPUT, exit_code, print, render};
 use crate::config::{CheckArgs, OutputFormat, load_policy, parse_policy};
-use crate::controller::{CsrState, cluster_facts, csr_state, csr_view};
+use crate::controller::{CsrState, csr_state, csr_view};
+use crate::facts::{Facts, FactsError};
 use crate::policy::{self, Policy, Verdict};
 
 /// Key of the policy in the controller's ConfigMap (as the chart mounts it).
@@ -54,12 +56,12 @@ pub enum LiveError {
     #[error(transparent)]
     Policy(#[from] crate::config::PolicyError),
     #[error(
-        "cannot ask the cluster the facts for CSR {name:?}: {source}; the caller needs create on subjectaccessreviews and get on nodes"
+        "cannot ask the cluster the facts for CSR {name:?}: {source}; the caller needs create on subjectaccessreviews, list on nodes, get on service default/kubernetes and list on endpointslices in default"
     )]
     Facts {
         name: String,
         #[source]
-        source: crate::controller::Error,
+        source: FactsError,
     },
     #[error("no async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -231,12 +233,13 @@ async fn live_policy(client: &Client, args: &CheckArgs) -> Result<Policy, LiveEr
 
 /// The policy's verdict on a live CSR, with the cluster's facts.
 async fn verdict(
-    client: &Client,
+    facts: &Facts,
     policy: &Policy,
     csr: &CertificateSigningRequest,
 ) -> Result<Verdict, LiveError> {
     let view = csr_view(csr);
-    let facts = cluster_facts(client, &policy::facts_needed(&view, policy), &view)
+    let facts = facts
+        .lookup(&policy::facts_needed(&view, policy), &view)
         .await
         .map_err(|source| LiveError::Facts {
             name: view.name.clone(),
@@ -261,7 +264,7 @@ async fn explain(
             source,
         })?
         .ok_or_else(|| LiveError::NoSuchCsr(name.to_owned()))?;
-    let verdict = verdict(client, policy, &csr).await?;
+    let verdict = verdict(&Facts::listed(client.clone()), policy, &csr).await?;
     let state = LiveState::of(&csr);
     match print(&render(&csr_view(&csr), &verdict, Some(&state), output)) {
         Ok(()) => Ok(exit_code(&verdict.decision)),
@@ -308,8 +311,10 @@ async fn all_pending(
 
     let mut lines = Vec::with_capacity(pending.len());
     let mut failed = false;
+    // Nodes and the API server's addresses are listed once, for every serving CSR.
+    let facts = Facts::listed(client.clone());
     for csr in &pending {
-        let (decision, reason, message) = match verdict(client, policy, csr).await {
+        let (decision, reason, message) = match verdict(&facts, policy, csr).await {
             Ok(verdict) => (
                 verdict.decision.verb().to_owned(),
                 verdict.decision.reason().as_str().to_owned(),

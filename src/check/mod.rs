@@ -13,7 +13,11 @@ use serde::Serialize;
 use crate::config::{CheckArgs, OutputFormat, load_policy};
 use crate::controller::csr_view;
 use crate::inspect::inspect;
-use crate::policy::{self, ClusterFacts, CsrView, Decision, NodeLookup, Requester, Verdict};
+use std::net::IpAddr;
+
+use crate::policy::{
+    self, AddressClaim, ClusterFacts, CsrView, Decision, NodeLookup, Requester, Verdict,
+};
 
 /// Exit codes: scripts branch on these.
 pub const EXIT_APPROVE: u8 = 0;
@@ -41,6 +45,8 @@ pub enum CheckError {
         "a file is checked against a policy file: add --policy FILE (e.g. examples/policy.yaml)"
     )]
     MissingPolicy,
+    #[error("{flag}: {message}")]
+    BadFlag { flag: &'static str, message: String },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CheckError> {
@@ -89,16 +95,53 @@ pub fn load_view(args: &CheckArgs) -> Result<CsrView, CheckError> {
     Ok(view)
 }
 
-/// The facts a cluster would have supplied, as far as the flags say.
-pub fn offline_facts(args: &CheckArgs) -> ClusterFacts {
-    ClusterFacts {
+/// The facts a cluster would have supplied, as far as the flags say. A fact no flag gives is
+/// "not looked up", and the policy leaves the CSR pending rather than guess.
+pub fn offline_facts(args: &CheckArgs) -> Result<ClusterFacts, CheckError> {
+    let api_server = match &args.apiserver_addresses {
+        None => None,
+        Some(addresses) => Some(
+            addresses
+                .iter()
+                .filter(|a| !a.trim().is_empty())
+                .map(|a| {
+                    a.trim()
+                        .parse::<IpAddr>()
+                        .map(|ip| ip.to_canonical())
+                        .map_err(|_| CheckError::BadFlag {
+                            flag: "--apiserver-addresses",
+                            message: format!("{a:?} is not an IP address"),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let other_nodes = args.other_node_addresses.as_ref().map(|entries| {
+        entries
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|entry| match entry.split_once('=') {
+                Some((node, address)) => AddressClaim {
+                    node: node.trim().to_owned(),
+                    address: address.trim().to_owned(),
+                },
+                None => AddressClaim {
+                    node: "another node".to_owned(),
+                    address: entry.trim().to_owned(),
+                },
+            })
+            .collect()
+    });
+    Ok(ClusterFacts {
         node_client_allowed: args.assume_node_client_allowed.then_some(true),
         self_node_client_allowed: args.assume_self_node_client_allowed.then_some(true),
         node: args
             .node_addresses
             .as_ref()
             .map(|addresses| NodeLookup::Addresses(addresses.clone())),
-    }
+        other_nodes,
+        api_server,
+    })
 }
 
 pub fn exit_code(decision: &Decision) -> u8 {
@@ -186,9 +229,15 @@ pub fn render(
                 decision.reason(),
                 decision.message()
             ));
+            let width = verdict
+                .steps
+                .iter()
+                .map(|s| s.rule.len())
+                .max()
+                .unwrap_or(0);
             for step in &verdict.steps {
                 out.push_str(&format!(
-                    "  - {:<20} {:<15} {}\n",
+                    "  - {:<width$} {:<15} {}\n",
                     step.rule,
                     step.outcome.as_str(),
                     step.detail
@@ -218,10 +267,10 @@ pub fn run(args: &CheckArgs) -> u8 {
         .as_deref()
         .ok_or(CheckError::MissingPolicy)
         .and_then(|path| Ok(load_policy(path)?))
-        .and_then(|policy| Ok((policy, load_view(args)?)));
+        .and_then(|policy| Ok((policy, load_view(args)?, offline_facts(args)?)));
     match outcome {
-        Ok((policy, view)) => {
-            let verdict = policy::decide(&view, &offline_facts(args), &policy);
+        Ok((policy, view, facts)) => {
+            let verdict = policy::decide(&view, &facts, &policy);
             match print(&render(&view, &verdict, None, args.output)) {
                 Err(error) => {
                     eprintln!("csr-warden check: cannot write the report: {error}");

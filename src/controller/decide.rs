@@ -1,14 +1,10 @@
-//! Deciding: ask the cluster the facts the policy needs, run the pure `policy::decide`, and
+//! Deciding: ask [`crate::facts`] what the policy needs, run the pure `policy::decide`, and
 //! write Approved or Denied through /approval. Leave decisions write nothing to the CSR.
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, PostParams};
+use kube::ResourceExt;
+use kube::api::PostParams;
 use kube::runtime::events::EventType;
-use kube::{Client, ResourceExt};
 
 use super::record::log_decision;
 use super::{
@@ -16,69 +12,7 @@ use super::{
     csr_state, is_conflict, kube_error,
 };
 use crate::metrics::DecisionLabels;
-use crate::policy::{self, ClusterFacts, CsrView, Decision, FactsNeeded, NodeLookup};
-
-/// Ask the cluster the facts the policy needs for one CSR: the SubjectAccessReviews for a kubelet
-/// client request, the Node for a kubelet serving one. The controller and `check --csr` both ask
-/// through here, so an operator's check sees what the controller saw.
-pub async fn cluster_facts(
-    client: &Client,
-    needed: &FactsNeeded,
-    view: &CsrView,
-) -> Result<ClusterFacts, Error> {
-    let mut facts = ClusterFacts::default();
-    if needed.node_client_review {
-        facts.node_client_allowed = Some(review(client, view, "nodeclient").await?);
-    }
-    if needed.self_node_client_review {
-        facts.self_node_client_allowed = Some(review(client, view, "selfnodeclient").await?);
-    }
-    if let Some(node_name) = &needed.node_name {
-        let nodes: Api<Node> = Api::all(client.clone());
-        let node = nodes
-            .get_opt(node_name)
-            .await
-            .map_err(kube_error("get node", &view.name))?;
-        facts.node = Some(match node {
-            None => NodeLookup::Missing,
-            Some(node) => NodeLookup::Addresses(
-                node.status
-                    .and_then(|s| s.addresses)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|a| a.address)
-                    .collect(),
-            ),
-        });
-    }
-    Ok(facts)
-}
-
-/// SubjectAccessReview, as kube-controller-manager's CSR approver does it.
-async fn review(client: &Client, view: &CsrView, subresource: &str) -> Result<bool, Error> {
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(view.requester.username.clone()),
-            uid: view.requester.uid.clone(),
-            groups: Some(view.requester.groups.clone()),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some("certificates.k8s.io".into()),
-                resource: Some("certificatesigningrequests".into()),
-                verb: Some("create".into()),
-                subresource: Some(subresource.into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
-    let answer = reviews
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(kube_error("subjectaccessreview", &view.name))?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
-}
+use crate::policy::{self, Decision};
 
 impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
@@ -90,8 +24,14 @@ impl Context {
         let policy = self.live.policy();
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = self.view(&csr);
-            let facts =
-                cluster_facts(&self.client, &policy::facts_needed(&view, &policy), &view).await?;
+            let facts = self
+                .facts
+                .lookup(&policy::facts_needed(&view, &policy), &view)
+                .await
+                .map_err(|source| Error::Facts {
+                    csr: name.clone(),
+                    source,
+                })?;
             let verdict = policy::decide(&view, &facts, &policy);
             let counted = DecisionLabels {
                 signer: view.signer_name.clone(),

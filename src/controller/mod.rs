@@ -13,7 +13,6 @@
 //! - `record`: Events and the audit log line.
 
 mod decide;
-pub use decide::cluster_facts;
 pub mod queue;
 mod record;
 mod sign;
@@ -32,6 +31,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
+use crate::facts::{Facts, FactsError, NodeChange};
 use crate::inspect::{CertificateRequest, InspectError, inspect};
 use crate::live::Live;
 use crate::metrics::ErrorLabels;
@@ -67,6 +67,12 @@ pub enum Error {
     Randomness(String),
     #[error("could not record the Event saying why CSR {csr} is left pending; will retry")]
     EventNotRecorded { csr: String },
+    #[error("the facts for CSR {csr} are not to be had yet: {source}; will retry")]
+    Facts {
+        csr: String,
+        #[source]
+        source: FactsError,
+    },
 }
 
 impl Error {
@@ -77,6 +83,11 @@ impl Error {
             Error::TooManyConflicts { .. } => "conflicts",
             Error::Randomness(_) => "randomness",
             Error::EventNotRecorded { .. } => "event",
+            Error::Facts {
+                source: FactsError::NotSynced(_),
+                ..
+            } => "facts not synced",
+            Error::Facts { .. } => "facts",
         }
     }
 }
@@ -112,6 +123,8 @@ pub struct Settings {
 /// Shared state of every reconcile.
 pub struct Context {
     client: Client,
+    /// Reviews, Nodes and the API server's addresses, for the policy.
+    facts: Facts,
     csrs: Api<CertificateSigningRequest>,
     recorder: Recorder,
     live: Arc<Live>,
@@ -233,7 +246,7 @@ fn age_seconds(csr: &CertificateSigningRequest) -> Option<f64> {
 }
 
 impl Context {
-    pub fn new(client: Client, live: Arc<Live>, settings: Settings) -> Self {
+    pub fn new(client: Client, live: Arc<Live>, settings: Settings, facts: Facts) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -244,6 +257,7 @@ impl Context {
         Context {
             csrs: Api::all(client.clone()),
             client,
+            facts,
             recorder,
             live,
             settings,
@@ -397,10 +411,20 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     let concurrency = settings.concurrency.max(1);
     let resync_interval = settings.resync_interval;
     let watch_timeout = settings.watch_timeout_seconds;
-    let ctx = Arc::new(Context::new(client.clone(), live.clone(), settings));
-    let csrs: Api<CertificateSigningRequest> = Api::all(client);
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let (store, writer) = reflector::store();
     let work = Arc::new(work::Work::new(store.clone(), live.clone()));
+    // A serving CSR left pending while its Node had no addresses (or before the Node index
+    // synced) is decided again when they change.
+    let facts = Facts::watched(client.clone(), {
+        let work = Arc::downgrade(&work);
+        move |change: NodeChange| {
+            if let Some(work) = work.upgrade() {
+                work.offer_serving(&change);
+            }
+        }
+    });
+    let ctx = Arc::new(Context::new(client, live.clone(), settings, facts));
 
     tokio::spawn(watch_queue(
         store.clone(),

@@ -12,7 +12,9 @@ use tokio::sync::Notify;
 
 use super::queue::{Placement, WorkQueue};
 use super::{Context, reconcile, retry_delay};
+use crate::facts::NodeChange;
 use crate::live::Live;
+use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_SERVING};
 
 /// The queue shared by the watch, the resync and the workers.
 pub struct Work {
@@ -79,6 +81,29 @@ impl Work {
         }
         self.wake.notify_waiters();
         self.wake.notify_one();
+    }
+
+    /// Queue the kubelet serving CSRs that a change of Node addresses concerns: those of that
+    /// Node (the requester is the node itself), or all of them after a relist.
+    pub fn offer_serving(&self, change: &NodeChange) {
+        let requester = match change {
+            NodeChange::Relisted => None,
+            NodeChange::Node(name) => Some(format!("{NODE_USER_PREFIX}{name}")),
+        };
+        let concerned: Vec<_> = self
+            .store
+            .state()
+            .into_iter()
+            .filter(|csr| csr.spec.signer_name == SIGNER_KUBELET_SERVING)
+            .filter(|csr| {
+                requester
+                    .as_deref()
+                    .is_none_or(|r| csr.spec.username.as_deref() == Some(r))
+            })
+            .collect();
+        if !concerned.is_empty() {
+            self.offer_all(concerned);
+        }
     }
 
     /// Queue every cached CSR again (a new policy, or leadership just won).

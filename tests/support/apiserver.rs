@@ -114,6 +114,11 @@ struct State {
     history: Vec<WatchEvent>,
     events: Vec<Value>,
     nodes: BTreeMap<String, Value>,
+    /// Service default/kubernetes and its EndpointSlices, by name.
+    services: BTreeMap<String, Value>,
+    endpoint_slices: BTreeMap<String, Value>,
+    /// Watch events of Nodes, Services and EndpointSlices: (resource, event).
+    other_history: Vec<(&'static str, WatchEvent)>,
     /// core/v1 ConfigMaps by namespace/name.
     configmaps: BTreeMap<String, Value>,
     /// (user or group, subresource) pairs a SubjectAccessReview allows.
@@ -165,6 +170,8 @@ struct Shared {
     max_open: std::sync::atomic::AtomicUsize,
     state: Arc<Mutex<State>>,
     events_tx: broadcast::Sender<WatchEvent>,
+    /// Events of Nodes, Services and EndpointSlices, with their resource.
+    other_tx: broadcast::Sender<(&'static str, WatchEvent)>,
     changes_tx: watch::Sender<u64>,
 }
 
@@ -177,6 +184,22 @@ impl Shared {
         };
         self.changes_tx.send_modify(|n| *n += 1);
         out
+    }
+
+    fn record_other(
+        &self,
+        state: &mut State,
+        resource: &'static str,
+        kind: &'static str,
+        object: Value,
+    ) {
+        let event = WatchEvent {
+            rv: state.rv,
+            kind,
+            object,
+        };
+        state.other_history.push((resource, event.clone()));
+        let _ = self.other_tx.send((resource, event));
     }
 
     fn record(&self, state: &mut State, kind: &'static str, object: Value) {
@@ -279,6 +302,7 @@ impl FakeApiServer {
             max_open: Default::default(),
             state: state.clone(),
             events_tx,
+            other_tx: broadcast::channel(4096).0,
             changes_tx,
         });
 
@@ -340,7 +364,7 @@ impl FakeApiServer {
                 open.push(task.abort_handle());
             }
         });
-        FakeApiServer {
+        let server = FakeApiServer {
             addr,
             ca_pem,
             ca_key_pem,
@@ -348,7 +372,11 @@ impl FakeApiServer {
             changes,
             shared,
             shutdown: Some(shutdown),
-        }
+        };
+        // Every cluster has these: the API server's ClusterIP (first of the Service CIDR) and
+        // the address it advertises.
+        server.set_api_server("10.96.0.1", &["192.0.2.10"]);
+        server
     }
 
     pub fn url(&self) -> String {
@@ -418,14 +446,55 @@ impl FakeApiServer {
         create_csr(&shared, &identity, csr).expect("create csr")
     }
 
+    /// Create Node `name` with these (type, address) pairs, or set its addresses (as a kubelet
+    /// updates its own Node's status); watchers see ADDED or MODIFIED.
     pub fn add_node(&self, name: &str, addresses: &[(&str, &str)]) {
+        let addresses: Vec<Value> = addresses
+            .iter()
+            .map(|(t, a)| json!({"type": t, "address": a}))
+            .collect();
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "uid": format!("node-{name}"), "resourceVersion": "1"},
-            "status": {"addresses": addresses.iter().map(|(t, a)| json!({"type": t, "address": a})).collect::<Vec<_>>()}
+            "metadata": {"name": name, "uid": format!("node-{name}")},
+            "status": {"addresses": addresses}
         });
-        self.shared
-            .mutate(|state| state.nodes.insert(name.into(), node));
+        self.put_other("nodes", name, node);
+    }
+
+    pub fn delete_node(&self, name: &str) {
+        let shared = self.shared.clone();
+        shared.mutate(|state| {
+            if let Some(node) = state.nodes.remove(name) {
+                state.rv += 1;
+                shared.record_other(state, "nodes", "DELETED", node);
+            }
+        });
+    }
+
+    /// Set the API server's addresses: Service default/kubernetes's ClusterIP and one
+    /// EndpointSlice of it (a fresh fake has 10.96.0.1 and 192.0.2.10).
+    pub fn set_api_server(&self, cluster_ip: &str, endpoints: &[&str]) {
+        self.put_other("services", "kubernetes", api_server_service(cluster_ip));
+        self.put_other("endpointslices", "kubernetes", api_server_slice(endpoints));
+    }
+
+    fn put_other(&self, resource: &'static str, name: &str, mut object: Value) {
+        let shared = self.shared.clone();
+        shared.mutate(|state| {
+            state.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            let map = match resource {
+                "nodes" => &mut state.nodes,
+                "services" => &mut state.services,
+                _ => &mut state.endpoint_slices,
+            };
+            let kind = if map.insert(name.to_owned(), object.clone()).is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            shared.record_other(state, resource, kind, object);
+        });
     }
 
     /// A ConfigMap `namespace/name` holding `data`.
@@ -1001,6 +1070,27 @@ async fn handle_authenticated(
                 }),
             )
         }
+        (&Method::GET, ["api", "v1", "nodes"]) => list_or_watch_other(&shared, "nodes", &params),
+        (&Method::GET, ["api", "v1", "namespaces", "default", "services"]) => {
+            list_or_watch_other(&shared, "services", &params)
+        }
+        (
+            &Method::GET,
+            [
+                "apis",
+                "discovery.k8s.io",
+                "v1",
+                "namespaces",
+                "default",
+                "endpointslices",
+            ],
+        ) => list_or_watch_other(&shared, "endpointslices", &params),
+        (&Method::GET, ["api", "v1", "namespaces", "default", "services", name]) => {
+            match shared.state.lock().expect("state").services.get(*name) {
+                Some(service) => full(StatusCode::OK, service.clone()),
+                None => not_found("services", name),
+            }
+        }
         (&Method::GET, ["api", "v1", "nodes", name]) => {
             match shared.state.lock().expect("state").nodes.get(*name) {
                 Some(node) => full(StatusCode::OK, node.clone()),
@@ -1179,7 +1269,8 @@ fn resource(name: &str, kind: &str, namespaced: bool, verbs: &[&str], short: &[&
 
 fn core_resources() -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": [
-        resource("nodes", "Node", false, &["get", "list"], &["no"]),
+        resource("nodes", "Node", false, &["get", "list", "watch"], &["no"]),
+        resource("services", "Service", true, &["get", "list", "watch"], &["svc"]),
         resource("events", "Event", true, &["get", "list"], &["ev"]),
         resource("configmaps", "ConfigMap", true, &["get"], &["cm"]),
     ]})
@@ -1825,4 +1916,119 @@ fn patch_lease(
             .insert(key.to_owned(), (next.clone(), next_owner));
         full(StatusCode::OK, next)
     })
+}
+
+fn api_server_service(cluster_ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": "kubernetes", "namespace": "default", "uid": "svc-kubernetes"},
+           "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                    "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}})
+}
+
+fn api_server_slice(endpoints: &[&str]) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "kubernetes", "namespace": "default", "uid": "eps-kubernetes",
+                        "labels": {"kubernetes.io/service-name": "kubernetes"}},
+           "addressType": "IPv4",
+           "endpoints": endpoints.iter().map(|a| json!({"addresses": [a]})).collect::<Vec<_>>(),
+           "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
+}
+
+/// Whether `object` passes the request's fieldSelector (metadata.name=X only) and
+/// labelSelector (k=v terms only): what csr-warden's watches use.
+fn selected(object: &Value, params: &HashMap<String, String>) -> bool {
+    let by_name = params.get("fieldSelector").is_none_or(|selector| {
+        selector.split(',').all(|term| match term.split_once('=') {
+            Some(("metadata.name", name)) => object["metadata"]["name"] == name,
+            _ => true,
+        })
+    });
+    let by_label = params.get("labelSelector").is_none_or(|selector| {
+        selector.split(',').all(|term| match term.split_once('=') {
+            Some((key, value)) => object["metadata"]["labels"][key] == value,
+            None => true,
+        })
+    });
+    by_name && by_label
+}
+
+/// List or watch Nodes, Services or EndpointSlices: no faults, no paging, everything in one
+/// page; a watch sends what happened after the resourceVersion, then live events.
+fn list_or_watch_other(
+    shared: &Shared,
+    resource: &'static str,
+    params: &HashMap<String, String>,
+) -> Response<Body> {
+    let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+    if !watching {
+        let state = shared.state.lock().expect("state");
+        let map = match resource {
+            "nodes" => &state.nodes,
+            "services" => &state.services,
+            _ => &state.endpoint_slices,
+        };
+        let items: Vec<Value> = map
+            .values()
+            .filter(|o| selected(o, params))
+            .cloned()
+            .collect();
+        let (api_version, kind) = match resource {
+            "nodes" => ("v1", "NodeList"),
+            "services" => ("v1", "ServiceList"),
+            _ => ("discovery.k8s.io/v1", "EndpointSliceList"),
+        };
+        return full(
+            StatusCode::OK,
+            json!({"apiVersion": api_version, "kind": kind,
+                   "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+        );
+    }
+    let since: u64 = params
+        .get("resourceVersion")
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0);
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(300u64);
+    let (backlog, receiver) = {
+        let state = shared.state.lock().expect("state");
+        let backlog: Vec<WatchEvent> = state
+            .other_history
+            .iter()
+            .filter(|(r, e)| *r == resource && e.rv > since)
+            .map(|(_, e)| e.clone())
+            .collect();
+        (backlog, shared.other_tx.subscribe())
+    };
+    let params = params.clone();
+    let live = futures::stream::unfold(receiver, move |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok((r, event)) if r == resource && event.rv > since => {
+                    return Some((event, receiver));
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    });
+    let mut restarts = shared.restarts.subscribe();
+    restarts.mark_unchanged();
+    let stream = futures::stream::iter(backlog)
+        .chain(live)
+        .filter(move |event| futures::future::ready(selected(&event.object, &params)))
+        .map(|event| {
+            let line = json!({"type": event.kind, "object": event.object}).to_string() + "\n";
+            Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+        })
+        .take_until(tokio::time::sleep(Duration::from_secs(timeout)))
+        .take_until(async move {
+            let _ = restarts.changed().await;
+        });
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    response
 }
