@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod control_plane;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,0 +1,591 @@
+//! csr-warden against a real kube-apiserver (v1.36 from `../shared/kubernetes`, or any envtest
+//! assets in `KUBEBUILDER_ASSETS`): its validation, admission, RBAC and watch behaviour decide
+//! the outcome, not our fake's. One control plane per test binary; the tests take turns (one
+//! controller at a time acts on the shared server) and each uses names of its own.
+//!
+//! Without `KUBEBUILDER_ASSETS` each test prints one `SKIPPED` line and passes.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use support::control_plane::{self, API_SERVER_CLUSTER_IP, ControlPlane};
+use support::*;
+
+/// One csr-warden at a time on the shared server: two would race for the same CSRs.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const SERVING_USAGES: &[&str] = &["digital signature", "server auth"];
+
+/// A lying node: its name, the (type, address) pairs it writes into its Node's status, the SANs
+/// it asks for, and the reason it must be denied.
+type Attack<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+
+/// The control plane and this test's turn, or None (skipped) without assets.
+async fn plane(
+    test: &str,
+) -> Option<(&'static ControlPlane, tokio::sync::MutexGuard<'static, ()>)> {
+    let plane = control_plane::shared(test)?;
+    Some((plane, TURN.lock().await))
+}
+
+/// csr-warden with the default test policy (or `policy`), signing with the cluster CA, as the
+/// admin unless `kubeconfig` says otherwise.
+fn controller(
+    plane: &ControlPlane,
+    dir: &Path,
+    policy: Option<&str>,
+    kubeconfig: Option<&Path>,
+) -> ControllerProcess {
+    if let Some(policy) = policy {
+        std::fs::write(dir.join("policy.yaml"), policy).expect("policy");
+    }
+    ControllerProcess::start_with_kubeconfig(
+        dir,
+        &(plane.ca_cert.clone(), plane.ca_key.clone()),
+        &["--resync-interval-seconds", "3600"],
+        kubeconfig.unwrap_or(&plane.admin),
+    )
+}
+
+fn csr(plane: &ControlPlane, name: &str) -> Value {
+    plane.get(&["csr", name])
+}
+
+/// Wait (bounded) until the CSR has a condition of `kind`; returns the CSR.
+async fn wait_condition(plane: &ControlPlane, name: &str, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, _, err) = plane.try_kubectl(
+            &[
+                "wait",
+                "--timeout=5s",
+                &format!("--for=condition={kind}"),
+                &format!("csr/{name}"),
+            ],
+            None,
+        );
+        if ok {
+            return csr(plane, name);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "csr/{name} never got {kind}: {err}\n{:#}",
+            csr(plane, name)
+        );
+    }
+}
+
+/// A kubelet serving CSR from Node `node`'s own identity for `sans` (openssl's form).
+fn serving_csr(
+    plane: &ControlPlane,
+    dir: &Path,
+    name: &str,
+    node: &str,
+    sans: &str,
+    groups: &[&str],
+) {
+    let pem = openssl_csr(
+        dir,
+        name,
+        KeyKind::P256,
+        &format!("/CN=system:node:{node}/O=system:nodes"),
+        Some(sans),
+        &[],
+    );
+    plane.create_as(
+        &format!("system:node:{node}"),
+        groups,
+        &csr_object(name, KUBELET_SERVING_SIGNER, SERVING_USAGES, &pem),
+    );
+}
+
+fn reason_of(csr: &Value, kind: &str) -> String {
+    condition(csr, kind)
+        .and_then(|c| c["reason"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The trust boundary, as a node with its own credentials would attack it: it may write
+/// anything into its own Node's status. One row per attack: the Node's addresses (as the lying
+/// kubelet set them), the SANs it asks for, and the reason it is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lying_about_its_addresses_never_gets_another_identity() {
+    let Some((plane, _turn)) =
+        plane("a_node_lying_about_its_addresses_never_gets_another_identity").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    // What the API server really has: its ClusterIP, and an endpoint we publish now, after the
+    // controller started, to show the addresses are kept fresh.
+    plane.node(
+        "tb-honest",
+        &[("InternalIP", "10.0.0.21"), ("Hostname", "tb-honest")],
+    );
+    let controller = controller(plane, dir.path(), None, None);
+    controller.wait_synced().await;
+    // The honest node gets its own, before the liars below list its addresses too (after that
+    // its next request is denied as well: a lying node can hold up another's serving
+    // certificate, never obtain it).
+    serving_csr(
+        plane,
+        dir.path(),
+        "tb-honest-serving",
+        "tb-honest",
+        "DNS:tb-honest,IP:10.0.0.21",
+        &["system:nodes"],
+    );
+    let approved = wait_condition(plane, "tb-honest-serving", "Approved").await;
+    assert_eq!(
+        reason_of(&approved, "Approved"),
+        "AutoApprovedKubeletServing"
+    );
+    plane.apply(&json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes-tb", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.50"]}],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+    }));
+    let rows: &[Attack] = &[
+        (
+            "tb-evil-1",
+            &[
+                ("InternalIP", API_SERVER_CLUSTER_IP),
+                ("Hostname", "kubernetes.default.svc"),
+            ],
+            "DNS:kubernetes.default.svc,IP:10.96.0.1",
+            "ApiServerName",
+        ),
+        (
+            "tb-evil-2",
+            &[("InternalIP", API_SERVER_CLUSTER_IP)],
+            "IP:10.96.0.1",
+            "ApiServerAddress",
+        ),
+        (
+            "tb-evil-3",
+            &[("InternalIP", "192.0.2.50")],
+            "IP:192.0.2.50",
+            "ApiServerAddress",
+        ),
+        (
+            "tb-evil-4",
+            &[("InternalIP", "10.0.0.24"), ("InternalIP", "10.0.0.21")],
+            "IP:10.0.0.24,IP:10.0.0.21",
+            "AddressOfAnotherNode",
+        ),
+        (
+            "tb-evil-5",
+            &[("InternalIP", "10.0.0.25"), ("Hostname", "TB-Honest")],
+            "DNS:tb-honest,IP:10.0.0.25",
+            "AddressOfAnotherNode",
+        ),
+        (
+            "tb-evil-6",
+            &[("InternalIP", "127.0.0.1"), ("Hostname", "localhost")],
+            "IP:127.0.0.1",
+            "NonUnicastAddress",
+        ),
+        (
+            "tb-evil-7",
+            &[("Hostname", "web.payments.svc.cluster.local")],
+            "DNS:web.payments.svc.cluster.local",
+            "ServiceDomainName",
+        ),
+    ];
+    for (node, addresses, sans, _) in rows {
+        plane.node(node, addresses);
+        serving_csr(
+            plane,
+            dir.path(),
+            &format!("{node}-serving"),
+            node,
+            sans,
+            &["system:nodes"],
+        );
+    }
+    for (node, _, sans, expected) in rows {
+        let denied = wait_condition(plane, &format!("{node}-serving"), "Denied").await;
+        assert_eq!(
+            reason_of(&denied, "Denied"),
+            *expected,
+            "{node} asking for {sans}"
+        );
+        assert!(certificate_pem(&denied).is_none(), "{node}: no certificate");
+    }
+    plane.kubectl(
+        &["-n", "default", "delete", "endpointslice", "kubernetes-tb"],
+        None,
+    );
+    drop(controller);
+}
+
+/// The node's own username is not enough: its credentials put it in system:nodes, and a
+/// requester outside that group (an impersonated name, say) is denied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_request_outside_system_nodes_is_denied() {
+    let Some((plane, _turn)) = plane("a_serving_request_outside_system_nodes_is_denied").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    plane.node(
+        "tb-nogroup",
+        &[("InternalIP", "10.0.0.31"), ("Hostname", "tb-nogroup")],
+    );
+    let _controller = controller(plane, dir.path(), None, None);
+    serving_csr(
+        plane,
+        dir.path(),
+        "tb-nogroup-serving",
+        "tb-nogroup",
+        "DNS:tb-nogroup",
+        &[],
+    );
+    let denied = wait_condition(plane, "tb-nogroup-serving", "Denied").await;
+    assert_eq!(reason_of(&denied, "Denied"), "SubjectMismatch");
+    assert!(
+        condition(&denied, "Denied").expect("denied")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:nodes")
+    );
+}
+
+/// A Node whose cloud provider has not given it addresses yet: its serving CSR stays pending
+/// (untouched, one Event saying why) and is approved and issued once the addresses arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_addresses_yet_is_decided_when_they_arrive() {
+    let Some((plane, _turn)) =
+        plane("a_node_without_addresses_yet_is_decided_when_they_arrive").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    plane.node("tb-late", &[]);
+    let controller = controller(plane, dir.path(), None, None);
+    serving_csr(
+        plane,
+        dir.path(),
+        "tb-late-serving",
+        "tb-late",
+        "DNS:tb-late,IP:10.0.0.41",
+        &["system:nodes"],
+    );
+    controller
+        .wait_for_log("left pending for want of addresses", |l| {
+            l["csr"] == "tb-late-serving" && l["reason"] == "NodeAddressesPending"
+        })
+        .await;
+    assert!(condition_types(&csr(plane, "tb-late-serving")).is_empty());
+    plane.set_node_addresses(
+        "tb-late",
+        &[("InternalIP", "10.0.0.41"), ("Hostname", "tb-late")],
+    );
+    let approved = wait_condition(plane, "tb-late-serving", "Approved").await;
+    assert_eq!(
+        reason_of(&approved, "Approved"),
+        "AutoApprovedKubeletServing"
+    );
+}
+
+/// `kubelet.servingAddresses` restricts every SAN further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_addresses_from_the_policy_are_enforced() {
+    let Some((plane, _turn)) = plane("serving_addresses_from_the_policy_are_enforced").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = POLICY.replace(
+        "kubelet: { client: true, serving: true }",
+        "kubelet:\n  client: true\n  serving: true\n  servingAddresses:\n    ipRanges: [10.0.0.0/24]\n    dnsNames: ['tb-[a-z]+']",
+    );
+    plane.node(
+        "tb-ranged",
+        &[
+            ("InternalIP", "10.0.0.51"),
+            ("InternalIP", "10.9.0.51"),
+            ("Hostname", "tb-ranged"),
+        ],
+    );
+    let _controller = controller(plane, dir.path(), Some(&policy), None);
+    serving_csr(
+        plane,
+        dir.path(),
+        "tb-ranged-in",
+        "tb-ranged",
+        "DNS:tb-ranged,IP:10.0.0.51",
+        &["system:nodes"],
+    );
+    serving_csr(
+        plane,
+        dir.path(),
+        "tb-ranged-out",
+        "tb-ranged",
+        "DNS:tb-ranged,IP:10.9.0.51",
+        &["system:nodes"],
+    );
+    let approved = wait_condition(plane, "tb-ranged-in", "Approved").await;
+    assert_eq!(
+        reason_of(&approved, "Approved"),
+        "AutoApprovedKubeletServing"
+    );
+    let denied = wait_condition(plane, "tb-ranged-out", "Denied").await;
+    assert_eq!(reason_of(&denied, "Denied"), "OutsideServingAddresses");
+}
+
+/// A custom signer's CA that the cluster CA issued (an intermediate) is the cluster CA for
+/// logging in: csr-warden refuses to start with it, naming the policy line, unless the signer
+/// says allowClusterCA. The chain is verified by signature, not by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_signer_on_an_intermediate_of_the_cluster_ca_is_refused() {
+    let Some((plane, _turn)) =
+        plane("a_custom_signer_on_an_intermediate_of_the_cluster_ca_is_refused").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    // cluster CA -> intermediate-1 -> intermediate-2 (the signer's CA, chain in its tls.crt).
+    let intermediate = |name: &str, issuer_crt: &str, issuer_key: &str| {
+        std::fs::write(
+            dir.path().join(format!("{name}.ext")),
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign,digitalSignature\n",
+        )
+        .expect("ext");
+        openssl(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &path(&format!("{name}.key")),
+            "-out",
+            &path(&format!("{name}.csr")),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&format!("{name}.csr")),
+            "-CA",
+            issuer_crt,
+            "-CAkey",
+            issuer_key,
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &path(&format!("{name}.ext")),
+            "-out",
+            &path(&format!("{name}.crt")),
+        ]);
+    };
+    let cluster_crt = plane.ca_cert.display().to_string();
+    let cluster_key = plane.ca_key.display().to_string();
+    intermediate("team-int-1", &cluster_crt, &cluster_key);
+    intermediate(
+        "team-int-2",
+        &path("team-int-1.crt"),
+        &path("team-int-1.key"),
+    );
+    let direct = [path("team-int-1.crt"), path("team-int-1.key")];
+    let chained = dir.path().join("team-chain.crt");
+    std::fs::write(
+        &chained,
+        std::fs::read_to_string(path("team-int-2.crt")).expect("int-2")
+            + &std::fs::read_to_string(path("team-int-1.crt")).expect("int-1"),
+    )
+    .expect("chain");
+    let chained = [chained.display().to_string(), path("team-int-2.key")];
+    // A CA of the team's own, for contrast.
+    let (own_crt, own_key) = openssl_ca(dir.path(), KeyKind::P256, 30);
+    let own = [own_crt.display().to_string(), own_key.display().to_string()];
+    let policy = |ca: &[String; 2], allow: bool| {
+        format!(
+            "signers:\n  - name: kubernetes.io/kube-apiserver-client\n    role: approveAndSign\n  - name: example.com/team\n    role: approveAndSign\n    ca: {{cert: {}, key: {}}}\n    allowClusterCA: {allow}\n",
+            ca[0], ca[1]
+        )
+    };
+    for (what, ca) in [
+        ("directly", &direct),
+        ("through another intermediate", &chained),
+    ] {
+        let run = tempfile::tempdir().expect("dir");
+        let (code, lines) = controller(plane, run.path(), Some(&policy(ca, false)), None)
+            .wait_exit()
+            .await;
+        assert_eq!(
+            code,
+            Some(1),
+            "issued by the cluster CA {what}: must not start"
+        );
+        let said: String = lines.iter().map(|l| l.to_string()).collect();
+        assert!(
+            said.contains("line 4") || said.contains("line 5"),
+            "{what}: names the policy line: {said}"
+        );
+        assert!(said.contains("chains up to"), "{what}: {said}");
+    }
+    // Opting in starts; a CA of its own starts.
+    for (what, ca, allow) in [("allowClusterCA", &chained, true), ("own CA", &own, false)] {
+        let run = tempfile::tempdir().expect("dir");
+        let controller = controller(plane, run.path(), Some(&policy(ca, allow)), None);
+        controller.wait_synced().await;
+        assert!(
+            !controller
+                .lines()
+                .iter()
+                .any(|l| l.to_string().contains("cluster's own CA")),
+            "{what}"
+        );
+    }
+}
+
+/// Only the RBAC that manifests/ grants, and only the ServiceAccount's token (TokenRequest):
+/// jane issued, agent-smith denied with an Event, a foreign signer's CSR untouched, kubelet
+/// serving decided with the Node, Service and EndpointSlice watches, and the API server never
+/// answered csr-warden 403 (read from the server's audit log, not from our log lines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_only_the_manifests_rbac_every_request_is_allowed() {
+    let Some((plane, _turn)) = plane("with_only_the_manifests_rbac_every_request_is_allowed").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    for file in [
+        "00-namespace.yaml",
+        "10-serviceaccount.yaml",
+        "20-rbac.yaml",
+    ] {
+        plane.kubectl(
+            &["apply", "-f", &manifests.join(file).display().to_string()],
+            None,
+        );
+    }
+    let token = plane.token("csr-warden", "csr-warden");
+    let kubeconfig = plane.token_kubeconfig(dir.path(), &token);
+    let controller = controller(plane, dir.path(), None, Some(&kubeconfig));
+    controller.wait_synced().await;
+
+    let foreign = rcgen_csr("rbac-foreign", &[], &[]);
+    plane.create_as(
+        "jane",
+        &[],
+        &csr_object(
+            "rbac-foreign",
+            "example.com/not-ours",
+            &["client auth"],
+            &foreign,
+        ),
+    );
+    let jane = openssl_csr(
+        dir.path(),
+        "jane",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    plane.create_as(
+        "jane",
+        &["developers"],
+        &csr_object("rbac-jane", CLIENT_SIGNER, &["client auth"], &jane),
+    );
+    // The kubelet client signer: CertificateSubjectRestriction only guards kube-apiserver-client.
+    let smith = openssl_csr(
+        dir.path(),
+        "smith",
+        KeyKind::P256,
+        "/CN=agent-smith/O=system:masters",
+        None,
+        &[],
+    );
+    plane.create_as(
+        "agent-smith",
+        &[],
+        &csr_object(
+            "rbac-agent-smith",
+            KUBELET_CLIENT_SIGNER,
+            &["digital signature", "client auth"],
+            &smith,
+        ),
+    );
+    plane.node(
+        "rbac-node",
+        &[("InternalIP", "10.0.0.61"), ("Hostname", "rbac-node")],
+    );
+    serving_csr(
+        plane,
+        dir.path(),
+        "rbac-serving",
+        "rbac-node",
+        "DNS:rbac-node,IP:10.0.0.61",
+        &["system:nodes"],
+    );
+
+    let denied = wait_condition(plane, "rbac-agent-smith", "Denied").await;
+    assert_eq!(reason_of(&denied, "Denied"), "ForbiddenGroup");
+    let approved = wait_condition(plane, "rbac-jane", "Approved").await;
+    assert_eq!(reason_of(&approved, "Approved"), "AutoApprovedAllowList");
+    controller
+        .wait_for_log("the serving CSR approved", |l| {
+            l["csr"] == "rbac-serving" && l["decision"] == "approve"
+        })
+        .await;
+    let serving = wait_condition(plane, "rbac-serving", "Approved").await;
+    assert_eq!(
+        reason_of(&serving, "Approved"),
+        "AutoApprovedKubeletServing"
+    );
+    for name in ["rbac-jane", "rbac-serving"] {
+        controller
+            .wait_for_log("issued", |l| l["csr"] == name && l["decision"] == "issued")
+            .await;
+        assert!(
+            certificate_pem(&csr(plane, name)).is_some(),
+            "{name} issued"
+        );
+    }
+    // Created before jane's, so the watch delivered it first: it was seen and left alone.
+    assert!(condition_types(&csr(plane, "rbac-foreign")).is_empty());
+    let events = plane.get(&[
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=rbac-agent-smith",
+    ]);
+    assert!(
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["reason"] == "ForbiddenGroup" && e["type"] == "Warning"),
+        "a Warning Event for agent-smith: {events:#}"
+    );
+
+    let ours = "system:serviceaccount:csr-warden:csr-warden";
+    let refused: Vec<String> = plane
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["user"]["username"] == ours && e["stage"] == "ResponseComplete")
+        .filter(|e| e["responseStatus"]["code"] == 403)
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "the API server refused csr-warden: {refused:#?}"
+    );
+}
