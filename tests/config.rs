@@ -170,3 +170,24 @@ signers:
     assert!(mistakes[1].1.contains("never signs"), "{mistakes:?}");
     assert!(mistakes[2].1.contains("listed twice"), "{mistakes:?}");
 }
+
+#[test]
+fn serving_addresses_and_the_cluster_domain_are_checked_with_their_lines() {
+    let found = problems(
+        "clusterDomain: 'not a domain'\nkubelet:\n  servingAddresses:\n    ipRanges:\n      - 10.0.0.0/24\n      - 10.0.0.1/24\n      - 10.0.0.0/33\n      - nonsense\n    dnsNames:\n      - '[a-z'\n",
+    );
+    let lines: Vec<u64> = found.iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, [6, 7, 8, 10, 1], "{found:?}");
+    assert!(
+        found[0].1.contains("host bits") && found[0].1.contains("10.0.0.0/24"),
+        "{found:?}"
+    );
+    assert!(found[3].1.contains("not a valid regex"), "{found:?}");
+    let policy = parse_policy(
+        "kubelet:\n  servingAddresses:\n    ipRanges: ['fd00:10::/64']\n    dnsNames: ['w[0-9]+']\n",
+        Path::new("p.yaml"),
+    )
+    .expect("valid");
+    assert!(policy.serving_addresses.is_restricted());
+    assert_eq!(policy.cluster_domain, "cluster.local");
+}

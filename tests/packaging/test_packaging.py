@@ -212,6 +212,7 @@ def test_sign_only_signer_gets_sign_and_status_rbac_and_its_own_ca_mounted(tmp_p
     role = named(objects, "ClusterRole", "csr-warden")
     assert not [r for r in role["rules"] if r["resources"] in (["subjectaccessreviews"], ["nodes"])], (
         "nothing decides, so no facts are asked")
+    assert not [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("apiserver-addresses")]
     container = deployment(objects)["spec"]["template"]["spec"]["containers"][0]
     volumes = deployment(objects)["spec"]["template"]["spec"]["volumes"]
     assert [v["secret"]["secretName"] for v in volumes if "secret" in v] == ["legacy-ca"]
@@ -285,7 +286,7 @@ def test_cluster_role_is_exactly_least_privilege():
                                                   "kubernetes.io/kubelet-serving"), ("sign",)),
         (("events.k8s.io",), ("events",), (), ("create", "patch")),
         (("authorization.k8s.io",), ("subjectaccessreviews",), (), ("create",)),
-        (("",), ("nodes",), (), ("get",)),
+        (("",), ("nodes",), (), ("get", "list", "watch")),
     }
     for r in role["rules"]:
         assert "*" not in r["verbs"] + r["resources"] + r["apiGroups"]
@@ -296,6 +297,18 @@ def test_cluster_role_is_exactly_least_privilege():
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["csr-warden"],
          "verbs": ["get", "patch"]},
     ]
+    # The API server's addresses, which no kubelet serving certificate may name: only Service
+    # default/kubernetes and the EndpointSlices of default.
+    addresses_role = named(manifest_objects(), "Role", "csr-warden-apiserver-addresses")
+    assert addresses_role["metadata"]["namespace"] == "default"
+    assert addresses_role["rules"] == [
+        {"apiGroups": [""], "resources": ["services"], "resourceNames": ["kubernetes"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+    ]
+    binding = named(manifest_objects(), "RoleBinding", "csr-warden-apiserver-addresses")
+    assert binding["roleRef"]["name"] == "csr-warden-apiserver-addresses"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "csr-warden", "namespace": "csr-warden"}]
     events_role = named(manifest_objects(), "Role", "csr-warden-events-reader")
     assert events_role["metadata"]["namespace"] == "default"
     assert events_role["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}]
