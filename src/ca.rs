@@ -57,6 +57,8 @@ pub struct CertificateAuthority {
     basic_constraints_extension: Vec<u8>,
     signature_algorithm: AlgorithmIdentifierOwned,
     subject: String,
+    /// Its key identifier (its SKI, else derived from its key): every certificate's AKI.
+    key_id: Vec<u8>,
     not_after: OffsetDateTime,
     /// Every certificate of tls.crt, DER, the CA first: the chain it may be given with, which
     /// the cluster-CA guard follows.
@@ -153,7 +155,9 @@ impl CertificateAuthority {
         let authority_key_extension = ExtensionOf::new(
             false,
             AuthorityKeyIdentifier {
-                key_identifier: Some(OctetString::new(key_identifier).map_err(unencodable)?),
+                key_identifier: Some(
+                    OctetString::new(key_identifier.clone()).map_err(unencodable)?,
+                ),
                 authority_cert_issuer: None,
                 authority_cert_serial_number: None,
             },
@@ -176,6 +180,7 @@ impl CertificateAuthority {
             basic_constraints_extension,
             signature_algorithm,
             subject,
+            key_id: key_identifier,
             not_after,
             chain_der: x509_parser::pem::Pem::iter_from_buffer(cert_pem.as_bytes())
                 .flatten()
@@ -212,6 +217,12 @@ impl CertificateAuthority {
 
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// The key identifier of this CA (the AKI of what it issues), colon-separated hex as
+    /// `openssl x509 -text` shows it.
+    pub fn key_id_hex(&self) -> String {
+        colon_hex(&self.key_id)
     }
 
     /// Issued certificates never outlive this.
@@ -350,6 +361,21 @@ impl ClusterCa {
             missing_issuer: current.issuer().to_string(),
         }
     }
+}
+
+/// `AB:CD:...`, the form openssl prints fingerprints and key identifiers in.
+pub fn colon_hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// SHA-256 fingerprint of a DER certificate, as `openssl x509 -noout -fingerprint -sha256`
+/// prints it.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    colon_hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
 
 /// RFC 7093 section 2 method 1: the leftmost 160 bits of the SHA-256 of the subjectPublicKey

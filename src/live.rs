@@ -131,8 +131,10 @@ impl Live {
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
             }
             self.recheck.send_modify(|n| *n += 1);
+        } else {
+            // A CA changed: approved CSRs waiting for it are issued now.
+            self.recheck.send_modify(|n| *n += 1);
         }
-        // Approved CSRs that failed for want of a CA are Failed for good; nothing to recheck.
         self.report_cas(OffsetDateTime::now_utc());
     }
 
@@ -250,7 +252,7 @@ fn load_cas(policy: &Policy, sources: &Sources, previous: &CaTable) -> CaTable {
                     before.slot.clone()
                 }
                 None => {
-                    tracing::error!(?signers, %error, "CA not loaded: these signers' approved CSRs are marked Failed until it is fixed");
+                    tracing::error!(?signers, %error, "CA not loaded: these signers' approved CSRs wait (approved, not Failed) until it is fixed");
                     Arc::new(Err(error.to_string()))
                 }
             },

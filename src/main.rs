@@ -54,9 +54,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let policy = load_policy(&args.policy)?;
     tracing::info!(signers = ?policy.signers.iter().map(|(name, s)| format!("{name}={}", s.role.as_str())).collect::<Vec<_>>(), dry_run = args.dry_run, "policy loaded");
 
-    let config = kube::Config::infer()
+    let mut config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration: run in a pod, or set KUBECONFIG")?;
+    // One retry layer, ours: kube-client's own would retry a 429/503 up to 15 times with
+    // delays growing to minutes underneath our per-CSR backoff, holding a worker meanwhile.
+    config.default_retry = false;
     let sources = Sources {
         policy: args.policy.clone(),
         default_ca: CaPaths {

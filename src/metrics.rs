@@ -34,6 +34,12 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventDropLabels {
+    /// `invalid` (the server refused it; never retried) or `unavailable` (retries ran out).
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -57,6 +63,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub pending: Gauge,
     pub oldest_pending_age: Gauge,
+    pub events_dropped: Family<EventDropLabels, Counter>,
+    pub waiting_for_ca: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,6 +95,8 @@ impl Metrics {
             leader: Gauge::default(),
             pending: Gauge::default(),
             oldest_pending_age: Gauge::default(),
+            events_dropped: Family::default(),
+            waiting_for_ca: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,6 +183,16 @@ impl Metrics {
             "oldest_pending_csr_age_seconds",
             "Age of the oldest such CSR",
             metrics.oldest_pending_age.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not written (the decision stands and is in the log), by cause",
+            metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "csrs_waiting_for_ca",
+            "Approved CSRs waiting for their signer's CA to load (issued once it does)",
+            metrics.waiting_for_ca.clone(),
         );
         Metrics {
             registry,

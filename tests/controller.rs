@@ -57,6 +57,63 @@ async fn jane_is_approved_and_signed() {
     assert_eq!(decision["signer"], CLIENT_SIGNER);
     assert_eq!(decision["subject"], "CN=jane,O=developers");
     assert_eq!(decision["reason"], "AutoApprovedAllowList");
+
+    // From a certificate file to the line that issued it, as README's operator section says:
+    // openssl's serial and SHA-256 fingerprint are the line's fields, verbatim.
+    let file = h.dir.path().join("leaked.crt");
+    std::fs::write(&file, &cert).expect("cert file");
+    let file = file.display().to_string();
+    let said = String::from_utf8(openssl(&[
+        "x509",
+        "-in",
+        &file,
+        "-noout",
+        "-serial",
+        "-fingerprint",
+        "-sha256",
+    ]))
+    .expect("utf-8");
+    let serial = said
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .expect("serial");
+    let fingerprint = said
+        .lines()
+        .find_map(|l| l.split_once("Fingerprint=").map(|(_, f)| f))
+        .expect("fingerprint");
+    let issued_line = lines
+        .iter()
+        .find(|l| l["decision"] == "issued" && l["serial"] == serial)
+        .expect("the issued line, found by serial");
+    assert_eq!(issued_line["csr"], "jane");
+    assert_eq!(issued_line["sha256_fingerprint"], fingerprint);
+    assert_eq!(issued_line["requester"], "jane");
+    assert_eq!(issued_line["signer"], CLIENT_SIGNER);
+    assert_eq!(issued_line["subject"], "CN=jane,O=developers");
+    assert!(
+        issued_line["not_after"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    assert!(
+        issued_line["not_before"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    let ca_text = String::from_utf8(openssl(&[
+        "x509",
+        "-in",
+        &h.ca.0.display().to_string(),
+        "-noout",
+        "-ext",
+        "subjectKeyIdentifier",
+    ]))
+    .unwrap_or_default();
+    let ca_key_id = issued_line["ca_key_id"].as_str().expect("ca_key_id");
+    assert!(
+        ca_text.contains(ca_key_id) || text.contains(ca_key_id),
+        "the CA's key id {ca_key_id} is the certificate's AKI: {ca_text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -746,4 +803,144 @@ async fn kubelet_serving_waits_for_a_node_without_addresses_then_is_decided() {
         condition(&approved, "Approved").expect("approved")["reason"],
         "AutoApprovedKubeletServing"
     );
+}
+
+/// Any requester controls the text of its Event (the subject goes into the message): a subject
+/// of 30 long O values makes a message far over the API's 1024-byte limit. The Event is written
+/// cut to fit, with a marker, and the CSR is not looked at again; the log line keeps it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_text_over_the_apis_limit_is_cut_to_fit_and_written_once() {
+    let h = harness().await;
+    let long: Vec<String> = (0..30)
+        .map(|i| format!("/O=team-{i:02}-with-a-rather-long-organisation-name-for-the-limit"))
+        .collect();
+    let subject = format!("/CN=bob{}", long.concat());
+    h.create_client_csr("bob-token", "bob", &subject);
+    let controller = h.controller(&["--concurrency", "1"]);
+    h.server
+        .wait_for("bob's leave Event", |s| s.events_for("bob").len() == 1)
+        .await;
+    h.caught_up("marker").await;
+    let events = h.server.events_for("bob");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let note = events[0]["note"].as_str().expect("note");
+    assert!(note.len() <= 1024, "{} bytes", note.len());
+    assert!(
+        note.ends_with("the whole text is in csr-warden's log]"),
+        "{note}"
+    );
+    assert_eq!(events[0]["reason"], "NoMatchingRule");
+    let lines = controller.kill().await;
+    let about_bob = log_about(&lines, "bob");
+    let decided: Vec<_> = about_bob
+        .iter()
+        .filter(|l| l["decision"] == "leave")
+        .collect();
+    assert_eq!(
+        decided.len(),
+        1,
+        "decided once, not retried: {about_bob:#?}"
+    );
+    assert!(
+        decided[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.len() > 1024 && m.contains("team-29")),
+        "the log line keeps the whole text"
+    );
+}
+
+/// An Event the server refuses is not retried and never holds up or repeats the decision;
+/// one the server cannot take now is retried a bounded number of times, then dropped. Both are
+/// counted in csr_warden_events_dropped_total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_or_failing_events_are_dropped_and_counted_and_the_decisions_stand() {
+    use support::apiserver::ErrorFault;
+    let h = harness().await;
+    h.server.arm(|f| {
+        f.errors.push(ErrorFault::new(
+            Some(hyper::Method::POST),
+            "/events",
+            422,
+            1,
+        ))
+    });
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    let controller = h.controller(&["--concurrency", "1"]);
+    h.server
+        .wait_for("jane issued", |s| issued(s, "jane"))
+        .await;
+    controller
+        .wait_for_log("the refused Event dropped", |l| {
+            l["cause"] == "invalid" && l["csr"] == "jane"
+        })
+        .await;
+    h.server
+        .wait_for("jane's Issued Event", |s| {
+            s.events_for("jane").iter().any(|e| e["reason"] == "Issued")
+        })
+        .await;
+    // The server cannot take Events for a while: jane-2's approval Event is tried a few times,
+    // then dropped; jane-2 is approved and issued all the same.
+    h.server.arm(|f| {
+        f.errors.push(ErrorFault::new(
+            Some(hyper::Method::POST),
+            "/events",
+            503,
+            100,
+        ))
+    });
+    h.create_client_csr("jane-token", "jane-2", "/CN=jane/O=developers");
+    h.server
+        .wait_for("jane-2 issued", |s| issued(s, "jane-2"))
+        .await;
+    controller
+        .wait_for_logs("jane-2's two Events given up", 2, |l| {
+            l["cause"] == "unavailable" && l["csr"] == "jane-2"
+        })
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(
+            &metrics,
+            r#"csr_warden_events_dropped_total{cause="invalid"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sample(
+            &metrics,
+            r#"csr_warden_events_dropped_total{cause="unavailable"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    // A leave Event is the only word on a CSR left pending: a passing outage (here 6 refusals,
+    // more than one try's 4 attempts) is outlasted by trying the CSR again, boundedly.
+    h.server.arm(|f| {
+        f.errors.clear();
+        f.errors.push(ErrorFault::new(
+            Some(hyper::Method::POST),
+            "/events",
+            503,
+            6,
+        ))
+    });
+    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
+    h.server
+        .wait_for("bob's leave Event, in the end", |s| {
+            s.events_for("bob").len() == 1
+        })
+        .await;
+    let lines = controller.kill().await;
+    let bob: Vec<_> = log_about(&lines, "bob")
+        .into_iter()
+        .filter(|l| l["decision"] == "leave")
+        .collect();
+    assert_eq!(
+        bob.len(),
+        2,
+        "bob looked at again once for its Event: {bob:#?}"
+    );
+    assert_eq!(condition_types(&csr_state(&h.server, "jane")), ["Approved"]);
 }

@@ -193,9 +193,9 @@ async fn server_errors_and_throttling_on_every_kind_of_call() {
     let mut batch = Batch::new().await;
     batch.server.arm(|f| {
         errors(f, Some(Method::GET), "/certificatesigningrequests", 503, 2);
-        errors(f, Some(Method::PUT), "/approval", 500, 3);
-        errors(f, Some(Method::PUT), "/approval", 429, 2);
-        errors(f, Some(Method::PUT), "/status", 503, 3);
+        errors(f, Some(Method::PATCH), "/approval", 500, 3);
+        errors(f, Some(Method::PATCH), "/approval", 429, 2);
+        errors(f, Some(Method::PATCH), "/status", 503, 3);
         errors(f, Some(Method::POST), "/events", 500, 3);
         errors(f, Some(Method::POST), "/subjectaccessreviews", 500, 2);
     });

@@ -129,15 +129,69 @@ async fn readiness_fails_while_the_ca_is_missing() {
         body.contains("the CA of signer kubernetes.io/") && body.contains("is not loaded"),
         "{body}"
     );
-    // Approvals still happen; signing fails loudly, never silently.
+    // Approvals still happen. A CA of our own that is missing is our problem, not the
+    // requester's: jane stays approved (never Failed), with one Warning Event saying why.
     h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
-    h.server
-        .wait_for("jane failed", |s| has(s, "jane", "Failed"))
+    controller
+        .wait_for_log("jane waits for the CA", |l| {
+            l["csr"] == "jane" && l["decision"] == "waiting"
+        })
         .await;
     let csr = h.server.csr("jane").expect("jane");
+    assert_eq!(condition_types(&csr), ["Approved"]);
+    let warnings: Vec<_> = h
+        .server
+        .events()
+        .into_iter()
+        .filter(|e| e["regarding"]["name"] == "jane" && e["reason"] == "CAUnavailable")
+        .collect();
+    assert_eq!(warnings.len(), 1, "one Warning Event: {warnings:#?}");
+    let (_, metrics) = controller.http_get("/metrics").await;
     assert_eq!(
-        condition(&csr, "Failed").expect("failed")["reason"],
-        "CAUnavailable"
+        metric_sample(&metrics, "csr_warden_csrs_waiting_for_ca "),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// The CA's Secret mounted late (or a path fixed): every approved CSR that waited is issued
+/// within a reload interval, none is Failed, and the waiting gauge goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_csrs_waiting_for_a_missing_ca_are_issued_when_it_appears() {
+    let h = harness().await;
+    let late = (h.dir.path().join("late.crt"), h.dir.path().join("late.key"));
+    let controller = ControllerProcess::start(
+        &h.server,
+        h.dir.path(),
+        &late,
+        &["--reload-interval-ms", "100"],
+    );
+    controller.wait_synced().await;
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    controller
+        .wait_for_log("jane waits for the CA", |l| {
+            l["csr"] == "jane" && l["decision"] == "waiting"
+        })
+        .await;
+    std::fs::copy(&h.ca.0, &late.0).expect("CA cert");
+    std::fs::copy(&h.ca.1, &late.1).expect("CA key");
+    h.server
+        .wait_for("jane issued once the CA is there", |s| issued(s, "jane"))
+        .await;
+    let csr = h.server.csr("jane").expect("jane");
+    assert_eq!(condition_types(&csr), ["Approved"], "never Failed");
+    let cert = certificate_pem(&csr).expect("certificate");
+    assert!(openssl_verifies(h.dir.path(), &h.ca.0, &cert, "sslclient"));
+    controller
+        .wait_for_log("gauge back to 0", |l| {
+            l["csr"] == "jane" && l["decision"] == "issued"
+        })
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_csrs_waiting_for_ca "),
+        Some(0.0),
+        "{metrics}"
     );
 }
 

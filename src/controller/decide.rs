@@ -3,13 +3,13 @@
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use super::record::log_decision;
 use super::{
     APPROVED, Context, CsrState, DENIED, Error, MAX_CONFLICT_RETRIES, age_seconds, condition,
-    csr_state, is_conflict, kube_error,
+    csr_state, is_conflict, kube_error, status_patch,
 };
 use crate::metrics::DecisionLabels;
 use crate::policy::{self, Decision};
@@ -70,7 +70,12 @@ impl Context {
                 .push(condition(kind, reason, message));
             match self
                 .csrs
-                .replace_subresource("approval", &name, &PostParams::default(), &csr)
+                .patch_subresource(
+                    "approval",
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(status_patch(&csr, false)),
+                )
                 .await
             {
                 Ok(_) => {

@@ -66,7 +66,7 @@ pub enum Error {
     #[error("no system randomness for a certificate serial: {0}")]
     Randomness(String),
     #[error("could not record the Event saying why CSR {csr} is left pending; will retry")]
-    EventNotRecorded { csr: String },
+    EventUnavailable { csr: String },
     #[error("the facts for CSR {csr} are not to be had yet: {source}; will retry")]
     Facts {
         csr: String,
@@ -82,7 +82,7 @@ impl Error {
             Error::Kube { action, .. } => action,
             Error::TooManyConflicts { .. } => "conflicts",
             Error::Randomness(_) => "randomness",
-            Error::EventNotRecorded { .. } => "event",
+            Error::EventUnavailable { .. } => "event",
             Error::Facts {
                 source: FactsError::NotSynced(_),
                 ..
@@ -133,6 +133,8 @@ pub struct Context {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// Per CSR name: (uid, Event reason) last recorded for leaving it pending.
     left_pending: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    /// Approved CSRs (name → uid) waiting for their signer's CA; each has had its Warning Event.
+    waiting_for_ca: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Per CSR uid: its spec.request and what inspecting it found. spec is immutable, so each CSR
     /// is parsed and its signature verified once, not on every reconcile and again to sign it.
     inspected: std::sync::Mutex<std::collections::HashMap<String, Inspected>>,
@@ -231,6 +233,22 @@ fn condition(kind: &str, reason: &str, message: &str) -> CertificateSigningReque
     }
 }
 
+/// The merge patch that writes `csr`'s conditions (and, for /status, its certificate) and
+/// nothing else, on the condition that the CSR is still at the resourceVersion it was decided
+/// on (409 otherwise). The server applies it to its own copy, so annotations, labels and
+/// finalizers that our trimmed cache copy lacks are kept (a PUT would drop them).
+fn status_patch(csr: &CertificateSigningRequest, with_certificate: bool) -> serde_json::Value {
+    let status = csr.status.clone().unwrap_or_default();
+    let mut patch = serde_json::json!({
+        "metadata": {"resourceVersion": csr.metadata.resource_version},
+        "status": {"conditions": status.conditions.unwrap_or_default()},
+    });
+    if with_certificate && let Some(certificate) = status.certificate {
+        patch["status"]["certificate"] = serde_json::json!(certificate);
+    }
+    patch
+}
+
 fn subject_of(view: &CsrView) -> String {
     view.request
         .as_ref()
@@ -263,8 +281,19 @@ impl Context {
             settings,
             failures: Default::default(),
             left_pending: Default::default(),
+            waiting_for_ca: Default::default(),
             inspected: Default::default(),
         }
+    }
+
+    /// Consecutive failed reconciles of this CSR so far.
+    fn failures_of(&self, name: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The policy's view of `csr`, inspecting its request only the first time it is seen.
@@ -381,6 +410,7 @@ async fn watch_queue(
     loop {
         ticker.tick().await;
         ctx.forget_left_pending(|name| store.get(&ObjectRef::new(name)).is_some());
+        ctx.forget_waiting_for_ca(|name| store.get(&ObjectRef::new(name)).is_some());
         let cached_uids: std::collections::HashSet<String> = store
             .state()
             .iter()

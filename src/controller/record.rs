@@ -10,6 +10,43 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
 use super::{Context, EVENT_ATTEMPTS, Error, subject_of};
+use crate::metrics::EventDropLabels;
+
+/// What the API server accepts in an Event (events.k8s.io/v1 validation): note at most 1024
+/// bytes, reason and action at most 128.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+pub const EVENT_REASON_LIMIT: usize = 128;
+const CUT_MARKER: &str = " [... cut; the whole text is in csr-warden's log]";
+
+/// How many tries (each with its own few attempts, spaced by the CSR's backoff) a leave Event
+/// gets before it is dropped: enough to outlast a token rotation (kube-client re-reads the
+/// token file every minute).
+const LEAVE_EVENT_TRIES: u32 = 8;
+
+enum EventOutcome {
+    Written,
+    /// The server refused it as invalid: final.
+    Refused,
+    /// The server could not be reached or would not take it now.
+    Unavailable,
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, with a marker when cut.
+pub fn fit(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let marker = if limit > CUT_MARKER.len() * 2 {
+        CUT_MARKER
+    } else {
+        "..."
+    };
+    let mut end = limit.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &text[..end])
+}
 use crate::policy::{CsrView, Decision, Reason};
 
 impl Context {
@@ -45,15 +82,21 @@ impl Context {
             self.remember_left_pending(name, uid, said);
             return Ok(());
         }
-        // For a CSR left pending the Event is the only word on it: if it cannot be written,
-        // the CSR is looked at again later, after the usual backoff.
-        if !self
-            .event(csr, EventType::Normal, reason.as_str(), message, "Leave")
+        // For a CSR left pending the Event is the only word on it. One the server refuses is
+        // dropped at once (retrying cannot help, and any requester controls its text); one the
+        // server cannot take now (an outage, a token being rotated) is tried again with the
+        // CSR's backoff, a bounded number of times, then dropped. Either way it is counted.
+        match self
+            .try_event(csr, EventType::Normal, reason.as_str(), message, "Leave")
             .await
         {
-            return Err(Error::EventNotRecorded { csr: name });
+            EventOutcome::Written => self.remember_left_pending(name, uid, said),
+            EventOutcome::Refused => self.event_dropped("invalid"),
+            EventOutcome::Unavailable if self.failures_of(&name) + 1 < LEAVE_EVENT_TRIES => {
+                return Err(Error::EventUnavailable { csr: name });
+            }
+            EventOutcome::Unavailable => self.event_dropped("unavailable"),
         }
-        self.remember_left_pending(name, uid, said);
         Ok(())
     }
 
@@ -89,6 +132,8 @@ impl Context {
             .retain(|name, _| still_cached(name));
     }
 
+    /// Record a decision's Event; one that cannot be written is counted and left to the log
+    /// line: the decision stands.
     pub(super) async fn event(
         &self,
         csr: &CertificateSigningRequest,
@@ -96,33 +141,68 @@ impl Context {
         reason: &str,
         note: &str,
         action: &str,
-    ) -> bool {
-        let reason = self.event_reason(reason);
+    ) {
+        match self.try_event(csr, type_, reason, note, action).await {
+            EventOutcome::Written => {}
+            EventOutcome::Refused => self.event_dropped("invalid"),
+            EventOutcome::Unavailable => self.event_dropped("unavailable"),
+        }
+    }
+
+    fn event_dropped(&self, cause: &str) {
+        self.live
+            .metrics
+            .events_dropped
+            .get_or_create(&EventDropLabels {
+                cause: cause.to_owned(),
+            })
+            .inc();
+    }
+
+    async fn try_event(
+        &self,
+        csr: &CertificateSigningRequest,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+        action: &str,
+    ) -> EventOutcome {
+        // Within the API's limits, whatever the requester put in its subject: the full text is
+        // in the log line.
         let event = Event {
             type_,
-            reason,
-            note: Some(note.to_owned()),
-            action: action.to_owned(),
+            reason: fit(&self.event_reason(reason), EVENT_REASON_LIMIT),
+            note: Some(fit(note, EVENT_NOTE_LIMIT)),
+            action: fit(action, EVENT_REASON_LIMIT),
             secondary: None,
         };
-        // An Event that cannot be written must not undo a decision already made: retry a few
-        // times, then leave it to the log line.
+        // An Event that cannot be written must not undo, hold up or repeat a decision already
+        // made: a refusal is final, anything else is retried a few times; then the log line is
+        // the record.
         let reference = csr.object_ref(&());
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=EVENT_ATTEMPTS {
-            match self.recorder.publish(&event, &reference).await {
-                Ok(()) => return true,
-                Err(error) if attempt == EVENT_ATTEMPTS => {
-                    tracing::warn!(csr = %csr.name_any(), %error, "could not record Event; the decision stands and is in this log");
-                }
-                Err(error) => {
-                    tracing::debug!(csr = %csr.name_any(), %error, attempt, "Event write failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
+            let error = match self.recorder.publish(&event, &reference).await {
+                Ok(()) => return EventOutcome::Written,
+                Err(error) => error,
+            };
+            // 400 and 422: the server will never take this Event as it is.
+            let refused =
+                matches!(&error, kube::Error::Api(status) if matches!(status.code, 400 | 422));
+            if refused || attempt == EVENT_ATTEMPTS {
+                let cause = if refused { "invalid" } else { "unavailable" };
+                tracing::warn!(csr = %csr.name_any(), %error, cause, "could not record Event; the decision stands and is in this log");
+                return if refused {
+                    EventOutcome::Refused
+                } else {
+                    EventOutcome::Unavailable
+                };
             }
+            tracing::debug!(csr = %csr.name_any(), %error, attempt, "Event write failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
         }
-        false
+        EventOutcome::Unavailable
     }
 }
 

@@ -6,19 +6,33 @@ use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestStatus,
 };
 use kube::ResourceExt;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use super::{
     Context, CsrState, Error, FAILED, MAX_CONFLICT_RETRIES, age_seconds, condition, csr_state,
-    is_conflict, kube_error, subject_of,
+    is_conflict, kube_error, status_patch, subject_of,
 };
-use crate::issue::{ApprovedRequest, IssueError, issue};
+use crate::ca::fingerprint_sha256;
+use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, CsrView, Reason};
 
+/// What signing an approved CSR comes to.
+enum Signing {
+    /// The certificate, to write.
+    Issue(IssuedCertificate),
+    /// What is wrong with the request itself: a Failed condition, final.
+    Fail { reason: String, message: String },
+    /// What is wrong on our side (the signer's CA missing, unreadable, invalid or about to
+    /// expire): the CSR stays approved and is issued once the CA loads. Never Failed: the
+    /// requester did nothing wrong.
+    WaitForCa { message: String },
+}
+
 impl Context {
-    /// Sign an approved CSR, or mark it Failed with the reason it cannot be signed.
+    /// Sign an approved CSR, mark it Failed with the reason it cannot be signed, or leave it
+    /// approved until its signer's CA is there.
     pub(super) async fn sign_approved(
         &self,
         mut csr: CertificateSigningRequest,
@@ -31,14 +45,18 @@ impl Context {
         }
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = self.view(&csr);
-            let outcome = self.certificate_for(&view)?;
+            let outcome = self.signing(&view)?;
+            if let Signing::WaitForCa { message } = &outcome {
+                self.wait_for_ca(&csr, &view, message).await;
+                return Ok(());
+            }
             if self.settings.dry_run {
                 match &outcome {
-                    Ok(_) => {
-                        tracing::info!(csr = %name, signer = %view.signer_name, dry_run = true, "would issue certificate")
-                    }
-                    Err((reason, message)) => {
+                    Signing::Fail { reason, message } => {
                         tracing::warn!(csr = %name, signer = %view.signer_name, %reason, dry_run = true, "would fail the request: {message}")
+                    }
+                    _ => {
+                        tracing::info!(csr = %name, signer = %view.signer_name, dry_run = true, "would issue certificate")
                     }
                 }
                 return Ok(());
@@ -47,44 +65,29 @@ impl Context {
                 .status
                 .get_or_insert_with(CertificateSigningRequestStatus::default);
             match &outcome {
-                Ok(pem) => status.certificate = Some(ByteString(pem.clone().into_bytes())),
-                Err((reason, message)) => status
+                Signing::Issue(issued) => {
+                    status.certificate = Some(ByteString(issued.pem.clone().into_bytes()))
+                }
+                Signing::Fail { reason, message } => status
                     .conditions
                     .get_or_insert_with(Vec::new)
                     .push(condition(FAILED, reason, message)),
+                Signing::WaitForCa { .. } => {}
             }
             match self
                 .csrs
-                .replace_status(&name, &PostParams::default(), &csr)
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(status_patch(&csr, true)),
+                )
                 .await
             {
                 Ok(_) => {
+                    self.no_longer_waiting_for_ca(&name);
                     match outcome {
-                        Ok(_) => {
-                            self.live
-                                .metrics
-                                .certificates_issued
-                                .get_or_create(&SignerLabels {
-                                    signer: view.signer_name.clone(),
-                                })
-                                .inc();
-                            if let Some(age) = age_seconds(&csr) {
-                                self.live.metrics.seconds_to_certificate.observe(age);
-                            }
-                            tracing::info!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "issued", "certificate issued");
-                            self.event(
-                                &csr,
-                                EventType::Normal,
-                                "Issued",
-                                &format!(
-                                    "certificate issued by {}",
-                                    self.ca_subject(&view.signer_name)
-                                ),
-                                "Sign",
-                            )
-                            .await;
-                        }
-                        Err((reason, message)) => {
+                        Signing::Issue(issued) => self.issued(&csr, &view, &issued).await,
+                        Signing::Fail { reason, message } => {
                             self.live
                                 .metrics
                                 .issuance_failures
@@ -97,6 +100,7 @@ impl Context {
                             self.event(&csr, EventType::Warning, &reason, &message, "Sign")
                                 .await;
                         }
+                        Signing::WaitForCa { .. } => {}
                     }
                     return Ok(());
                 }
@@ -115,42 +119,138 @@ impl Context {
         Err(Error::TooManyConflicts { csr: name })
     }
 
-    fn ca_subject(&self, signer: &str) -> String {
+    /// The audit line of an issued certificate: what an operator holding a leaked certificate
+    /// finds it by (`openssl x509 -noout -serial -fingerprint -sha256`), and the Event.
+    async fn issued(
+        &self,
+        csr: &CertificateSigningRequest,
+        view: &CsrView,
+        issued: &IssuedCertificate,
+    ) {
         self.live
-            .ca_for(signer)
-            .as_ref()
-            .as_ref()
-            .map(|ca| ca.subject().to_owned())
-            .unwrap_or_default()
+            .metrics
+            .certificates_issued
+            .get_or_create(&SignerLabels {
+                signer: view.signer_name.clone(),
+            })
+            .inc();
+        if let Some(age) = age_seconds(csr) {
+            self.live.metrics.seconds_to_certificate.observe(age);
+        }
+        let ca = self.live.ca_for(&view.signer_name);
+        let (ca_subject, ca_key_id) = match ca.as_ref() {
+            Ok(ca) => (ca.subject().to_owned(), ca.key_id_hex()),
+            Err(_) => (String::new(), String::new()),
+        };
+        tracing::info!(
+            csr = %csr.name_any(),
+            requester = %view.requester.username,
+            groups = ?view.requester.groups,
+            signer = %view.signer_name,
+            subject = %subject_of(view),
+            decision = "issued",
+            serial = %issued.serial_hex,
+            sha256_fingerprint = %fingerprint_sha256(&issued.der),
+            not_before = %issued.not_before,
+            not_after = %issued.not_after,
+            ca_subject = %ca_subject,
+            ca_key_id = %ca_key_id,
+            "certificate issued"
+        );
+        self.event(
+            csr,
+            EventType::Normal,
+            "Issued",
+            &format!(
+                "certificate issued by {ca_subject}, serial {}, valid until {}",
+                issued.serial_hex, issued.not_after
+            ),
+            "Sign",
+        )
+        .await;
     }
 
-    /// The certificate PEM, or (reason, message) for the Failed condition.
-    fn certificate_for(&self, view: &CsrView) -> Result<Result<String, (String, String)>, Error> {
+    /// An approved CSR whose signer has no usable CA: counted, one Warning Event per CSR, and
+    /// issued when the CA loads (a CA reload looks at every cached CSR again).
+    async fn wait_for_ca(&self, csr: &CertificateSigningRequest, view: &CsrView, message: &str) {
+        let Some(uid) = csr.uid() else { return };
+        let first = {
+            let mut waiting = self
+                .waiting_for_ca
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let first = waiting.insert(view.name.clone(), uid.clone()).as_ref() != Some(&uid);
+            self.live
+                .metrics
+                .waiting_for_ca
+                .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+            first
+        };
+        if !first {
+            return;
+        }
+        tracing::warn!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(view), decision = "waiting", reason = CA_UNAVAILABLE, "approved, not issued yet: {message}");
+        if !self.settings.dry_run {
+            self.event(csr, EventType::Warning, CA_UNAVAILABLE, message, "Sign")
+                .await;
+        }
+    }
+
+    pub(super) fn no_longer_waiting_for_ca(&self, name: &str) {
+        let mut waiting = self
+            .waiting_for_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if waiting.remove(name).is_some() {
+            self.live
+                .metrics
+                .waiting_for_ca
+                .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Forget the CSRs no longer cached (issued, failed, deleted) among those waiting.
+    pub(super) fn forget_waiting_for_ca(&self, still_cached: impl Fn(&str) -> bool) {
+        let mut waiting = self
+            .waiting_for_ca
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|name, _| still_cached(name));
+        self.live
+            .metrics
+            .waiting_for_ca
+            .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+    }
+
+    /// What signing `view` comes to, with the signer's CA as it is now.
+    fn signing(&self, view: &CsrView) -> Result<Signing, Error> {
         let policy = self.live.policy();
         // Approved by a human or not, we never sign what the policy forbids.
         if let Some((reason, message)) = policy::signing_refusal(view, &policy) {
-            return Ok(Err((reason.as_str().to_owned(), message)));
+            return Ok(Signing::Fail {
+                reason: reason.as_str().to_owned(),
+                message,
+            });
         }
         let request = match &view.request {
             Ok(request) => request,
             Err(error) => {
-                return Ok(Err((
-                    Reason::InvalidRequest.as_str().to_owned(),
-                    error.to_string(),
-                )));
+                return Ok(Signing::Fail {
+                    reason: Reason::InvalidRequest.as_str().to_owned(),
+                    message: error.to_string(),
+                });
             }
         };
         let ca_slot = self.live.ca_for(&view.signer_name);
         let ca = match ca_slot.as_ref() {
             Ok(ca) => ca,
             Err(why) => {
-                return Ok(Err((
-                    "CAUnavailable".to_owned(),
-                    format!(
-                        "the CA of signer {} is not loaded: {why}; fix its Secret (it is reloaded) and ask for a new certificate",
+                return Ok(Signing::WaitForCa {
+                    message: format!(
+                        "the CA of signer {} is not loaded: {why}; the request stays approved and is issued as soon as the CA's Secret is mounted and valid (it is reloaded)",
                         view.signer_name
                     ),
-                )));
+                });
             }
         };
         let serial = crate::ca::random_serial().map_err(|e| Error::Randomness(e.to_string()))?;
@@ -160,14 +260,29 @@ impl Context {
             expiration_seconds: view.expiration_seconds,
             request,
         };
-        Ok(issue(
-            ca,
-            &approved,
-            policy.signing,
-            time::OffsetDateTime::now_utc(),
-            serial,
+        Ok(
+            match issue(
+                ca,
+                &approved,
+                policy.signing,
+                time::OffsetDateTime::now_utc(),
+                serial,
+            ) {
+                Ok(issued) => Signing::Issue(issued),
+                Err(error @ IssueError::CaExpiring { .. }) => Signing::WaitForCa {
+                    message: format!(
+                        "the CA of signer {} cannot sign: {error}; the request stays approved and is issued once the CA is rotated",
+                        view.signer_name
+                    ),
+                },
+                Err(error) => Signing::Fail {
+                    reason: error.reason().to_owned(),
+                    message: error.to_string(),
+                },
+            },
         )
-        .map(|issued| issued.pem)
-        .map_err(|error: IssueError| (error.reason().to_owned(), error.to_string())))
     }
 }
+
+/// The reason of the Warning Event of a CSR waiting for its CA.
+const CA_UNAVAILABLE: &str = "CAUnavailable";

@@ -77,8 +77,10 @@ pub struct IssuedCertificate {
     pub pem: String,
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
-    /// Lower-case hex, for logs.
+    /// Upper-case hex, as `openssl x509 -noout -serial` prints it: the audit line's key.
     pub serial_hex: String,
+    /// The certificate's DER (the PEM's content), for its fingerprint in the audit line.
+    pub der: Vec<u8>,
 }
 
 /// Issue a certificate for an approved request.
@@ -150,6 +152,7 @@ pub fn issue(
         not_before,
         not_after,
         serial_hex: hex(&serial),
+        der,
     })
 }
 
@@ -178,7 +181,7 @@ fn pem_certificate(der: &[u8]) -> Result<String, IssueError> {
 
 /// Lower-case hex (a `format!` per byte costs more than the rest of the certificate's DER).
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     bytes
         .iter()
         .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]])

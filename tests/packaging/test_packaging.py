@@ -276,8 +276,8 @@ def test_cluster_role_is_exactly_least_privilege():
              for r in role["rules"]}
     assert rules == {
         (("certificates.k8s.io",), ("certificatesigningrequests",), (), ("get", "list", "watch")),
-        (("certificates.k8s.io",), ("certificatesigningrequests/approval",), (), ("update",)),
-        (("certificates.k8s.io",), ("certificatesigningrequests/status",), (), ("update",)),
+        (("certificates.k8s.io",), ("certificatesigningrequests/approval",), (), ("update", "patch")),
+        (("certificates.k8s.io",), ("certificatesigningrequests/status",), (), ("update", "patch")),
         (("certificates.k8s.io",), ("signers",), ("kubernetes.io/kube-apiserver-client",
                                                   "kubernetes.io/kube-apiserver-client-kubelet",
                                                   "kubernetes.io/kubelet-serving"), ("approve",)),

@@ -114,6 +114,8 @@ struct State {
     history: Vec<WatchEvent>,
     events: Vec<Value>,
     nodes: BTreeMap<String, Value>,
+    /// Event creations that were valid (counted, so a test sees a retry loop as a number).
+    events_posted: usize,
     /// Service default/kubernetes and its EndpointSlices, by name.
     services: BTreeMap<String, Value>,
     endpoint_slices: BTreeMap<String, Value>,
@@ -588,6 +590,11 @@ impl FakeApiServer {
         self.state.lock().expect("state").max_csr_writes_in_flight
     }
 
+    /// Valid Event creations so far.
+    pub fn events_posted(&self) -> usize {
+        self.state.lock().expect("state").events_posted
+    }
+
     /// CSRs whose approval writes succeeded, in the order the server took them.
     pub fn approvals_in_order(&self) -> Vec<String> {
         self.state.lock().expect("state").approvals_in_order.clone()
@@ -1016,7 +1023,42 @@ async fn handle_authenticated(
                 serde_json::from_slice::<Value>(&body).map_err(|e| e.to_string())
             };
             match decoded {
-                Ok(update) => write_subresource(&shared, name, sub, update),
+                Ok(mut update) => {
+                    // As kube-apiserver's CSR strategies: a PUT to /approval or /status takes
+                    // metadata from the body, so what a client leaves out is gone. (Our
+                    // protobuf decoder reads no metadata: kubectl's bodies keep the stored one.)
+                    if body.starts_with(b"k8s\0") {
+                        update["metadata"]["__keep"] = json!(true);
+                    }
+                    write_subresource(&shared, name, sub, update)
+                }
+                Err(e) => status_error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+            }
+        }
+        (&Method::PATCH, [a, b, c, d, name, sub]) if [*a, *b, *c, *d] == CSRS => {
+            let merge = content_type.contains("merge-patch");
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(patch) if merge => {
+                    let current = shared.state.lock().expect("state").csrs.get(*name).cloned();
+                    match current {
+                        None => not_found("certificatesigningrequests", name),
+                        Some(mut update) => {
+                            merge_patch(&mut update, &patch);
+                            // A patch without a resourceVersion applies to whatever is stored.
+                            if patch["metadata"]["resourceVersion"].is_null() {
+                                update["metadata"]
+                                    .as_object_mut()
+                                    .map(|m| m.remove("resourceVersion"));
+                            }
+                            write_subresource(&shared, name, sub, update)
+                        }
+                    }
+                }
+                Ok(_) => status_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "the fake takes merge patches only",
+                ),
                 Err(e) => status_error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
             }
         }
@@ -1193,7 +1235,18 @@ async fn handle_authenticated(
             ],
         ) => {
             let mut event: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+            // events.k8s.io/v1 validation, as kube-apiserver has it (in bytes).
+            for (field, limit) in [("note", 1024), ("reason", 128), ("action", 128)] {
+                let length = event[field].as_str().map_or(0, str::len);
+                if length > limit {
+                    return invalid(&format!(
+                        "Event.events.k8s.io \"{}\" is invalid: {field}: Invalid value: \"\": can have at most {limit} characters",
+                        event["metadata"]["name"].as_str().unwrap_or_default()
+                    ));
+                }
+            }
             shared.mutate(|state| {
+                state.events_posted += 1;
                 state.rv += 1;
                 event["metadata"]["namespace"] = json!(namespace);
                 event["metadata"]["resourceVersion"] = json!(state.rv.to_string());
@@ -1672,6 +1725,18 @@ fn write_subresource_locked(
         return invalid("status.conditions: Approved and Denied conditions are mutually exclusive");
     }
     let mut next = current.clone();
+    if update["metadata"]["__keep"].is_null() {
+        for field in ["annotations", "labels", "finalizers"] {
+            match update["metadata"].get(field) {
+                Some(value) if !value.is_null() => next["metadata"][field] = value.clone(),
+                _ => {
+                    if let Some(metadata) = next["metadata"].as_object_mut() {
+                        metadata.remove(field);
+                    }
+                }
+            }
+        }
+    }
     match subresource {
         "approval" => {
             // Only Approved/Denied may change here.
@@ -2031,4 +2096,23 @@ fn list_or_watch_other(
         .headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
     response
+}
+
+/// RFC 7386 JSON merge patch: objects merge, null removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().expect("object");
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
