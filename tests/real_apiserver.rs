@@ -589,3 +589,288 @@ async fn with_only_the_manifests_rbac_every_request_is_allowed() {
         "the API server refused csr-warden: {refused:#?}"
     );
 }
+
+/// What the real server decides about bad input and our own faults: a CSR made with
+/// `kubectl apply` keeps its last-applied annotation through approval and issuance; a subject
+/// whose Event text is far over the server's 1024-byte limit gets its Event, cut; a signer
+/// whose CA is not mounted yet leaves its CSR approved, then issues it once the CA appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_a_missing_ca_never_cost_a_csr() {
+    let Some((plane, _turn)) = plane("bad_input_and_a_missing_ca_never_cost_a_csr").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = (dir.path().join("late.crt"), dir.path().join("late.key"));
+    let controller = ControllerProcess::start_with_kubeconfig(
+        dir.path(),
+        &ca,
+        &["--reload-interval-ms", "200"],
+        &plane.admin,
+    );
+    controller.wait_synced().await;
+
+    // kubectl apply, as jane: the annotation is the server's to keep.
+    let jane = openssl_csr(
+        dir.path(),
+        "jane",
+        KeyKind::P256,
+        "/CN=jane/O=developers",
+        None,
+        &[],
+    );
+    let object = csr_object("bad-jane", CLIENT_SIGNER, &["client auth"], &jane);
+    plane.kubectl(
+        &[
+            "apply",
+            "-f",
+            "-",
+            "--as",
+            "jane",
+            "--as-group",
+            "developers",
+        ],
+        Some(&object.to_string()),
+    );
+    // bob, on no allow-list, with 30 long O values.
+    let long: String = (0..30)
+        .map(|i| format!("/O=team-{i:02}-with-a-rather-long-organisation-name-for-the-limit"))
+        .collect();
+    let bob = openssl_csr(
+        dir.path(),
+        "bob",
+        KeyKind::P256,
+        &format!("/CN=bob{long}"),
+        None,
+        &[],
+    );
+    plane.create_as(
+        "bob",
+        &[],
+        &csr_object("bad-bob", CLIENT_SIGNER, &["client auth"], &bob),
+    );
+
+    controller
+        .wait_for_log("jane waits for the CA", |l| {
+            l["csr"] == "bad-jane" && l["decision"] == "waiting"
+        })
+        .await;
+    let approved = csr(plane, "bad-jane");
+    assert_eq!(
+        condition_types(&approved),
+        ["Approved"],
+        "approved, not Failed"
+    );
+    std::fs::copy(&plane.ca_cert, &ca.0).expect("CA cert");
+    std::fs::copy(&plane.ca_key, &ca.1).expect("CA key");
+    controller
+        .wait_for_log("jane issued once the CA is there", |l| {
+            l["csr"] == "bad-jane" && l["decision"] == "issued"
+        })
+        .await;
+    let issued = csr(plane, "bad-jane");
+    assert_eq!(condition_types(&issued), ["Approved"], "never Failed");
+    assert!(certificate_pem(&issued).is_some());
+    assert!(
+        issued["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string(),
+        "the annotation kubectl apply wrote is still there: {:#}",
+        issued["metadata"]
+    );
+
+    let events = plane.get(&[
+        "events",
+        "-n",
+        "default",
+        "--field-selector",
+        "involvedObject.name=bad-bob",
+    ]);
+    let notes: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "NoMatchingRule")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(notes.len(), 1, "bob's leave Event, once: {events:#}");
+    assert!(
+        notes[0].len() <= 1024 && notes[0].contains("cut"),
+        "{}",
+        notes[0]
+    );
+}
+
+/// The kubeadm recipe: csr-warden approves the kubelet signers (approve-only), the real
+/// kube-controller-manager's csrsigning issues them. Every CSR issued by it, none Failed, and
+/// csr-warden never writes status (the audit log says who wrote what).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeadm_recipe_approve_only_beside_kube_controller_managers_signer() {
+    let Some((plane, _turn)) =
+        plane("kubeadm_recipe_approve_only_beside_kube_controller_managers_signer").await
+    else {
+        return;
+    };
+    let Some(_kcm) = plane.controller_manager("csrsigning") else {
+        eprintln!("SKIPPED kubeadm recipe: the assets folder has no kube-controller-manager");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let policy = "signers:\n  - {name: kubernetes.io/kubelet-serving, role: approve}\n  - {name: kubernetes.io/kube-apiserver-client-kubelet, role: approve}\n";
+    let missing = (dir.path().join("none.crt"), dir.path().join("none.key"));
+    std::fs::write(dir.path().join("policy.yaml"), policy).expect("policy");
+    // csr-warden as its own ServiceAccount (the manifests' RBAC), so the audit log tells its
+    // writes from kube-controller-manager's (which runs as the admin here).
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    for file in [
+        "00-namespace.yaml",
+        "10-serviceaccount.yaml",
+        "20-rbac.yaml",
+    ] {
+        plane.kubectl(
+            &["apply", "-f", &manifests.join(file).display().to_string()],
+            None,
+        );
+    }
+    let token = plane.token("csr-warden", "csr-warden");
+    let kubeconfig = plane.token_kubeconfig(dir.path(), &token);
+    let controller =
+        ControllerProcess::start_with_kubeconfig(dir.path(), &missing, &[], &kubeconfig);
+    controller.wait_synced().await;
+    // Kubelet renewals (selfnodeclient, which the default roles bind to system:nodes only
+    // through kubeadm's binding) and serving requests of three nodes.
+    plane.kubectl(
+        &[
+            "create",
+            "clusterrolebinding",
+            "kubeadm-recipe-selfnodeclient",
+            "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "--group=system:nodes",
+        ],
+        None,
+    );
+    let nodes = ["ka-node-1", "ka-node-2", "ka-node-3"];
+    for (i, node) in nodes.iter().enumerate() {
+        let ip = format!("10.0.1.{}", i + 1);
+        plane.node(node, &[("InternalIP", ip.as_str()), ("Hostname", node)]);
+        serving_csr(
+            plane,
+            dir.path(),
+            &format!("{node}-serving"),
+            node,
+            &format!("DNS:{node},IP:{ip}"),
+            &["system:nodes"],
+        );
+        let pem = openssl_csr(
+            dir.path(),
+            &format!("{node}-client"),
+            KeyKind::P256,
+            &format!("/CN=system:node:{node}/O=system:nodes"),
+            None,
+            &[],
+        );
+        plane.create_as(
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            &csr_object(
+                &format!("{node}-client"),
+                KUBELET_CLIENT_SIGNER,
+                &["digital signature", "client auth"],
+                &pem,
+            ),
+        );
+    }
+    for node in nodes {
+        for kind in ["serving", "client"] {
+            let name = format!("{node}-{kind}");
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let (ok, _, _) = plane.try_kubectl(
+                    &[
+                        "wait",
+                        "--timeout=5s",
+                        "--for=jsonpath={.status.certificate}",
+                        &format!("csr/{name}"),
+                    ],
+                    None,
+                );
+                if ok {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{name} never issued: {:#}",
+                    csr(plane, &name)
+                );
+            }
+            let done = csr(plane, &name);
+            assert_eq!(
+                condition_types(&done),
+                ["Approved"],
+                "{name}: approved, never Failed"
+            );
+            let cert = certificate_pem(&done).expect("certificate");
+            assert!(
+                openssl_verifies(
+                    dir.path(),
+                    &plane.ca_cert,
+                    &cert,
+                    if kind == "serving" {
+                        "sslserver"
+                    } else {
+                        "sslclient"
+                    }
+                ),
+                "{name}"
+            );
+        }
+    }
+    let status_writers: Vec<String> = plane
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            e["objectRef"]["subresource"] == "status"
+                && e["objectRef"]["resource"] == "certificatesigningrequests"
+        })
+        .filter(|e| {
+            e["objectRef"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("ka-node-"))
+        })
+        .filter(|e| e["responseStatus"]["code"] == 200)
+        .map(|e| {
+            e["user"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(status_writers.len(), 6, "{status_writers:?}");
+    assert!(
+        status_writers.iter().all(|u| u == "kubernetes-admin"),
+        "kube-controller-manager issued every one, csr-warden none: {status_writers:?}"
+    );
+    let approvers: Vec<String> = plane
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["stage"] == "ResponseComplete" && e["responseStatus"]["code"] == 200)
+        .filter(|e| e["objectRef"]["subresource"] == "approval")
+        .filter(|e| {
+            e["objectRef"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("ka-node-"))
+        })
+        .map(|e| {
+            e["user"]["username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(approvers.len(), 6, "{approvers:?}");
+    assert!(
+        approvers
+            .iter()
+            .all(|u| u == "system:serviceaccount:csr-warden:csr-warden"),
+        "csr-warden approved every one: {approvers:?}"
+    );
+}
