@@ -24,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::policy::{AddressClaim, ClusterFacts, CsrView, FactsNeeded, NodeLookup, normalize_dns};
+use crate::request::{REQUEST_TIMEOUT, REVIEW_TIMEOUT, within};
 
 /// Where the API server's Service lives, in every cluster.
 const API_SERVER_NAMESPACE: &str = "default";
@@ -393,8 +394,7 @@ impl Facts {
         let mut all = Vec::new();
         let mut params = ListParams::default().limit(PAGE_SIZE);
         loop {
-            let page = nodes
-                .list(&params)
+            let page = within(REQUEST_TIMEOUT, nodes.list(&params))
                 .await
                 .map_err(|source| FactsError::Kube {
                     what: "list nodes",
@@ -408,8 +408,7 @@ impl Facts {
         }
         self.nodes.replace(all);
         let services: Api<Service> = Api::namespaced(self.client.clone(), API_SERVER_NAMESPACE);
-        let service = services
-            .get_opt(API_SERVER_SERVICE)
+        let service = within(REQUEST_TIMEOUT, services.get_opt(API_SERVER_SERVICE))
             .await
             .map_err(|source| FactsError::Kube {
                 what: "get service default/kubernetes",
@@ -417,11 +416,9 @@ impl Facts {
             })?;
         self.api_server.set_service(service.as_ref());
         let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), API_SERVER_NAMESPACE);
-        let listed = slices
-            .list(
-                &ListParams::default()
-                    .labels(&format!("{SERVICE_NAME_LABEL}={API_SERVER_SERVICE}")),
-            )
+        let selector =
+            ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={API_SERVER_SERVICE}"));
+        let listed = within(REQUEST_TIMEOUT, slices.list(&selector))
             .await
             .map_err(|source| FactsError::Kube {
                 what: "list endpointslices in default",
@@ -450,13 +447,15 @@ impl Facts {
             ..Default::default()
         };
         let reviews: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|source| FactsError::Kube {
-                what: "create a subjectaccessreview",
-                source,
-            })?;
+        let answer = within(
+            REVIEW_TIMEOUT,
+            reviews.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|source| FactsError::Kube {
+            what: "create a subjectaccessreview",
+            source,
+        })?;
         Ok(answer.status.is_some_and(|s| s.allowed))
     }
 }

@@ -22,4 +22,5 @@ pub mod leader;
 pub mod live;
 pub mod metrics;
 pub mod policy;
+pub mod request;
 pub mod telemetry;

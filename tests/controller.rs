@@ -944,3 +944,51 @@ async fn refused_or_failing_events_are_dropped_and_counted_and_the_decisions_sta
     );
     assert_eq!(condition_types(&csr_state(&h.server, "jane")), ["Approved"]);
 }
+
+/// SubjectAccessReviews that hang must not hold up a CSR that needs none: while 12 bootstrap
+/// kubelet CSRs wait for their reviews, jane's allow-listed CSR is issued; once the reviews
+/// answer again, the kubelet CSRs (whose hung reviews timed out) are approved too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_reviews_hold_up_only_the_csrs_that_wait_for_them() {
+    let h = harness().await;
+    h.server.allow_sar("system:bootstrappers", "nodeclient");
+    h.server
+        .arm(|f| f.slow_reviews = std::time::Duration::from_secs(3600));
+    let nodes: Vec<String> = (0..12).map(|i| format!("boot-{i:02}")).collect();
+    for node in &nodes {
+        h.create_bootstrap_client_csr(&format!("node-csr-{node}"), node);
+    }
+    let controller = h.controller(&[]);
+    controller.wait_synced().await;
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    h.server
+        .wait_for("jane issued while the reviews hang", |s| issued(s, "jane"))
+        .await;
+    let decided: Vec<&String> = nodes
+        .iter()
+        .filter(|n| !condition_types(&csr_state(&h.server, &format!("node-csr-{n}"))).is_empty())
+        .collect();
+    assert!(
+        decided.is_empty(),
+        "no review has answered yet: {decided:?}"
+    );
+    h.server.arm(|f| f.slow_reviews = std::time::Duration::ZERO);
+    h.server
+        .wait_for_within(
+            "every kubelet CSR approved once the reviews answer",
+            std::time::Duration::from_secs(120),
+            |s| {
+                nodes
+                    .iter()
+                    .all(|n| has(s, &format!("node-csr-{n}"), "Approved"))
+            },
+        )
+        .await;
+    let lines = controller.kill().await;
+    assert!(
+        lines.iter().any(|l| l["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer within"))),
+        "the hung reviews timed out"
+    );
+}

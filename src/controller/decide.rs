@@ -13,6 +13,7 @@ use super::{
 };
 use crate::metrics::DecisionLabels;
 use crate::policy::{self, Decision};
+use crate::request::{REQUEST_TIMEOUT, within};
 
 impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
@@ -68,16 +69,12 @@ impl Context {
                 .conditions
                 .get_or_insert_with(Vec::new)
                 .push(condition(kind, reason, message));
-            match self
+            let patch = Patch::Merge(status_patch(&csr, false));
+            let params = PatchParams::default();
+            let write = self
                 .csrs
-                .patch_subresource(
-                    "approval",
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(status_patch(&csr, false)),
-                )
-                .await
-            {
+                .patch_subresource("approval", &name, &params, &patch);
+            match within(REQUEST_TIMEOUT, write).await {
                 Ok(_) => {
                     // Metrics first: once the log line is out, /metrics already shows it.
                     self.live.metrics.decisions.get_or_create(&counted).inc();

@@ -36,6 +36,7 @@ use crate::inspect::{CertificateRequest, InspectError, inspect};
 use crate::live::Live;
 use crate::metrics::ErrorLabels;
 use crate::policy::{CsrView, Requester};
+use crate::request::{REQUEST_TIMEOUT, within};
 
 /// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
 const MAX_CONFLICT_RETRIES: usize = 5;
@@ -335,8 +336,7 @@ impl Context {
     }
 
     async fn get(&self, name: &str) -> Result<Option<CertificateSigningRequest>, Error> {
-        self.csrs
-            .get_opt(name)
+        within(REQUEST_TIMEOUT, self.csrs.get_opt(name))
             .await
             .map_err(kube_error("get csr", name))
     }
@@ -476,8 +476,13 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         live.clone(),
         resync_interval,
     ));
+    // SubjectAccessReviews get their own workers, half as many: a slow or hanging review holds
+    // up only the kubelet client CSRs that wait for one.
+    let reviewers = (concurrency / 2).max(1);
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| tokio::spawn(work::work_forever(work.clone(), ctx.clone())))
+        .map(|_| work::Lane::Main)
+        .chain((0..reviewers).map(|_| work::Lane::Reviews))
+        .map(|lane| tokio::spawn(work::work_forever(work.clone(), ctx.clone(), lane)))
         .collect();
 
     shutdown_signal().await;

@@ -11,6 +11,7 @@ use kube::{Resource, ResourceExt};
 
 use super::{Context, EVENT_ATTEMPTS, Error, subject_of};
 use crate::metrics::EventDropLabels;
+use crate::request::{REQUEST_TIMEOUT, within};
 
 /// What the API server accepts in an Event (events.k8s.io/v1 validation): note at most 1024
 /// bytes, reason and action at most 128.
@@ -115,7 +116,7 @@ impl Context {
         let params = ListParams::default()
             .fields(&format!("involvedObject.uid={uid},reason={reason}"))
             .limit(1);
-        match events.list(&params).await {
+        match within(REQUEST_TIMEOUT, events.list(&params)).await {
             Ok(list) => !list.items.is_empty(),
             Err(error) => {
                 tracing::debug!(%error, "could not read existing Events; recording the reason again");
@@ -182,7 +183,8 @@ impl Context {
         let reference = csr.object_ref(&());
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=EVENT_ATTEMPTS {
-            let error = match self.recorder.publish(&event, &reference).await {
+            let publish = self.recorder.publish(&event, &reference);
+            let error = match within(REQUEST_TIMEOUT, publish).await {
                 Ok(()) => return EventOutcome::Written,
                 Err(error) => error,
             };

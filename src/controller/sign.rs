@@ -17,6 +17,7 @@ use crate::ca::fingerprint_sha256;
 use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, CsrView, Reason};
+use crate::request::{REQUEST_TIMEOUT, within};
 
 /// What signing an approved CSR comes to.
 enum Signing {
@@ -74,15 +75,10 @@ impl Context {
                     .push(condition(FAILED, reason, message)),
                 Signing::WaitForCa { .. } => {}
             }
-            match self
-                .csrs
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(status_patch(&csr, true)),
-                )
-                .await
-            {
+            let patch = Patch::Merge(status_patch(&csr, true));
+            let params = PatchParams::default();
+            let write = self.csrs.patch_status(&name, &params, &patch);
+            match within(REQUEST_TIMEOUT, write).await {
                 Ok(_) => {
                     self.no_longer_waiting_for_ca(&name);
                     match outcome {

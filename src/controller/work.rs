@@ -1,6 +1,11 @@
-//! The workers: a fixed number of tasks, each taking the next CSR from the [`WorkQueue`] and
-//! reconciling it. The number bounds the requests csr-warden has in flight (and so the
+//! The workers: a fixed number of tasks, each taking the next CSR from the [`WorkQueue`] of its
+//! lane and reconciling it. The numbers bound the requests csr-warden has in flight (and so the
 //! connections it holds to the API server), however large the backlog.
+//!
+//! Two lanes, so that a slow answer never holds up a CSR that does not need it: kubelet client
+//! CSRs, whose decision waits on SubjectAccessReviews, have workers of their own; everything else
+//! (allow-listed users, kubelet serving requests decided from the Node index, signing) never
+//! queues behind them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,19 +19,39 @@ use super::queue::{Placement, WorkQueue};
 use super::{Context, reconcile, retry_delay};
 use crate::facts::NodeChange;
 use crate::live::Live;
-use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_SERVING};
+use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
 
 /// The queue shared by the watch, the resync and the workers.
 pub struct Work {
     store: Store<CertificateSigningRequest>,
     live: Arc<Live>,
     state: Mutex<State>,
-    wake: Notify,
+    /// One per lane: a wake-up for one lane's workers is never taken by the other's.
+    wake: [Notify; 2],
+}
+
+/// Which workers take a CSR. Fixed by its signer, so one CSR is never in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Everything that needs no SubjectAccessReview.
+    Main = 0,
+    /// Kubelet client CSRs: each decision waits on SubjectAccessReviews.
+    Reviews = 1,
+}
+
+impl Lane {
+    pub fn of(csr: &CertificateSigningRequest) -> Lane {
+        if csr.spec.signer_name == SIGNER_KUBELET_CLIENT {
+            Lane::Reviews
+        } else {
+            Lane::Main
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
-    queue: WorkQueue,
+    queues: [WorkQueue; 2],
     /// Fresh copies the resync fetched of CSRs the cache missed or holds stale: used instead
     /// of the cached copy for their next reconcile.
     fresh: HashMap<String, Arc<CertificateSigningRequest>>,
@@ -52,7 +77,7 @@ impl Work {
             store,
             live,
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            wake: [Notify::new(), Notify::new()],
         }
     }
 
@@ -65,8 +90,9 @@ impl Work {
         if !self.wanted(csr) {
             return;
         }
-        self.lock().queue.add(&csr.name_any(), placement(csr));
-        self.wake.notify_one();
+        let lane = Lane::of(csr);
+        self.lock().queues[lane as usize].add(&csr.name_any(), placement(csr));
+        self.wake[lane as usize].notify_one();
     }
 
     /// Queue every CSR in `csrs` that needs work, oldest first.
@@ -76,11 +102,13 @@ impl Work {
         {
             let mut state = self.lock();
             for csr in &csrs {
-                state.queue.add(&csr.name_any(), placement(csr));
+                state.queues[Lane::of(csr) as usize].add(&csr.name_any(), placement(csr));
             }
         }
-        self.wake.notify_waiters();
-        self.wake.notify_one();
+        for wake in &self.wake {
+            wake.notify_waiters();
+            wake.notify_one();
+        }
     }
 
     /// Queue the kubelet serving CSRs that a change of Node addresses concerns: those of that
@@ -115,23 +143,26 @@ impl Work {
     pub fn offer_fresh(&self, csr: CertificateSigningRequest) {
         let name = csr.name_any();
         let placement = placement(&csr);
+        let lane = Lane::of(&csr);
         {
             let mut state = self.lock();
             state.fresh.insert(name.clone(), Arc::new(csr));
-            state.queue.add(&name, placement);
+            state.queues[lane as usize].add(&name, placement);
         }
-        self.wake.notify_one();
+        self.wake[lane as usize].notify_one();
     }
 
     /// The CSR is queued, being worked, or has a fresh copy waiting.
     pub fn holds(&self, name: &str) -> bool {
         let state = self.lock();
-        state.queue.holds(name) || state.fresh.contains_key(name)
+        state.queues.iter().any(|q| q.holds(name)) || state.fresh.contains_key(name)
     }
 
     pub fn forget(&self, name: &str) {
         let mut state = self.lock();
-        state.queue.forget(name);
+        for queue in &mut state.queues {
+            queue.forget(name);
+        }
         state.fresh.remove(name);
     }
 
@@ -142,21 +173,23 @@ impl Work {
     /// Stop handing out work; workers finish the CSR they hold and return.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.wake.notify_waiters();
+        for wake in &self.wake {
+            wake.notify_waiters();
+        }
     }
 
-    /// The next CSR to reconcile, with the copy to reconcile; None once closed.
-    async fn take(&self) -> Option<(String, Option<Arc<CertificateSigningRequest>>)> {
+    /// The next CSR of `lane` to reconcile, with the copy to reconcile; None once closed.
+    async fn take(&self, lane: Lane) -> Option<(String, Option<Arc<CertificateSigningRequest>>)> {
         loop {
             // Register for a wake-up before looking, so a notify between the look and the
             // wait is not lost.
-            let woken = self.wake.notified();
+            let woken = self.wake[lane as usize].notified();
             {
                 let mut state = self.lock();
                 if state.closed {
                     return None;
                 }
-                if let Some(name) = state.queue.take() {
+                if let Some(name) = state.queues[lane as usize].take() {
                     let copy = state
                         .fresh
                         .remove(&name)
@@ -168,22 +201,25 @@ impl Work {
         }
     }
 
-    fn done(&self, name: &str) {
-        self.lock().queue.done(name);
-        self.wake.notify_one();
+    fn done(&self, lane: Lane, name: &str) {
+        self.lock().queues[lane as usize].done(name);
+        self.wake[lane as usize].notify_one();
     }
 
     /// CSRs waiting for a worker and CSRs being worked, for the metrics and tests.
     pub fn sizes(&self) -> (usize, usize) {
         let state = self.lock();
-        (state.queue.waiting(), state.queue.working())
+        (
+            state.queues.iter().map(WorkQueue::waiting).sum(),
+            state.queues.iter().map(WorkQueue::working).sum(),
+        )
     }
 }
 
 /// One worker: take, reconcile, repeat. A failed CSR is queued again after its backoff; the
 /// worker moves on to the next one meanwhile.
-pub async fn work_forever(work: Arc<Work>, ctx: Arc<Context>) {
-    while let Some((name, copy)) = work.take().await {
+pub async fn work_forever(work: Arc<Work>, ctx: Arc<Context>, lane: Lane) {
+    while let Some((name, copy)) = work.take(lane).await {
         // Gone from the cache: deleted; nothing to do.
         if let Some(csr) = copy {
             match reconcile(csr.clone(), &ctx).await {
@@ -206,6 +242,6 @@ pub async fn work_forever(work: Arc<Work>, ctx: Arc<Context>) {
                 }
             }
         }
-        work.done(&name);
+        work.done(lane, &name);
     }
 }

@@ -80,6 +80,9 @@ pub struct Faults {
     /// The next N watch requests are answered and then stay silent forever (a half-open
     /// connection): no events, no bookmarks, no end.
     pub stall_watches: usize,
+    /// SubjectAccessReviews are answered only after this long (an overloaded authorizer or
+    /// webhook).
+    pub slow_reviews: Duration,
     /// The next N CSR creations reach no watcher (as if the watch had dropped them): only a
     /// fresh list shows them.
     pub hide_creations: usize,
@@ -1063,6 +1066,10 @@ async fn handle_authenticated(
             }
         }
         (&Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
+            let slow = shared.state.lock().expect("state").faults.slow_reviews;
+            if !slow.is_zero() {
+                tokio::time::sleep(slow).await;
+            }
             let mut review: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
             let spec = &review["spec"];
             let subresource = spec["resourceAttributes"]["subresource"]
