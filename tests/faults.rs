@@ -434,3 +434,72 @@ async fn resource_versions_going_back_make_the_watch_relist() {
         })
         .await;
 }
+
+/// The resync replaces: a cached CSR whose deletion the watch never delivered is dropped from
+/// the cache once a fresh list shows it gone, and the pending gauge no longer counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_drops_a_csr_whose_deletion_the_watch_missed() {
+    let h = harness().await;
+    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
+    let controller = h.controller(&["--resync-interval-seconds", "1"]);
+    controller
+        .wait_for_log("bob left pending", |l| {
+            l["csr"] == "bob" && l["decision"] == "leave"
+        })
+        .await;
+    h.server.arm(|f| f.hide_deletions = 1);
+    h.server.delete_csr("bob");
+    controller
+        .wait_for_log("the resync drops bob", |l| {
+            l["csr"] == "bob"
+                && l["message"]
+                    == "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache"
+        })
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// A CSR found by the resync (the watch never delivered it) whose first try fails is retried
+/// from the copy the resync read, not dropped until the next resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_the_resync_found_is_not_lost_when_its_first_try_fails() {
+    let h = harness().await;
+    let controller = h.controller(&["--resync-interval-seconds", "2"]);
+    controller.wait_synced().await;
+    h.server.arm(|f| {
+        f.hide_creations = 1;
+        f.errors
+            .push(ErrorFault::new(Some(Method::PATCH), "/approval", 500, 1));
+    });
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    controller
+        .wait_for_log("the resync finds jane", |l| {
+            l["csr"] == "jane"
+                && l["message"] == "the CSR watch missed this CSR; handling it from a fresh read"
+        })
+        .await;
+    controller
+        .wait_for_log("jane's first try fails", |l| {
+            l["csr"] == "jane" && l["message"] == "reconcile failed; retrying"
+        })
+        .await;
+    h.server
+        .wait_for("jane issued on the retry, before another resync", |s| {
+            issued(s, "jane")
+        })
+        .await;
+    let lines = controller.kill().await;
+    let found = lines
+        .iter()
+        .filter(|l| l["message"] == "the CSR watch missed this CSR; handling it from a fresh read")
+        .count();
+    assert_eq!(
+        found, 1,
+        "the retry, not a second resync, brought jane through"
+    );
+}

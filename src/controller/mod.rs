@@ -34,16 +34,11 @@ use kube::{Client, ResourceExt};
 use crate::facts::{Facts, FactsError, NodeChange};
 use crate::inspect::{CertificateRequest, InspectError, inspect};
 use crate::live::Live;
-use crate::metrics::ErrorLabels;
 use crate::policy::{CsrView, Requester};
 use crate::request::{REQUEST_TIMEOUT, within};
 
 /// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
 const MAX_CONFLICT_RETRIES: usize = 5;
-/// Retry delay after an API error (429, 5xx, network) on one CSR: doubles from the first to the
-/// last, per CSR, and resets when that CSR next succeeds. The controller never gives up.
-const FIRST_RETRY: Duration = Duration::from_millis(500);
-const LAST_RETRY: Duration = Duration::from_secs(60);
 /// Attempts at writing one Event before it is given up (the decision is in the log regardless).
 const EVENT_ATTEMPTS: u32 = 4;
 
@@ -130,8 +125,8 @@ pub struct Context {
     recorder: Recorder,
     live: Arc<Live>,
     settings: Settings,
-    /// Consecutive failures per CSR, for the retry backoff.
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// The work queue, for what a reconcile needs to know of its CSR's retries.
+    work: Arc<work::Work>,
     /// Per CSR name: (uid, Event reason) last recorded for leaving it pending.
     left_pending: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
     /// Approved CSRs (name → uid) waiting for their signer's CA; each has had its Warning Event.
@@ -265,7 +260,13 @@ fn age_seconds(csr: &CertificateSigningRequest) -> Option<f64> {
 }
 
 impl Context {
-    pub fn new(client: Client, live: Arc<Live>, settings: Settings, facts: Facts) -> Self {
+    pub fn new(
+        client: Client,
+        live: Arc<Live>,
+        settings: Settings,
+        facts: Facts,
+        work: Arc<work::Work>,
+    ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -280,7 +281,7 @@ impl Context {
             recorder,
             live,
             settings,
-            failures: Default::default(),
+            work,
             left_pending: Default::default(),
             waiting_for_ca: Default::default(),
             inspected: Default::default(),
@@ -289,12 +290,7 @@ impl Context {
 
     /// Consecutive failed reconciles of this CSR so far.
     fn failures_of(&self, name: &str) -> u32 {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        self.work.failures_of(name)
     }
 
     /// The policy's view of `csr`, inspecting its request only the first time it is seen.
@@ -376,29 +372,6 @@ pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Re
     }
 }
 
-/// After a failed reconcile of `name`: how long until it is tried again (doubling per
-/// consecutive failure of that CSR, capped), with the warning and the metric.
-fn retry_delay(ctx: &Context, name: &str, error: &Error) -> Duration {
-    let failures = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let count = failures.entry(name.to_owned()).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    };
-    let delay = FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(LAST_RETRY);
-    tracing::warn!(csr = %name, error = %error, kind = error.label(), failures, retry_in = ?delay, "reconcile failed; retrying");
-    ctx.live
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: error.label().to_owned(),
-        })
-        .inc();
-    delay
-}
-
 /// Keep the pending-CSR gauges current: operators alert on a growing queue or an old request.
 async fn watch_queue(
     store: Store<CertificateSigningRequest>,
@@ -454,7 +427,14 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
             }
         }
     });
-    let ctx = Arc::new(Context::new(client, live.clone(), settings, facts));
+    let ctx = Arc::new(Context::new(
+        client,
+        live.clone(),
+        settings,
+        facts,
+        work.clone(),
+    ));
+    let retrying = tokio::spawn(work::retry_forever(work.clone()));
 
     tokio::spawn(watch_queue(
         store.clone(),
@@ -462,12 +442,14 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         ctx.clone(),
         live.clone(),
     ));
+    let (stale_tx, stale_rx) = tokio::sync::mpsc::unbounded_channel();
     let watching = tokio::spawn(watch::watch_forever(
         csrs.clone(),
         writer,
         work.clone(),
         live.clone(),
         watch_timeout,
+        stale_rx,
     ));
     let resyncing = tokio::spawn(watch::resync_forever(
         csrs,
@@ -475,6 +457,7 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         work.clone(),
         live.clone(),
         resync_interval,
+        stale_tx,
     ));
     // SubjectAccessReviews get their own workers, half as many: a slow or hanging review holds
     // up only the kubelet client CSRs that wait for one.
@@ -489,6 +472,7 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     tracing::info!("shutting down: finishing the CSRs in hand");
     watching.abort();
     resyncing.abort();
+    retrying.abort();
     work.close();
     for worker in workers {
         let _ = worker.await;

@@ -29,6 +29,7 @@ use super::work::Work;
 use super::{CsrState, csr_state};
 use crate::live::Live;
 use crate::policy::SignerRole;
+use crate::request::{REQUEST_TIMEOUT, within};
 
 /// How long the resync lets the watch catch up before it calls a difference a miss.
 const RESYNC_GRACE: Duration = Duration::from_secs(2);
@@ -75,6 +76,7 @@ pub async fn watch_forever(
     work: Arc<Work>,
     live: Arc<Live>,
     timeout_seconds: u32,
+    mut stale: tokio::sync::mpsc::UnboundedReceiver<Arc<CertificateSigningRequest>>,
 ) {
     let mut recheck = live.recheck_events();
     let roles_of = |live: &Live| -> Vec<(String, SignerRole)> {
@@ -112,6 +114,11 @@ pub async fn watch_forever(
                     }
                     None => break,
                 },
+                // Cached CSRs the resync found gone or finished: out of the cache.
+                Some(csr) = stale.recv() => {
+                    work.forget(&csr.name_any());
+                    writer.apply_watcher_event(&watcher::Event::Delete((*csr).clone()));
+                }
                 changed = recheck.changed() => {
                     if changed.is_err() {
                         return;
@@ -183,8 +190,10 @@ fn apply(
                 tracing::info!("watch synced; deciding CSRs");
                 live.set_synced();
             }
-            // Everything the list brought is in the cache now.
+            // Everything the list brought is in the cache now, and the server answers again:
+            // what failed for want of a connection need not sit out its backoff.
             work.offer_everything();
+            work.retry_connection_failures_now();
         }
         watcher::Event::Apply(mut csr) if wanted(&csr, live) => {
             trim_for_cache(&mut csr);
@@ -214,6 +223,7 @@ pub async fn resync_forever(
     work: Arc<Work>,
     live: Arc<Live>,
     interval: Duration,
+    stale: tokio::sync::mpsc::UnboundedSender<Arc<CertificateSigningRequest>>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,7 +234,7 @@ pub async fn resync_forever(
         if !live.is_leader() || !live.is_synced() {
             continue;
         }
-        match resync_once(&api, &store, &work, &live).await {
+        match resync_once(&api, &store, &work, &live, &stale).await {
             Ok(0) => tracing::debug!("resync: the watch's cache is complete"),
             Ok(recovered) => {
                 tracing::warn!(
@@ -248,26 +258,44 @@ async fn resync_once(
     store: &Store<CertificateSigningRequest>,
     work: &Work,
     live: &Live,
+    stale: &tokio::sync::mpsc::UnboundedSender<Arc<CertificateSigningRequest>>,
 ) -> Result<usize, kube::Error> {
     // CSRs needing work whose cached copy differs from the server's, with the cached
-    // resourceVersion at the time.
+    // resourceVersion at the time; and every CSR listed with work left.
     let mut suspects = Vec::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api.list(&params).await?;
-        for csr in page.items.iter().filter(|c| wanted(c, live)) {
-            let cached = rv_of(store.get(&ObjectRef::from_obj(csr)).as_ref());
-            if cached != csr.resource_version() {
-                suspects.push((csr.name_any(), cached));
+    let mut listed = std::collections::HashSet::new();
+    // Only our signers, each with its own paged list: cheap however many CSRs other signers
+    // (or finished ones of ours) there are.
+    let signers: Vec<String> = live.policy().signer_names.iter().cloned().collect();
+    for signer in signers {
+        let mut params = ListParams::default()
+            .fields(&format!("spec.signerName={signer}"))
+            .limit(PAGE_SIZE);
+        loop {
+            let page = within(REQUEST_TIMEOUT, api.list(&params)).await?;
+            for csr in page.items.iter().filter(|c| wanted(c, live)) {
+                listed.insert(csr.name_any());
+                let cached = rv_of(store.get(&ObjectRef::from_obj(csr)).as_ref());
+                if cached != csr.resource_version() {
+                    suspects.push((csr.name_any(), cached));
+                }
             }
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params.continue_token = Some(token),
-            None => break,
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => break,
+            }
         }
     }
     live.metrics.resyncs.inc();
-    if suspects.is_empty() {
+    // Cached, but not listed with work left: deleted or finished while the watch was not
+    // looking. Checked one by one below, after the grace.
+    let leftovers: Vec<(String, Option<String>)> = store
+        .state()
+        .iter()
+        .filter(|csr| !listed.contains(&csr.name_any()))
+        .map(|csr| (csr.name_any(), csr.resource_version()))
+        .collect();
+    if suspects.is_empty() && leftovers.is_empty() {
         return Ok(0);
     }
     // A difference may be an event still on its way (or our own write the list predates):
@@ -280,7 +308,7 @@ async fn resync_once(
         if cached_now != cached_then {
             continue; // the watch delivered something for it meanwhile: it is alive
         }
-        let Some(fresh) = api.get_opt(&name).await? else {
+        let Some(fresh) = within(REQUEST_TIMEOUT, api.get_opt(&name)).await? else {
             continue;
         };
         // Already in hand (queued or being worked): not missed.
@@ -291,6 +319,24 @@ async fn resync_once(
         live.metrics.resync_recovered.inc();
         tracing::warn!(csr = %name, cached = ?cached_now, server = ?fresh.resource_version(), "the CSR watch missed this CSR; handling it from a fresh read");
         work.offer_fresh(fresh);
+    }
+    // The cache holds what the server has with work left, nothing more.
+    for (name, cached_then) in leftovers {
+        let key = ObjectRef::<CertificateSigningRequest>::new(&name);
+        let Some(cached) = store.get(&key) else {
+            continue;
+        };
+        if cached.resource_version() != cached_then {
+            continue; // the watch delivered something for it meanwhile
+        }
+        let fresh = within(REQUEST_TIMEOUT, api.get_opt(&name)).await?;
+        if fresh.as_ref().is_some_and(|f| wanted(f, live)) {
+            continue;
+        }
+        recovered += 1;
+        live.metrics.resync_recovered.inc();
+        tracing::warn!(csr = %name, "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache");
+        let _ = stale.send(cached);
     }
     Ok(recovered)
 }

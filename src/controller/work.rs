@@ -7,8 +7,9 @@
 //! (allow-listed users, kubelet serving requests decided from the Node index, signing) never
 //! queues behind them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
@@ -16,7 +17,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
 
 use super::queue::{Placement, WorkQueue};
-use super::{Context, reconcile, retry_delay};
+use super::{Context, Error, reconcile};
+use crate::metrics::ErrorLabels;
+
+/// Retry delay after a failed reconcile of one CSR (429, 5xx, network, conflicts): doubles from
+/// the first to the last, per CSR, and resets when that CSR next succeeds. Never given up.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(60);
 use crate::facts::NodeChange;
 use crate::live::Live;
 use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
@@ -28,6 +35,8 @@ pub struct Work {
     state: Mutex<State>,
     /// One per lane: a wake-up for one lane's workers is never taken by the other's.
     wake: [Notify; 2],
+    /// Tells [`retry_forever`] that the earliest deadline may have changed.
+    retry_wake: Notify,
 }
 
 /// Which workers take a CSR. Fixed by its signer, so one CSR is never in both.
@@ -49,9 +58,22 @@ impl Lane {
     }
 }
 
+/// One failing CSR's retries, as client-go's rate limiter keeps them.
+struct Failing {
+    /// The CSR object that failed: a CSR recreated under the same name starts afresh.
+    uid: Option<String>,
+    failures: u32,
+    /// When it is due, and whether the last failure was the connection's, not the CSR's.
+    due: Instant,
+    connection: bool,
+}
+
 #[derive(Default)]
 struct State {
     queues: [WorkQueue; 2],
+    /// CSRs in backoff after a failed reconcile, and when each is due.
+    failing: HashMap<String, Failing>,
+    retry_at: BTreeSet<(Instant, String)>,
     /// Fresh copies the resync fetched of CSRs the cache missed or holds stale: used instead
     /// of the cached copy for their next reconcile.
     fresh: HashMap<String, Arc<CertificateSigningRequest>>,
@@ -78,6 +100,7 @@ impl Work {
             live,
             state: Mutex::new(State::default()),
             wake: [Notify::new(), Notify::new()],
+            retry_wake: Notify::new(),
         }
     }
 
@@ -164,6 +187,117 @@ impl Work {
             queue.forget(name);
         }
         state.fresh.remove(name);
+        if let Some(failing) = state.failing.remove(name) {
+            state.retry_at.remove(&(failing.due, name.to_owned()));
+        }
+    }
+
+    /// `name` was reconciled: its backoff is over.
+    fn succeeded(&self, name: &str) {
+        let mut state = self.lock();
+        if let Some(failing) = state.failing.remove(name) {
+            state.retry_at.remove(&(failing.due, name.to_owned()));
+        }
+    }
+
+    /// `csr` failed: when it is tried again (its consecutive failures, the delay). The copy
+    /// that failed is kept for the retry when the cache has none (a CSR the resync found), so
+    /// a CSR is never lost between a failed try and its retry.
+    fn failed(
+        &self,
+        name: &str,
+        csr: Arc<CertificateSigningRequest>,
+        error: &Error,
+    ) -> (u32, Duration) {
+        let uid = csr.metadata.uid.clone();
+        let cached = self.store.get(&ObjectRef::new(name)).is_some();
+        let mut state = self.lock();
+        let failures = match state.failing.remove(name) {
+            Some(before) => {
+                state.retry_at.remove(&(before.due, name.to_owned()));
+                if before.uid == uid {
+                    before.failures + 1
+                } else {
+                    1
+                }
+            }
+            None => 1,
+        };
+        let delay = backoff(failures, jitter());
+        let due = Instant::now() + delay;
+        state.failing.insert(
+            name.to_owned(),
+            Failing {
+                uid,
+                failures,
+                due,
+                connection: is_connection_error(error),
+            },
+        );
+        state.retry_at.insert((due, name.to_owned()));
+        if !cached {
+            state.fresh.insert(name.to_owned(), csr);
+        }
+        drop(state);
+        self.retry_wake.notify_one();
+        (failures, delay)
+    }
+
+    /// Consecutive failed reconciles of `name` so far.
+    pub fn failures_of(&self, name: &str) -> u32 {
+        self.lock().failing.get(name).map_or(0, |f| f.failures)
+    }
+
+    /// The API server answers again (the watch has relisted): CSRs in backoff only because
+    /// the connection failed are tried now, not after their delay.
+    pub fn retry_connection_failures_now(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let due: Vec<(String, Instant)> = state
+            .failing
+            .iter()
+            .filter(|(_, f)| f.connection && f.due > now)
+            .map(|(name, f)| (name.clone(), f.due))
+            .collect();
+        for (name, was) in due {
+            state.retry_at.remove(&(was, name.clone()));
+            state.retry_at.insert((now, name.clone()));
+            if let Some(failing) = state.failing.get_mut(&name) {
+                failing.due = now;
+            }
+        }
+        drop(state);
+        self.retry_wake.notify_one();
+    }
+
+    /// Offer every CSR whose backoff is over by `now`: the cache's copy (the watch may have
+    /// brought a newer one), else the copy that failed.
+    fn offer_due(&self, now: Instant) {
+        let due: Vec<String> = {
+            let mut state = self.lock();
+            let mut due = Vec::new();
+            while let Some((at, name)) = state.retry_at.first().cloned() {
+                if at > now {
+                    break;
+                }
+                state.retry_at.pop_first();
+                due.push(name);
+            }
+            due
+        };
+        for name in due {
+            match self.store.get(&ObjectRef::new(&name)) {
+                Some(cached) => self.offer(&cached),
+                None => {
+                    let copy = self.lock().fresh.get(&name).cloned();
+                    if let Some(copy) = copy {
+                        let lane = Lane::of(&copy);
+                        self.lock().queues[lane as usize].add(&name, placement(&copy));
+                        self.wake[lane as usize].notify_one();
+                    }
+                }
+            }
+        }
     }
 
     fn wanted(&self, csr: &CertificateSigningRequest) -> bool {
@@ -176,6 +310,7 @@ impl Work {
         for wake in &self.wake {
             wake.notify_waiters();
         }
+        self.retry_wake.notify_waiters();
     }
 
     /// The next CSR of `lane` to reconcile, with the copy to reconcile; None once closed.
@@ -223,25 +358,70 @@ pub async fn work_forever(work: Arc<Work>, ctx: Arc<Context>, lane: Lane) {
         // Gone from the cache: deleted; nothing to do.
         if let Some(csr) = copy {
             match reconcile(csr.clone(), &ctx).await {
-                Ok(()) => {
-                    ctx.failures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&name);
-                }
+                Ok(()) => work.succeeded(&name),
                 Err(error) => {
-                    let delay = retry_delay(&ctx, &name, &error);
-                    let retry = work.clone();
-                    let name = name.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        // The cache's copy by then: the watch may have brought a newer one.
-                        let latest = retry.store.get(&ObjectRef::new(&name)).unwrap_or(csr);
-                        retry.offer(&latest);
-                    });
+                    let (failures, delay) = work.failed(&name, csr, &error);
+                    tracing::warn!(csr = %name, error = %error, kind = error.label(), failures, retry_in = ?delay, "reconcile failed; retrying");
+                    ctx.live
+                        .metrics
+                        .reconcile_errors
+                        .get_or_create(&ErrorLabels {
+                            kind: error.label().to_owned(),
+                        })
+                        .inc();
                 }
             }
         }
         work.done(lane, &name);
+    }
+}
+
+/// Offer each failed CSR again when its backoff is over: one task and one ordered set of
+/// deadlines, however many CSRs are failing.
+pub async fn retry_forever(work: Arc<Work>) {
+    loop {
+        let woken = work.retry_wake.notified();
+        let next = {
+            let state = work.lock();
+            if state.closed {
+                return;
+            }
+            state.retry_at.first().map(|(at, _)| *at)
+        };
+        match next {
+            None => woken.await,
+            Some(at) if at > Instant::now() => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = woken => {}
+                }
+            }
+            Some(_) => work.offer_due(Instant::now()),
+        }
+    }
+}
+
+/// How long a CSR waits after its `failures`-th failure in a row: doubling from the first delay
+/// to the last, times a random factor in [1, 1.5) so that CSRs that failed together (an outage)
+/// do not all come back in the same instant.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(LAST_RETRY)
+        .mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+fn jitter() -> f64 {
+    f64::from(getrandom::u32().unwrap_or(0)) / f64::from(u32::MAX)
+}
+
+/// A failure that says nothing about the CSR: the API server could not be reached or did not
+/// answer. Retried at once when the watch reconnects.
+fn is_connection_error(error: &Error) -> bool {
+    let transport = |e: &kube::Error| !matches!(e, kube::Error::Api(_));
+    match error {
+        Error::Kube { source, .. } => transport(source),
+        Error::Facts { source, .. } => source.kube().is_some_and(transport),
+        _ => false,
     }
 }

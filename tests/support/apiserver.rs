@@ -83,6 +83,9 @@ pub struct Faults {
     /// SubjectAccessReviews are answered only after this long (an overloaded authorizer or
     /// webhook).
     pub slow_reviews: Duration,
+    /// The next N CSR deletions reach no watcher: the controller's cache keeps the CSR until a
+    /// fresh list shows it is gone.
+    pub hide_deletions: usize,
     /// The next N CSR creations reach no watcher (as if the watch had dropped them): only a
     /// fresh list shows them.
     pub hide_creations: usize,
@@ -464,6 +467,11 @@ impl FakeApiServer {
             "status": {"addresses": addresses}
         });
         self.put_other("nodes", name, node);
+    }
+
+    /// Delete CSR `name`, as a human or the garbage collector would.
+    pub fn delete_csr(&self, name: &str) {
+        delete_csr(&self.shared, name);
     }
 
     pub fn delete_node(&self, name: &str) {
@@ -1423,11 +1431,27 @@ fn list_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body
             };
             (rv, items, offset)
         }
-        None => (
-            state.rv,
-            Arc::new(state.csrs.values().cloned().collect::<Vec<_>>()),
-            0usize,
-        ),
+        None => {
+            // spec.signerName is a field selector CSRs support (and all csr-warden's resync
+            // uses).
+            let signer = params.get("fieldSelector").and_then(|selector| {
+                selector
+                    .split(',')
+                    .find_map(|term| term.strip_prefix("spec.signerName="))
+                    .map(str::to_owned)
+            });
+            let items = state
+                .csrs
+                .values()
+                .filter(|csr| {
+                    signer
+                        .as_ref()
+                        .is_none_or(|s| csr["spec"]["signerName"] == s.as_str())
+                })
+                .cloned()
+                .collect::<Vec<_>>();
+            (state.rv, Arc::new(items), 0usize)
+        }
     };
     let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
     let page: Vec<Value> = items[offset.min(end)..end].to_vec();
@@ -1640,7 +1664,11 @@ fn delete_csr(shared: &Shared, name: &str) -> Response<Body> {
     shared.mutate(|state| match state.csrs.remove(name) {
         Some(csr) => {
             state.rv += 1;
-            shared.record(state, "DELETED", csr.clone());
+            if state.faults.hide_deletions > 0 {
+                state.faults.hide_deletions -= 1;
+            } else {
+                shared.record(state, "DELETED", csr.clone());
+            }
             full(StatusCode::OK, csr)
         }
         None => not_found("certificatesigningrequests", name),
