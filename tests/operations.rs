@@ -418,3 +418,50 @@ async fn a_ca_close_to_expiry_is_reported_and_caps_certificates() {
     ]);
     assert_eq!(cert_end, ca_end, "the certificate ends when the CA does");
 }
+
+/// A leader that cannot renew its Lease stops acting before the Lease can expire (client-go's
+/// renew deadline), says so, and acts again once renewals get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_its_lease_stops_acting() {
+    use support::apiserver::{ErrorFault, Method};
+    let h = harness().await;
+    let controller = h.controller(&[
+        "--leader-election",
+        "--lease-duration-seconds",
+        "3",
+        "--lease-namespace",
+        "csr-warden",
+        "--instance",
+        "replica-a",
+    ]);
+    controller
+        .wait_for_log("a leads", |l| {
+            l["message"] == "became leader: deciding and signing"
+        })
+        .await;
+    h.server.arm(|f| {
+        f.errors
+            .push(ErrorFault::new(Some(Method::PATCH), "/leases/", 500, 100_000));
+        f.errors
+            .push(ErrorFault::new(Some(Method::GET), "/leases/", 500, 100_000));
+    });
+    controller
+        .wait_for_log("a stands down", |l| {
+            l["message"]
+                == "the leader lease could not be confirmed renewed within the renew deadline; no longer acting until it is"
+        })
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(metric_sample(&metrics, "csr_warden_leader "), Some(0.0), "{metrics}");
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    controller
+        .wait_for_log("jane left to the leader", |l| {
+            l["csr"] == "jane" && l["message"] == "standby; the leader handles it"
+        })
+        .await;
+    assert!(condition_types(&h.server.csr("jane").expect("jane")).is_empty());
+    h.server.arm(|f| f.errors.clear());
+    h.server
+        .wait_for("jane issued once the lease is renewed again", |s| issued(s, "jane"))
+        .await;
+}
