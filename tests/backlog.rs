@@ -65,8 +65,10 @@ async fn a_flood_from_one_requester_does_not_starve_a_kubelet_renewal() {
         .await;
     let order = h.server.approvals_in_order();
     let renewal = order.iter().position(|n| n == "renewal").expect("approved");
-    // Requesters take turns: the renewal, created after all 60, is among the first few.
-    assert!(renewal <= 3, "renewal approved {renewal}th: {order:?}");
+    // The renewal, created after all 60, is among the first few: kubelet client CSRs have
+    // workers of their own (and requesters take turns within a lane); only what the other lane
+    // finishes during its review and approval comes before it.
+    assert!(renewal <= 6, "renewal approved {renewal}th: {order:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

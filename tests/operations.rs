@@ -121,7 +121,8 @@ async fn readiness_fails_while_the_ca_is_missing() {
         h.dir.path().join("missing.crt"),
         h.dir.path().join("missing.key"),
     );
-    let controller = ControllerProcess::start(&h.server, h.dir.path(), &missing, &[]);
+    let controller =
+        ControllerProcess::start(&h.server, h.dir.path(), &missing, &["--concurrency", "1"]);
     controller.wait_synced().await;
     let (status, body) = controller.http_get("/readyz").await;
     assert_eq!(status, 503);
@@ -139,17 +140,27 @@ async fn readiness_fails_while_the_ca_is_missing() {
         .await;
     let csr = h.server.csr("jane").expect("jane");
     assert_eq!(condition_types(&csr), ["Approved"]);
-    let warnings: Vec<_> = h
-        .server
-        .events()
-        .into_iter()
-        .filter(|e| e["regarding"]["name"] == "jane" && e["reason"] == "CAUnavailable")
-        .collect();
-    assert_eq!(warnings.len(), 1, "one Warning Event: {warnings:#?}");
+    let warned = |s: &FakeApiServer, name: &str| {
+        s.events()
+            .into_iter()
+            .filter(|e| e["regarding"]["name"] == name && e["reason"] == "CAUnavailable")
+            .count()
+    };
+    h.server
+        .wait_for("jane's Warning Event", |s| warned(s, "jane") == 1)
+        .await;
+    // Looked at again (a change to the CSR), jane gets no second Event. With one worker, once
+    // jane-2 (created after the change) has its Event, jane's second look is done.
+    h.server.label_csr("jane", "team", "blue");
+    h.create_client_csr("jane-token", "jane-2", "/CN=jane/O=developers");
+    h.server
+        .wait_for("jane-2's Warning Event", |s| warned(s, "jane-2") == 1)
+        .await;
+    assert_eq!(warned(&h.server, "jane"), 1, "one Warning Event per CSR");
     let (_, metrics) = controller.http_get("/metrics").await;
     assert_eq!(
         metric_sample(&metrics, "csr_warden_csrs_waiting_for_ca "),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
 }
@@ -440,8 +451,12 @@ async fn a_leader_that_cannot_renew_its_lease_stops_acting() {
         })
         .await;
     h.server.arm(|f| {
-        f.errors
-            .push(ErrorFault::new(Some(Method::PATCH), "/leases/", 500, 100_000));
+        f.errors.push(ErrorFault::new(
+            Some(Method::PATCH),
+            "/leases/",
+            500,
+            100_000,
+        ));
         f.errors
             .push(ErrorFault::new(Some(Method::GET), "/leases/", 500, 100_000));
     });
@@ -452,7 +467,11 @@ async fn a_leader_that_cannot_renew_its_lease_stops_acting() {
         })
         .await;
     let (_, metrics) = controller.http_get("/metrics").await;
-    assert_eq!(metric_sample(&metrics, "csr_warden_leader "), Some(0.0), "{metrics}");
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_leader "),
+        Some(0.0),
+        "{metrics}"
+    );
     h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
     controller
         .wait_for_log("jane left to the leader", |l| {
@@ -462,6 +481,8 @@ async fn a_leader_that_cannot_renew_its_lease_stops_acting() {
     assert!(condition_types(&h.server.csr("jane").expect("jane")).is_empty());
     h.server.arm(|f| f.errors.clear());
     h.server
-        .wait_for("jane issued once the lease is renewed again", |s| issued(s, "jane"))
+        .wait_for("jane issued once the lease is renewed again", |s| {
+            issued(s, "jane")
+        })
         .await;
 }

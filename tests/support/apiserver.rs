@@ -913,8 +913,8 @@ async fn handle(
         );
     }
     let method = request.method().clone();
-    let csr_write =
-        method == Method::PUT && request.uri().path().contains("certificatesigningrequests");
+    let csr_write = (method == Method::PUT || method == Method::PATCH)
+        && request.uri().path().contains("certificatesigningrequests");
     if csr_write {
         let mut state = shared.state.lock().expect("state");
         state.csr_writes_in_flight += 1;
