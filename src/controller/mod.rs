@@ -125,6 +125,8 @@ pub struct Context {
     recorder: Recorder,
     live: Arc<Live>,
     settings: Settings,
+    /// Certificates written without an answer, whose audit line waits for them to turn up.
+    unconfirmed: Arc<sign::Unconfirmed>,
     /// The work queue, for what a reconcile needs to know of its CSR's retries.
     work: Arc<work::Work>,
     /// Per CSR name: (uid, Event reason) last recorded for leaving it pending.
@@ -266,6 +268,7 @@ impl Context {
         settings: Settings,
         facts: Facts,
         work: Arc<work::Work>,
+        unconfirmed: Arc<sign::Unconfirmed>,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -282,6 +285,7 @@ impl Context {
             live,
             settings,
             work,
+            unconfirmed,
             left_pending: Default::default(),
             waiting_for_ca: Default::default(),
             inspected: Default::default(),
@@ -427,12 +431,14 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
             }
         }
     });
+    let unconfirmed = Arc::new(sign::Unconfirmed::default());
     let ctx = Arc::new(Context::new(
         client,
         live.clone(),
         settings,
         facts,
         work.clone(),
+        unconfirmed.clone(),
     ));
     let retrying = tokio::spawn(work::retry_forever(work.clone()));
 
@@ -450,6 +456,7 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         live.clone(),
         watch_timeout,
         stale_rx,
+        unconfirmed,
     ));
     let resyncing = tokio::spawn(watch::resync_forever(
         csrs,

@@ -81,8 +81,14 @@ impl Context {
             match within(REQUEST_TIMEOUT, write).await {
                 Ok(_) => {
                     self.no_longer_waiting_for_ca(&name);
+                    if let Some(uid) = csr.metadata.uid.as_deref() {
+                        self.unconfirmed.forget(uid);
+                    }
                     match outcome {
-                        Signing::Issue(issued) => self.issued(&csr, &view, &issued).await,
+                        Signing::Issue(issued) => {
+                            let record = self.record_of(&view, &issued);
+                            self.issued(&csr, &record).await
+                        }
                         Signing::Fail { reason, message } => {
                             self.live
                                 .metrics
@@ -106,10 +112,27 @@ impl Context {
                         Some(fresh) if csr_state(&fresh) == CsrState::ApprovedUnsigned => {
                             csr = fresh
                         }
-                        _ => return Ok(()),
+                        Some(fresh) => {
+                            // Perhaps our own earlier write, whose answer was lost.
+                            self.unconfirmed.settle(&fresh, &self.live);
+                            return Ok(());
+                        }
+                        None => return Ok(()),
                     }
                 }
-                Err(error) => return Err(kube_error("write status", &name)(error)),
+                Err(error) => {
+                    // The certificate may have been written though the answer was lost (a
+                    // connection cut, a server killed): if it turns up on the CSR, its audit
+                    // line is written then.
+                    if let (Signing::Issue(issued), Some(uid)) =
+                        (&outcome, csr.metadata.uid.as_deref())
+                        && !matches!(error, kube::Error::Api(_))
+                    {
+                        self.unconfirmed
+                            .remember(uid, self.record_of(&view, issued));
+                    }
+                    return Err(kube_error("write status", &name)(error));
+                }
             }
         }
         Err(Error::TooManyConflicts { csr: name })
@@ -117,53 +140,41 @@ impl Context {
 
     /// The audit line of an issued certificate: what an operator holding a leaked certificate
     /// finds it by (`openssl x509 -noout -serial -fingerprint -sha256`), and the Event.
-    async fn issued(
-        &self,
-        csr: &CertificateSigningRequest,
-        view: &CsrView,
-        issued: &IssuedCertificate,
-    ) {
-        self.live
-            .metrics
-            .certificates_issued
-            .get_or_create(&SignerLabels {
-                signer: view.signer_name.clone(),
-            })
-            .inc();
-        if let Some(age) = age_seconds(csr) {
-            self.live.metrics.seconds_to_certificate.observe(age);
-        }
-        let ca = self.live.ca_for(&view.signer_name);
-        let (ca_subject, ca_key_id) = match ca.as_ref() {
-            Ok(ca) => (ca.subject().to_owned(), ca.key_id_hex()),
-            Err(_) => (String::new(), String::new()),
-        };
-        tracing::info!(
-            csr = %csr.name_any(),
-            requester = %view.requester.username,
-            groups = ?view.requester.groups,
-            signer = %view.signer_name,
-            subject = %subject_of(view),
-            decision = "issued",
-            serial = %issued.serial_hex,
-            sha256_fingerprint = %fingerprint_sha256(&issued.der),
-            not_before = %issued.not_before,
-            not_after = %issued.not_after,
-            ca_subject = %ca_subject,
-            ca_key_id = %ca_key_id,
-            "certificate issued"
-        );
+    async fn issued(&self, csr: &CertificateSigningRequest, record: &IssueRecord) {
+        record.log(&self.live, csr, false);
         self.event(
             csr,
             EventType::Normal,
             "Issued",
             &format!(
-                "certificate issued by {ca_subject}, serial {}, valid until {}",
-                issued.serial_hex, issued.not_after
+                "certificate issued by {}, serial {}, valid until {}",
+                record.ca_subject, record.serial, record.not_after
             ),
             "Sign",
         )
         .await;
+    }
+
+    fn record_of(&self, view: &CsrView, issued: &IssuedCertificate) -> IssueRecord {
+        let ca = self.live.ca_for(&view.signer_name);
+        let (ca_subject, ca_key_id) = match ca.as_ref() {
+            Ok(ca) => (ca.subject().to_owned(), ca.key_id_hex()),
+            Err(_) => (String::new(), String::new()),
+        };
+        IssueRecord {
+            csr: view.name.clone(),
+            requester: view.requester.username.clone(),
+            groups: view.requester.groups.clone(),
+            signer: view.signer_name.clone(),
+            subject: subject_of(view),
+            serial: issued.serial_hex.clone(),
+            sha256_fingerprint: fingerprint_sha256(&issued.der),
+            not_before: issued.not_before.to_string(),
+            not_after: issued.not_after.to_string(),
+            ca_subject,
+            ca_key_id,
+            pem: issued.pem.clone(),
+        }
     }
 
     /// An approved CSR whose signer has no usable CA: counted, one Warning Event per CSR, and
@@ -282,3 +293,94 @@ impl Context {
 
 /// The reason of the Warning Event of a CSR waiting for its CA.
 const CA_UNAVAILABLE: &str = "CAUnavailable";
+
+/// The audit record of one issued certificate: what an operator holding it finds it by.
+#[derive(Debug, Clone)]
+pub struct IssueRecord {
+    csr: String,
+    requester: String,
+    groups: Vec<String>,
+    signer: String,
+    subject: String,
+    serial: String,
+    sha256_fingerprint: String,
+    not_before: String,
+    not_after: String,
+    ca_subject: String,
+    ca_key_id: String,
+    /// The certificate written, to recognise it on the CSR.
+    pem: String,
+}
+
+impl IssueRecord {
+    /// The one JSON line of an issued certificate, and its metrics. `confirmed_late`: the write's
+    /// answer was lost and the certificate was found on the CSR afterwards.
+    fn log(&self, live: &crate::live::Live, csr: &CertificateSigningRequest, confirmed_late: bool) {
+        live.metrics
+            .certificates_issued
+            .get_or_create(&SignerLabels {
+                signer: self.signer.clone(),
+            })
+            .inc();
+        if let Some(age) = age_seconds(csr) {
+            live.metrics.seconds_to_certificate.observe(age);
+        }
+        tracing::info!(
+            csr = %self.csr,
+            requester = %self.requester,
+            groups = ?self.groups,
+            signer = %self.signer,
+            subject = %self.subject,
+            decision = "issued",
+            serial = %self.serial,
+            sha256_fingerprint = %self.sha256_fingerprint,
+            not_before = %self.not_before,
+            not_after = %self.not_after,
+            ca_subject = %self.ca_subject,
+            ca_key_id = %self.ca_key_id,
+            confirmed_late,
+            "certificate issued"
+        );
+    }
+}
+
+/// Certificates whose status write got no answer, by CSR uid: if one turns up on its CSR (seen
+/// by the watch, or on a re-read), it was issued, and its audit line is written then. Every
+/// certificate csr-warden issued has its line, even across a lost answer.
+#[derive(Debug, Default)]
+pub struct Unconfirmed {
+    writes: std::sync::Mutex<std::collections::HashMap<String, IssueRecord>>,
+}
+
+impl Unconfirmed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, IssueRecord>> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, uid: &str, record: IssueRecord) {
+        self.lock().insert(uid.to_owned(), record);
+    }
+
+    fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// `csr` as the server has it now: if it carries a certificate we wrote without an
+    /// answer, log it as issued. Either way the CSR is settled.
+    pub fn settle(&self, csr: &CertificateSigningRequest, live: &crate::live::Live) {
+        let Some(uid) = csr.metadata.uid.as_deref() else {
+            return;
+        };
+        let Some(record) = self.lock().remove(uid) else {
+            return;
+        };
+        let written = csr
+            .status
+            .as_ref()
+            .and_then(|s| s.certificate.as_ref())
+            .is_some_and(|c| c.0 == record.pem.as_bytes());
+        if written {
+            record.log(live, csr, true);
+        }
+    }
+}

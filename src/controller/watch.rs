@@ -25,6 +25,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use super::sign::Unconfirmed;
 use super::work::Work;
 use super::{CsrState, csr_state};
 use crate::live::Live;
@@ -77,6 +78,7 @@ pub async fn watch_forever(
     live: Arc<Live>,
     timeout_seconds: u32,
     mut stale: tokio::sync::mpsc::UnboundedReceiver<Arc<CertificateSigningRequest>>,
+    unconfirmed: Arc<Unconfirmed>,
 ) {
     let mut recheck = live.recheck_events();
     let roles_of = |live: &Live| -> Vec<(String, SignerRole)> {
@@ -101,7 +103,7 @@ pub async fn watch_forever(
             tokio::select! {
                 event = events.next() => match event {
                     Some(Ok(event)) => {
-                        apply(event, &mut writer, &work, &live, &mut listed_once);
+                        apply(event, &mut writer, &work, &live, &mut listed_once, &unconfirmed);
                     }
                     Some(Err(error)) if needs_relist(&error) => {
                         // kube-runtime would resume from the same resourceVersion forever;
@@ -167,6 +169,7 @@ fn apply(
     work: &Work,
     live: &Live,
     listed_once: &mut bool,
+    unconfirmed: &Unconfirmed,
 ) {
     match event {
         watcher::Event::Init => {
@@ -181,6 +184,8 @@ fn apply(
                 trim_for_cache(&mut csr);
                 // Held aside by the writer until the list is complete: queue nothing yet.
                 writer.apply_watcher_event(&watcher::Event::InitApply(csr));
+            } else {
+                unconfirmed.settle(&csr, live);
             }
         }
         watcher::Event::InitDone => {
@@ -206,6 +211,7 @@ fn apply(
         }
         // Finished now (or not ours): out of the cache and the queue.
         watcher::Event::Apply(csr) => {
+            unconfirmed.settle(&csr, live);
             work.forget(&csr.name_any());
             writer.apply_watcher_event(&watcher::Event::Delete(csr));
         }

@@ -62,6 +62,11 @@ if [ -n "$cleanup" ]; then rm -rf "$cleanup"; fi
         Guarded { child, stdin }
     }
 
+    /// The guard's pid (the process itself is its child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL the process now and wait until it is gone.
     pub fn kill(&mut self) {
         self.stdin.take();
