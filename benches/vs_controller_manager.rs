@@ -190,8 +190,8 @@ async fn run_once(
     };
     let audit_before = plane.audit_events().len();
     if backlog {
-        create_batch(plane, dir.path(), &names);
         *created_at.lock().expect("created") = Some(Instant::now());
+        create_batch(plane, dir.path(), &names);
     }
     let started = Instant::now();
     let (pid, _process): (u32, Box<dyn std::any::Any>) = match who {
@@ -225,8 +225,9 @@ async fn run_once(
     if !backlog {
         // Once it is up (its first list done): give it a second, then the burst.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        create_batch(plane, dir.path(), &names);
+        // Latencies count from the moment the burst starts (one create request for all).
         *created_at.lock().expect("created") = Some(Instant::now());
+        create_batch(plane, dir.path(), &names);
     }
     let mut most_connections = 0;
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -288,6 +288,22 @@ pub struct Facts {
     nodes: Arc<NodeIndex>,
     api_server: Arc<ApiServerIndex>,
     feed: Feed,
+    /// Recent SubjectAccessReview answers, by requester identity and subresource.
+    reviews: Mutex<HashMap<ReviewKey, (bool, std::time::Instant)>>,
+}
+
+/// How long a SubjectAccessReview's answer is reused for the same requester identity: a
+/// bootstrap storm is many CSRs from one identity, and one review serves them all. So a
+/// binding revoked (or granted) this moment is honoured for up to this long.
+pub const REVIEW_REUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Who asks, exactly as the review is asked: user, uid, groups, and what for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReviewKey {
+    user: String,
+    uid: Option<String>,
+    groups: Vec<String>,
+    subresource: String,
 }
 
 impl Facts {
@@ -305,6 +321,7 @@ impl Facts {
                 started: Mutex::new(false),
                 on_node_change: Arc::new(on_node_change),
             },
+            reviews: Default::default(),
         }
     }
 
@@ -317,6 +334,7 @@ impl Facts {
             feed: Feed::List {
                 loaded: tokio::sync::OnceCell::new(),
             },
+            reviews: Default::default(),
         }
     }
 
@@ -428,8 +446,33 @@ impl Facts {
         Ok(())
     }
 
-    /// SubjectAccessReview, as kube-controller-manager's CSR approver does it.
+    /// SubjectAccessReview, as kube-controller-manager's CSR approver does it; an answer for
+    /// the same identity from the last [`REVIEW_REUSE`] is reused.
     async fn review(&self, view: &CsrView, subresource: &str) -> Result<bool, FactsError> {
+        let key = ReviewKey {
+            user: view.requester.username.clone(),
+            uid: view.requester.uid.clone(),
+            groups: view.requester.groups.clone(),
+            subresource: subresource.to_owned(),
+        };
+        let now = std::time::Instant::now();
+        let recent = {
+            let mut reviews = self.reviews.lock().unwrap_or_else(|p| p.into_inner());
+            reviews.retain(|_, (_, at)| now.saturating_duration_since(*at) < REVIEW_REUSE);
+            reviews.get(&key).map(|(allowed, _)| *allowed)
+        };
+        if let Some(allowed) = recent {
+            return Ok(allowed);
+        }
+        let allowed = self.ask_review(view, subresource).await?;
+        self.reviews
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (allowed, now));
+        Ok(allowed)
+    }
+
+    async fn ask_review(&self, view: &CsrView, subresource: &str) -> Result<bool, FactsError> {
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(view.requester.username.clone()),

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub pending: Gauge,
     pub oldest_pending_age: Gauge,
     pub events_dropped: Family<EventDropLabels, Counter>,
+    pub events_shed: Counter,
     pub waiting_for_ca: Gauge,
 }
 
@@ -96,6 +97,7 @@ impl Metrics {
             pending: Gauge::default(),
             oldest_pending_age: Gauge::default(),
             events_dropped: Family::default(),
+            events_shed: Counter::default(),
             waiting_for_ca: Gauge::default(),
             registry: Registry::default(),
         };
@@ -188,6 +190,11 @@ impl Metrics {
             "events_dropped",
             "Events not written (the decision stands and is in the log), by cause",
             metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "events_shed",
+            "Normal Events (approved, issued) not written because a storm used up the Event budget (the log line has each)",
+            metrics.events_shed.clone(),
         );
         registry.register(
             "csrs_waiting_for_ca",

@@ -10,12 +10,25 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// SubjectAccessReviews: a decision waits on them, so they get less.
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `request`, or an error saying it got no answer within `limit`.
+/// Requests csr-warden has in flight at once, whatever the number of workers and however fast
+/// the server: kube-client speaks HTTP/1.1, one connection per request in flight, so this
+/// (plus the few long-lived watches and the Lease) bounds the connections held to the API
+/// server by construction.
+pub const MAX_IN_FLIGHT: usize = 10;
+
+static IN_FLIGHT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_IN_FLIGHT);
+
+/// `request`, or an error saying it got no answer within `limit`; at most [`MAX_IN_FLIGHT`] at
+/// once (waiting for a turn counts against the limit too).
 pub async fn within<T>(
     limit: Duration,
     request: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, kube::Error> {
-    match tokio::time::timeout(limit, request).await {
+    let bounded = async {
+        let _turn = IN_FLIGHT.acquire().await;
+        request.await
+    };
+    match tokio::time::timeout(limit, bounded).await {
         Ok(result) => result,
         Err(_) => Err(kube::Error::Service(
             format!("the API server gave no answer within {} s", limit.as_secs()).into(),

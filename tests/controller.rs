@@ -992,3 +992,23 @@ async fn hanging_reviews_hold_up_only_the_csrs_that_wait_for_them() {
         "the hung reviews timed out"
     );
 }
+
+/// A bootstrap storm is many CSRs from one identity: one SubjectAccessReview answers them all
+/// for a few seconds (README says how long a revoked binding is still honoured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_review_serves_a_storm_from_one_bootstrap_identity() {
+    let h = harness().await;
+    h.server.allow_sar("system:bootstrappers", "nodeclient");
+    let names: Vec<String> = (0..20).map(|i| format!("storm-{i:02}")).collect();
+    for name in &names {
+        h.create_bootstrap_client_csr(name, name);
+    }
+    // One review worker (half of 2): the first answer is there before the second asks.
+    let _controller = h.controller(&["--concurrency", "2"]);
+    h.server
+        .wait_for("the storm approved", |s| {
+            names.iter().all(|n| has(s, n, "Approved"))
+        })
+        .await;
+    assert_eq!(h.server.reviews_asked(), 1, "one review for 20 CSRs");
+}

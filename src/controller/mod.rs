@@ -15,6 +15,7 @@
 mod decide;
 pub mod queue;
 mod record;
+pub use record::{EVENT_BURST, EVENT_RATE, EventBudget, fit};
 mod sign;
 pub mod watch;
 pub mod work;
@@ -125,6 +126,8 @@ pub struct Context {
     recorder: Recorder,
     live: Arc<Live>,
     settings: Settings,
+    /// What is left of the budget for Normal Events.
+    event_budget: record::EventBudget,
     /// Certificates written without an answer, whose audit line waits for them to turn up.
     unconfirmed: Arc<sign::Unconfirmed>,
     /// The work queue, for what a reconcile needs to know of its CSR's retries.
@@ -286,6 +289,7 @@ impl Context {
             settings,
             work,
             unconfirmed,
+            event_budget: Default::default(),
             left_pending: Default::default(),
             waiting_for_ca: Default::default(),
             inspected: Default::default(),

@@ -32,6 +32,41 @@ enum EventOutcome {
     Unavailable,
 }
 
+/// A token bucket for Normal Events, as client-go's event spam filter keeps one: up to
+/// [`EVENT_BURST`] at once, refilled at [`EVENT_RATE`] a second. A trickle of CSRs gets every
+/// Event; a storm gets its first hundred and then ten a second.
+pub struct EventBudget {
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+pub const EVENT_BURST: f64 = 100.0;
+pub const EVENT_RATE: f64 = 10.0;
+
+impl Default for EventBudget {
+    fn default() -> Self {
+        EventBudget {
+            state: std::sync::Mutex::new((EVENT_BURST, std::time::Instant::now())),
+        }
+    }
+}
+
+impl EventBudget {
+    /// One Event's worth, if there is one.
+    pub fn take(&self, now: std::time::Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * EVENT_RATE)
+            .min(EVENT_BURST);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            true
+        } else {
+            *state = (tokens, now);
+            false
+        }
+    }
+}
+
 /// `text` cut to at most `limit` bytes on a character boundary, with a marker when cut.
 pub fn fit(text: &str, limit: usize) -> String {
     if text.len() <= limit {
@@ -134,7 +169,9 @@ impl Context {
     }
 
     /// Record a decision's Event; one that cannot be written is counted and left to the log
-    /// line: the decision stands.
+    /// line: the decision stands. Normal Events (approved, issued) come out of a budget, so a
+    /// storm of thousands does not double the API server's load; Warning Events (denied,
+    /// failed, waiting for a CA) are never shed, nor are leave Events (written elsewhere).
     pub(super) async fn event(
         &self,
         csr: &CertificateSigningRequest,
@@ -143,6 +180,11 @@ impl Context {
         note: &str,
         action: &str,
     ) {
+        if type_ == EventType::Normal && !self.event_budget.take(std::time::Instant::now()) {
+            tracing::debug!(csr = %csr.name_any(), %reason, "Event shed: over the Event budget (the log line stands)");
+            self.live.metrics.events_shed.inc();
+            return;
+        }
         match self.try_event(csr, type_, reason, note, action).await {
             EventOutcome::Written => {}
             EventOutcome::Refused => self.event_dropped("invalid"),

@@ -120,6 +120,8 @@ struct State {
     history: Vec<WatchEvent>,
     events: Vec<Value>,
     nodes: BTreeMap<String, Value>,
+    /// SubjectAccessReviews asked.
+    reviews_asked: usize,
     /// Event creations that were valid (counted, so a test sees a retry loop as a number).
     events_posted: usize,
     /// Service default/kubernetes and its EndpointSlices, by name.
@@ -601,6 +603,11 @@ impl FakeApiServer {
         self.state.lock().expect("state").max_csr_writes_in_flight
     }
 
+    /// SubjectAccessReviews asked so far.
+    pub fn reviews_asked(&self) -> usize {
+        self.state.lock().expect("state").reviews_asked
+    }
+
     /// Valid Event creations so far.
     pub fn events_posted(&self) -> usize {
         self.state.lock().expect("state").events_posted
@@ -1074,7 +1081,11 @@ async fn handle_authenticated(
             }
         }
         (&Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
-            let slow = shared.state.lock().expect("state").faults.slow_reviews;
+            let slow = {
+                let mut state = shared.state.lock().expect("state");
+                state.reviews_asked += 1;
+                state.faults.slow_reviews
+            };
             if !slow.is_zero() {
                 tokio::time::sleep(slow).await;
             }
