@@ -299,20 +299,8 @@ async fn main() {
         ],
         None,
     );
-    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    for file in [
-        "00-namespace.yaml",
-        "10-serviceaccount.yaml",
-        "20-rbac.yaml",
-    ] {
-        plane.kubectl(
-            &["apply", "-f", &manifests.join(file).display().to_string()],
-            None,
-        );
-    }
     let dir = tempfile::tempdir().expect("dir");
-    let token = plane.token("csr-warden", "csr-warden");
-    let token_kubeconfig = plane.token_kubeconfig(dir.path(), &token);
+    let token_kubeconfig = plane.as_csr_warden(dir.path());
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(&plane.admin).expect("kubeconfig"),
         &Default::default(),

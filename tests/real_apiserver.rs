@@ -463,19 +463,7 @@ async fn with_only_the_manifests_rbac_every_request_is_allowed() {
         return;
     };
     let dir = tempfile::tempdir().expect("dir");
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    for file in [
-        "00-namespace.yaml",
-        "10-serviceaccount.yaml",
-        "20-rbac.yaml",
-    ] {
-        plane.kubectl(
-            &["apply", "-f", &manifests.join(file).display().to_string()],
-            None,
-        );
-    }
-    let token = plane.token("csr-warden", "csr-warden");
-    let kubeconfig = plane.token_kubeconfig(dir.path(), &token);
+    let kubeconfig = plane.as_csr_warden(dir.path());
     let controller = controller(plane, dir.path(), None, Some(&kubeconfig));
     controller.wait_synced().await;
 
@@ -719,19 +707,7 @@ async fn kubeadm_recipe_approve_only_beside_kube_controller_managers_signer() {
     std::fs::write(dir.path().join("policy.yaml"), policy).expect("policy");
     // csr-warden as its own ServiceAccount (the manifests' RBAC), so the audit log tells its
     // writes from kube-controller-manager's (which runs as the admin here).
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
-    for file in [
-        "00-namespace.yaml",
-        "10-serviceaccount.yaml",
-        "20-rbac.yaml",
-    ] {
-        plane.kubectl(
-            &["apply", "-f", &manifests.join(file).display().to_string()],
-            None,
-        );
-    }
-    let token = plane.token("csr-warden", "csr-warden");
-    let kubeconfig = plane.token_kubeconfig(dir.path(), &token);
+    let kubeconfig = plane.as_csr_warden(dir.path());
     let controller =
         ControllerProcess::start_with_kubeconfig(dir.path(), &missing, &[], &kubeconfig);
     controller.wait_synced().await;

@@ -449,6 +449,24 @@ impl ControlPlane {
         path
     }
 
+    /// csr-warden's Namespace, ServiceAccount and RBAC from manifests/, and a kubeconfig in
+    /// `dir` with that ServiceAccount's token (TokenRequest) and nothing else.
+    pub fn as_csr_warden(&self, dir: &Path) -> PathBuf {
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        for file in [
+            "00-namespace.yaml",
+            "10-serviceaccount.yaml",
+            "20-rbac.yaml",
+        ] {
+            self.kubectl(
+                &["apply", "-f", &manifests.join(file).display().to_string()],
+                None,
+            );
+        }
+        let token = self.token("csr-warden", "csr-warden");
+        self.token_kubeconfig(dir, &token)
+    }
+
     /// kube-controller-manager with `controllers` (e.g. "csrsigning"), signing with the
     /// cluster CA; None when the assets folder has no kube-controller-manager (envtest's has
     /// none).
