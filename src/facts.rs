@@ -338,10 +338,6 @@ impl Facts {
         }
     }
 
-    pub fn nodes(&self) -> &NodeIndex {
-        &self.nodes
-    }
-
     /// Ask for the facts `needed` for `view`.
     pub async fn lookup(
         &self,

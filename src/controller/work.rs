@@ -18,15 +18,15 @@ use tokio::sync::Notify;
 
 use super::queue::{Placement, WorkQueue};
 use super::{Context, Error, reconcile};
+use crate::facts::NodeChange;
+use crate::live::Live;
 use crate::metrics::ErrorLabels;
+use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
 
 /// Retry delay after a failed reconcile of one CSR (429, 5xx, network, conflicts): doubles from
 /// the first to the last, per CSR, and resets when that CSR next succeeds. Never given up.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(60);
-use crate::facts::NodeChange;
-use crate::live::Live;
-use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
 
 /// The queue shared by the watch, the resync and the workers.
 pub struct Work {
@@ -80,6 +80,15 @@ struct State {
     closed: bool,
 }
 
+impl State {
+    /// Queue `csr` in its lane's queue (the caller wakes that lane); returns the lane.
+    fn queue(&mut self, csr: &CertificateSigningRequest) -> Lane {
+        let lane = Lane::of(csr);
+        self.queues[lane as usize].add(&csr.name_any(), placement(csr));
+        lane
+    }
+}
+
 /// Where a CSR goes in the queue: its requester's lane, by creation time.
 pub fn placement(csr: &CertificateSigningRequest) -> Placement {
     Placement {
@@ -113,8 +122,7 @@ impl Work {
         if !self.wanted(csr) {
             return;
         }
-        let lane = Lane::of(csr);
-        self.lock().queues[lane as usize].add(&csr.name_any(), placement(csr));
+        let lane = self.lock().queue(csr);
         self.wake[lane as usize].notify_one();
     }
 
@@ -125,7 +133,7 @@ impl Work {
         {
             let mut state = self.lock();
             for csr in &csrs {
-                state.queues[Lane::of(csr) as usize].add(&csr.name_any(), placement(csr));
+                state.queue(csr);
             }
         }
         for wake in &self.wake {
@@ -164,14 +172,12 @@ impl Work {
 
     /// Queue a fresh copy the resync fetched; it is reconciled instead of the cached one.
     pub fn offer_fresh(&self, csr: CertificateSigningRequest) {
-        let name = csr.name_any();
-        let placement = placement(&csr);
-        let lane = Lane::of(&csr);
-        {
+        let csr = Arc::new(csr);
+        let lane = {
             let mut state = self.lock();
-            state.fresh.insert(name.clone(), Arc::new(csr));
-            state.queues[lane as usize].add(&name, placement);
-        }
+            state.fresh.insert(csr.name_any(), csr.clone());
+            state.queue(&csr)
+        };
         self.wake[lane as usize].notify_one();
     }
 
@@ -289,10 +295,12 @@ impl Work {
             match self.store.get(&ObjectRef::new(&name)) {
                 Some(cached) => self.offer(&cached),
                 None => {
-                    let copy = self.lock().fresh.get(&name).cloned();
-                    if let Some(copy) = copy {
-                        let lane = Lane::of(&copy);
-                        self.lock().queues[lane as usize].add(&name, placement(&copy));
+                    let lane = {
+                        let mut state = self.lock();
+                        let copy = state.fresh.get(&name).cloned();
+                        copy.map(|copy| state.queue(&copy))
+                    };
+                    if let Some(lane) = lane {
                         self.wake[lane as usize].notify_one();
                     }
                 }
