@@ -752,16 +752,62 @@ fn forbidden_group(request: &CertificateRequest, forbidden: &[String]) -> Option
     None
 }
 
-fn usages_problem(csr: &CsrView, allowed: &[&str], required: &str) -> Option<String> {
-    if let Some(extra) = csr.usages.iter().find(|u| !allowed.contains(&u.as_str())) {
-        return Some(format!(
-            "usage {extra:?} is not allowed for {}; allowed: {}",
-            csr.signer_name,
-            allowed.join(", ")
+/// What each signer issues, whoever approved the request: the approver applies it (rules 4 to
+/// 6) and so does the signer at signing time (`issue::issue`), because a human may approve
+/// anything. One function, so the two can never drift apart. Kubelet signers take only
+/// `CN=system:node:<name>, O=system:nodes`; kubelet-serving issues serving certificates with DNS
+/// and IP SANs only; every other signer (kube-apiserver-client, the kubelet client signer and
+/// custom signers) issues client certificates.
+pub fn signer_shape_problem(
+    signer: &str,
+    usages: &[String],
+    request: &CertificateRequest,
+) -> Option<(Reason, String)> {
+    let serving = signer == SIGNER_KUBELET_SERVING;
+    if (serving || signer == SIGNER_KUBELET_CLIENT)
+        && let Some(problem) = node_subject_problem(request)
+    {
+        return Some((Reason::SubjectMismatch, problem));
+    }
+    let (allowed, required) = if serving {
+        (SERVING_USAGES, USAGE_SERVER_AUTH)
+    } else {
+        (CLIENT_USAGES, USAGE_CLIENT_AUTH)
+    };
+    if let Some(extra) = usages.iter().find(|u| !allowed.contains(&u.as_str())) {
+        return Some((
+            Reason::DisallowedUsages,
+            format!(
+                "usage {extra:?} is not allowed for {signer}; allowed: {}",
+                allowed.join(", ")
+            ),
         ));
     }
-    if !csr.usages.iter().any(|u| u == required) {
-        return Some(format!("usages must include {required:?}"));
+    if !usages.iter().any(|u| u == required) {
+        return Some((
+            Reason::DisallowedUsages,
+            format!("usages must include {required:?}"),
+        ));
+    }
+    if signer == SIGNER_KUBELET_CLIENT && request.has_sans() {
+        return Some((
+            Reason::DisallowedSANs,
+            "kubelet client certificates carry no subject alternative names".into(),
+        ));
+    }
+    if serving {
+        if !request.email_addresses.is_empty() || !request.uris.is_empty() {
+            return Some((
+                Reason::DisallowedSANs,
+                "kubelet serving certificates may not carry email or URI SANs".into(),
+            ));
+        }
+        if request.dns_names.is_empty() && request.ip_addresses.is_empty() {
+            return Some((
+                Reason::DisallowedSANs,
+                "kubelet serving certificates need at least one DNS or IP SAN".into(),
+            ));
+        }
     }
     None
 }
@@ -788,17 +834,8 @@ fn node_subject_problem(request: &CertificateRequest) -> Option<String> {
 }
 
 fn kubelet_client(csr: &CsrView, request: &CertificateRequest, facts: &ClusterFacts) -> Decision {
-    if let Some(problem) = node_subject_problem(request) {
-        return deny(Reason::SubjectMismatch, problem);
-    }
-    if let Some(problem) = usages_problem(csr, CLIENT_USAGES, USAGE_CLIENT_AUTH) {
-        return deny(Reason::DisallowedUsages, problem);
-    }
-    if request.has_sans() {
-        return deny(
-            Reason::DisallowedSANs,
-            "kubelet client certificates carry no subject alternative names",
-        );
+    if let Some((reason, problem)) = signer_shape_problem(&csr.signer_name, &csr.usages, request) {
+        return deny(reason, problem);
     }
     let common_name = request.common_name.as_deref().unwrap_or_default();
     // As kube-controller-manager does: a bootstrap token may ask for any node (nodeclient); a
@@ -847,8 +884,9 @@ fn kubelet_serving(
     policy: &Policy,
     trace: &mut Trace,
 ) -> Decision {
-    if let Some(problem) = node_subject_problem(request) {
-        return deny(Reason::SubjectMismatch, problem);
+    // Subject, usages and SAN kinds: what the signer itself would refuse to issue.
+    if let Some((reason, problem)) = signer_shape_problem(&csr.signer_name, &csr.usages, request) {
+        return deny(reason, problem);
     }
     let common_name = request.common_name.as_deref().unwrap_or_default();
     // Only the node itself may ask for its serving certificate: its username and its group.
@@ -877,21 +915,6 @@ fn kubelet_serving(
         RULE_SERVING_REQUESTER,
         format!("requested by {common_name} itself, in group {NODE_GROUP}"),
     );
-    if let Some(problem) = usages_problem(csr, SERVING_USAGES, USAGE_SERVER_AUTH) {
-        return deny(Reason::DisallowedUsages, problem);
-    }
-    if !request.email_addresses.is_empty() || !request.uris.is_empty() {
-        return deny(
-            Reason::DisallowedSANs,
-            "kubelet serving certificates may not carry email or URI SANs",
-        );
-    }
-    if request.dns_names.is_empty() && request.ip_addresses.is_empty() {
-        return deny(
-            Reason::DisallowedSANs,
-            "kubelet serving certificates need at least one DNS or IP SAN",
-        );
-    }
     if let Some(wildcard) = request.dns_names.iter().find(|d| d.contains('*')) {
         return deny(
             Reason::DisallowedSANs,
@@ -1412,9 +1435,10 @@ fn allow_rule_problem(
             ),
         ));
     }
-    if let Some(problem) = usages_problem(csr, CLIENT_USAGES, USAGE_CLIENT_AUTH) {
-        return Some((Reason::DisallowedUsages, problem));
+    if let Some(problem) = signer_shape_problem(&csr.signer_name, &csr.usages, request) {
+        return Some(problem);
     }
+    // Stricter than the signer: an allow-listed identity is a name, never an address.
     if request.has_sans() {
         return Some((
             Reason::DisallowedSANs,

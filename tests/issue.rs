@@ -582,3 +582,120 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).expect("write");
     path
 }
+
+/// The approver and the signer apply one rule for what each signer issues
+/// (`policy::signer_shape_problem`): over every signer, every usage combination of one or two
+/// usages (and every combination of the four usages the signers know), and subjects of each
+/// kind, an approved request is always issuable and a request the signer refuses is never
+/// approved, and refused with the same words.
+#[test]
+fn approver_and_signer_agree_on_every_signer_and_usage_combination() {
+    use csr_warden::config::parse_policy;
+    use csr_warden::policy::*;
+
+    const CUSTOM: &str = "example.com/custom";
+    let policy = parse_policy(
+        "signers:\n  - name: kubernetes.io/kube-apiserver-client\n  - name: kubernetes.io/kube-apiserver-client-kubelet\n  - name: kubernetes.io/kubelet-serving\n  - name: example.com/custom\nforbiddenGroups: [system:masters]\nkubelet: { client: true, serving: true }\nallowList:\n  - commonName: jane\n    groups: [developers]\n  - commonName: system:node:n1\n    groups: [system:nodes]\n",
+        Path::new("agree.yaml"),
+    )
+    .expect("policy");
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = load(&openssl_ca(dir.path(), KeyKind::P256, 365));
+    let node = "system:node:n1";
+    // (common name, organisations, SANs, requester): the shapes each signer sees.
+    let shapes: [(&str, &[&str], &[&str], &str); 4] = [
+        ("jane", &["developers"], &[], "jane"),
+        (node, &["system:nodes"], &[], node),
+        (
+            node,
+            &["system:nodes"],
+            &["n1.example.com", "10.0.0.5"],
+            node,
+        ),
+        ("jane", &["developers"], &["jane.example.com"], "jane"),
+    ];
+    let facts = ClusterFacts {
+        node_client_allowed: Some(true),
+        self_node_client_allowed: Some(true),
+        node: Some(NodeLookup::Addresses(vec![
+            "n1.example.com".into(),
+            "10.0.0.5".into(),
+        ])),
+        other_nodes: Some(Vec::new()),
+        api_server: Some(vec!["10.96.0.1".parse().expect("ip")]),
+    };
+    let mut combinations: Vec<Vec<&str>> = Vec::new();
+    for (i, first) in KNOWN_USAGES.iter().enumerate() {
+        combinations.push(vec![first]);
+        for second in &KNOWN_USAGES[i + 1..] {
+            combinations.push(vec![first, second]);
+        }
+    }
+    let known = [
+        "client auth",
+        "server auth",
+        "digital signature",
+        "key encipherment",
+    ];
+    for mask in 1..16u32 {
+        let set: Vec<&str> = (0..4)
+            .filter(|bit| mask & (1 << bit) != 0)
+            .map(|bit| known[bit])
+            .collect();
+        if set.len() > 2 {
+            combinations.push(set);
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let (mut approved, mut refused) = (0, 0);
+    for (common_name, organizations, sans, requester) in shapes {
+        let pem = rcgen_csr(common_name, organizations, sans);
+        let request = inspect(pem.as_bytes()).expect("inspect");
+        for signer in [
+            SIGNER_KUBE_APISERVER_CLIENT,
+            SIGNER_KUBELET_CLIENT,
+            SIGNER_KUBELET_SERVING,
+            CUSTOM,
+        ] {
+            for combination in &combinations {
+                let usage = usages(combination);
+                let csr = CsrView {
+                    name: "agree".into(),
+                    signer_name: signer.into(),
+                    usages: usage.clone(),
+                    expiration_seconds: Some(3600),
+                    requester: Requester {
+                        username: requester.into(),
+                        uid: None,
+                        groups: if requester == node {
+                            vec!["system:nodes".into(), "system:authenticated".into()]
+                        } else {
+                            vec!["system:authenticated".into()]
+                        },
+                    },
+                    request: Ok(request.clone()),
+                };
+                let decision = decide(&csr, &facts, &policy).decision;
+                let issued = issue_for(&ca, &request, signer, &usage, Some(3600), now);
+                let case = format!("{signer} {common_name} {sans:?} {combination:?}");
+                match (&decision, &issued) {
+                    (Decision::Approve { .. }, Ok(_)) => approved += 1,
+                    (Decision::Approve { .. }, Err(error)) => {
+                        panic!("{case}: approved but the signer refuses: {error}")
+                    }
+                    (_, Err(IssueError::SignerRules { problem, .. })) => {
+                        refused += 1;
+                        if let Decision::Deny { message, .. } = &decision {
+                            assert_eq!(message, problem, "{case}: the two say different things");
+                        }
+                    }
+                    (_, Err(error)) => panic!("{case}: unexpected signing error {error}"),
+                    (_, Ok(_)) => {}
+                }
+            }
+        }
+    }
+    // Both answers occur, so the agreement is not vacuous.
+    assert!(approved >= 16, "only {approved} approvals");
+    assert!(refused > 1000, "only {refused} refusals");
+}

@@ -31,10 +31,7 @@ use encoding::{
 
 use crate::ca::{CertificateAuthority, key_identifier};
 use crate::inspect::CertificateRequest;
-use crate::policy::{
-    CLIENT_USAGES, NODE_GROUP, NODE_USER_PREFIX, SERVING_USAGES, SIGNER_KUBELET_CLIENT,
-    SIGNER_KUBELET_SERVING, SigningLimits, USAGE_CLIENT_AUTH, USAGE_SERVER_AUTH,
-};
+use crate::policy::{SigningLimits, signer_shape_problem};
 
 /// Certificates start this far in the past, so clocks that lag a little still accept them.
 pub const BACKDATE: Duration = Duration::minutes(5);
@@ -218,71 +215,16 @@ pub fn validity(
     Ok((now - BACKDATE, not_after))
 }
 
-fn rules_error(approved: &ApprovedRequest<'_>, problem: impl Into<String>) -> IssueError {
-    IssueError::SignerRules {
-        signer: approved.signer_name.to_owned(),
-        problem: problem.into(),
-    }
-}
-
+/// The signer's own rules, written once in `policy::signer_shape_problem` and applied here
+/// again because a human may have approved the request.
 fn check_signer_rules(approved: &ApprovedRequest<'_>) -> Result<(), IssueError> {
-    let request = approved.request;
-    // kube-apiserver-client, the kubelet client signer and custom signers issue client
-    // certificates only; kubelet-serving issues serving certificates only.
-    let (allowed, required) = if approved.signer_name == SIGNER_KUBELET_SERVING {
-        (SERVING_USAGES, USAGE_SERVER_AUTH)
-    } else {
-        (CLIENT_USAGES, USAGE_CLIENT_AUTH)
-    };
-    if let Some(bad) = approved
-        .usages
-        .iter()
-        .find(|u| !allowed.contains(&u.as_str()))
-    {
-        return Err(rules_error(approved, format!("invalid usage {bad:?}")));
+    match signer_shape_problem(approved.signer_name, approved.usages, approved.request) {
+        Some((_, problem)) => Err(IssueError::SignerRules {
+            signer: approved.signer_name.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
     }
-    if !approved.usages.iter().any(|u| u == required) {
-        return Err(rules_error(
-            approved,
-            format!("usages must include {required:?}"),
-        ));
-    }
-    if approved.signer_name == SIGNER_KUBELET_CLIENT
-        || approved.signer_name == SIGNER_KUBELET_SERVING
-    {
-        let is_node = request
-            .common_name
-            .as_deref()
-            .and_then(|cn| cn.strip_prefix(NODE_USER_PREFIX))
-            .is_some_and(|name| !name.is_empty());
-        if !is_node || request.organizations != [NODE_GROUP] {
-            return Err(rules_error(
-                approved,
-                format!(
-                    "subject must be CN=system:node:<name>, O={NODE_GROUP}; got {:?}",
-                    request.subject_string()
-                ),
-            ));
-        }
-    }
-    if approved.signer_name == SIGNER_KUBELET_CLIENT && request.has_sans() {
-        return Err(rules_error(
-            approved,
-            "kubelet client certificates carry no SANs",
-        ));
-    }
-    if approved.signer_name == SIGNER_KUBELET_SERVING {
-        if !request.email_addresses.is_empty() || !request.uris.is_empty() {
-            return Err(rules_error(approved, "email and URI SANs are not allowed"));
-        }
-        if request.dns_names.is_empty() && request.ip_addresses.is_empty() {
-            return Err(rules_error(
-                approved,
-                "at least one DNS or IP SAN is required",
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn sans(request: &CertificateRequest) -> Result<Vec<GeneralName>, IssueError> {
