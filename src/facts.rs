@@ -24,13 +24,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
 use crate::policy::{AddressClaim, ClusterFacts, CsrView, FactsNeeded, NodeLookup, normalize_dns};
-use crate::request::{REQUEST_TIMEOUT, REVIEW_TIMEOUT, within};
+use crate::request::{PAGE_SIZE, REQUEST_TIMEOUT, REVIEW_TIMEOUT, list_paged, within};
 
 /// Where the API server's Service lives, in every cluster.
 const API_SERVER_NAMESPACE: &str = "default";
 const API_SERVER_SERVICE: &str = "kubernetes";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-const PAGE_SIZE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FactsError {
@@ -406,20 +405,14 @@ impl Facts {
     async fn list_all(&self) -> Result<(), FactsError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let mut all = Vec::new();
-        let mut params = ListParams::default().limit(PAGE_SIZE);
-        loop {
-            let page = within(REQUEST_TIMEOUT, nodes.list(&params))
-                .await
-                .map_err(|source| FactsError::Kube {
-                    what: "list nodes",
-                    source,
-                })?;
-            all.extend(page.items.iter().map(|n| (n.name_any(), node_addresses(n))));
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params.continue_token = Some(token),
-                None => break,
-            }
-        }
+        list_paged(&nodes, ListParams::default(), |page| {
+            all.extend(page.iter().map(|n| (n.name_any(), node_addresses(n))));
+        })
+        .await
+        .map_err(|source| FactsError::Kube {
+            what: "list nodes",
+            source,
+        })?;
         self.nodes.replace(all);
         let services: Api<Service> = Api::namespaced(self.client.clone(), API_SERVER_NAMESPACE);
         let service = within(REQUEST_TIMEOUT, services.get_opt(API_SERVER_SERVICE))

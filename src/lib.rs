@@ -7,6 +7,7 @@
 //! - [`ca`]: loading the signing CA.
 //! - [`config`]: the policy file.
 //! - [`facts`]: what the cluster answers that a CSR cannot say (reviews, Nodes, the API server).
+//! - [`csr`]: what a CSR object says (its state, the policy's view of it).
 //! - [`controller`]: all Kubernetes I/O.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod ca;
 pub mod check;
 pub mod config;
 pub mod controller;
+pub mod csr;
 pub mod facts;
 pub mod http;
 pub mod inspect;

@@ -37,7 +37,7 @@ pub type CaSlot = Result<CertificateAuthority, String>;
 /// One CA in force, with the file contents it was loaded from (to notice changes).
 #[derive(Clone)]
 struct LoadedCa {
-    files: Option<Vec<Vec<u8>>>,
+    files: Option<FilesDigest>,
     slot: Arc<CaSlot>,
 }
 
@@ -57,6 +57,8 @@ pub struct Live {
     leader_known: AtomicBool,
     synced: AtomicBool,
     pub metrics: Metrics,
+    /// The signers whose CA expiry is in the metrics now.
+    expiry_reported: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Bumped when every CSR should be looked at again: a new policy, or newly gained leadership.
     recheck: watch::Sender<u64>,
 }
@@ -80,6 +82,7 @@ impl Live {
             leader_known: AtomicBool::new(!leader_election),
             synced: AtomicBool::new(false),
             metrics: Metrics::new(),
+            expiry_reported: Default::default(),
             recheck: watch::channel(0).0,
         });
         live.metrics.leader.set(i64::from(!leader_election));
@@ -144,6 +147,24 @@ impl Live {
     pub fn report_cas(&self, now: OffsetDateTime) {
         let policy = self.policy();
         self.metrics.ca_not_after.clear();
+        // A signer that no longer signs (or has no CA now) leaves no stale expiry alert behind.
+        // The others keep their gauge, which remembers whether the warning was logged.
+        let mut reported = self
+            .expiry_reported
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let signing: std::collections::BTreeSet<String> = policy
+            .signer_names
+            .iter()
+            .filter(|s| policy.signs(s) && self.ca_for(s).is_ok())
+            .cloned()
+            .collect();
+        for gone in reported.difference(&signing) {
+            self.metrics.ca_expiring_soon.remove(&SignerLabels {
+                signer: gone.clone(),
+            });
+        }
+        *reported = signing;
         for signer in policy.signer_names.iter().filter(|s| policy.signs(s)) {
             let ca = self.ca_for(signer);
             let Ok(ca) = ca.as_ref() else { continue };
@@ -214,8 +235,19 @@ impl Live {
     }
 }
 
-fn read_all(paths: &[&PathBuf]) -> Option<Vec<Vec<u8>>> {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+/// A SHA-256 digest of a CA's files, to notice when they change: the private key's bytes are
+/// read to compute it and not kept (the loaded key lives only inside its signing key pair).
+type FilesDigest = [u8; 32];
+
+fn digest_of(paths: &[&PathBuf]) -> Option<FilesDigest> {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for path in paths {
+        let bytes = std::fs::read(path).ok()?;
+        // Length first, so two files' bytes cannot shift from one into the other.
+        context.update(&(bytes.len() as u64).to_be_bytes());
+        context.update(&bytes);
+    }
+    context.finish().as_ref().try_into().ok()
 }
 
 /// The signers of `policy` that sign with `paths`, for log lines.
@@ -234,7 +266,7 @@ fn signers_of(policy: &Policy, sources: &Sources, paths: &CaPaths) -> Vec<String
 fn load_cas(policy: &Policy, sources: &Sources, previous: &CaTable) -> CaTable {
     let mut table = CaTable::new();
     for paths in policy.cas_needed(&sources.default_ca) {
-        let files = read_all(&[&paths.cert, &paths.key]);
+        let files = digest_of(&[&paths.cert, &paths.key]);
         let before = previous.get(paths);
         if let Some(before) = before.filter(|b| b.files == files) {
             table.insert(paths.clone(), before.clone());
@@ -315,7 +347,7 @@ fn guard_cluster_ca(policy: &Policy, sources: &Sources, cas: &CaTable) -> Result
 /// good one stays. Kubelet updates ConfigMap and Secret volumes by swapping a symlink, so
 /// reading the content is what works.
 pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duration) {
-    let mut last_policy = read_all(&[&sources.policy]);
+    let mut last_policy = digest_of(&[&sources.policy]);
     // CA files the guard refused, so a refusal is logged once, not every tick.
     let mut last_refused = None;
     let mut ticker = tokio::time::interval(interval);
@@ -323,7 +355,7 @@ pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duratio
     loop {
         ticker.tick().await;
         live.report_cas(OffsetDateTime::now_utc());
-        let policy_now = read_all(&[&sources.policy]);
+        let policy_now = digest_of(&[&sources.policy]);
         let mut new_policy = None;
         if policy_now != last_policy {
             last_policy = policy_now;
@@ -338,12 +370,12 @@ pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duratio
         let current = live.policy();
         let policy = new_policy.as_ref().unwrap_or(&current);
         let before = live.cas();
-        let wanted: Vec<(CaPaths, Option<Vec<Vec<u8>>>)> = policy
+        let wanted: Vec<(CaPaths, Option<FilesDigest>)> = policy
             .cas_needed(&sources.default_ca)
             .into_iter()
-            .map(|paths| (paths.clone(), read_all(&[&paths.cert, &paths.key])))
+            .map(|paths| (paths.clone(), digest_of(&[&paths.cert, &paths.key])))
             .collect();
-        let in_force: Vec<(CaPaths, Option<Vec<Vec<u8>>>)> = before
+        let in_force: Vec<(CaPaths, Option<FilesDigest>)> = before
             .iter()
             .map(|(paths, ca)| (paths.clone(), ca.files.clone()))
             .collect();
@@ -366,10 +398,12 @@ pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duratio
                 live.metrics.reload("ca", accepted);
             }
         }
-        if let Some(policy) = &new_policy {
-            tracing::info!(path = %sources.policy.display(), signers = ?policy.signer_names, "policy reloaded");
+        let reloaded = new_policy.as_ref().map(|p| p.signer_names.clone());
+        live.set(new_policy, cas);
+        // Logged once in force, so the line means the new policy now decides.
+        if let Some(signers) = reloaded {
+            tracing::info!(path = %sources.policy.display(), ?signers, "policy reloaded");
             live.metrics.reload("policy", true);
         }
-        live.set(new_policy, cas);
     }
 }

@@ -251,6 +251,16 @@ pub struct CsrView {
     pub request: Result<CertificateRequest, InspectError>,
 }
 
+impl CsrView {
+    /// The requested subject as logs and `check` print it, or why it cannot be read.
+    pub fn subject(&self) -> String {
+        self.request
+            .as_ref()
+            .map(|r| r.subject_string())
+            .unwrap_or_else(|e| format!("<unreadable: {e}>"))
+    }
+}
+
 /// What the cluster knows that the CSR cannot tell us. `None` means "not looked up" (offline, or
 /// not needed); the policy treats it as "not allowed" and leaves the request pending.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

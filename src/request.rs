@@ -35,3 +35,27 @@ pub async fn within<T>(
         )),
     }
 }
+
+/// Objects per page of a list: a 50,000-CSR cluster is listed in pieces, none held whole.
+pub const PAGE_SIZE: u32 = 500;
+
+/// Every object `params` selects, one page of [`PAGE_SIZE`] at a time, each page handed to
+/// `page` as it arrives; each page request has [`REQUEST_TIMEOUT`] and its turn in flight.
+pub async fn list_paged<K>(
+    api: &kube::Api<K>,
+    params: kube::api::ListParams,
+    mut page: impl FnMut(Vec<K>),
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = params.limit(PAGE_SIZE);
+    loop {
+        let list = within(REQUEST_TIMEOUT, api.list(&params)).await?;
+        page(list.items);
+        match list.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params.continue_token = Some(token),
+            None => return Ok(()),
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! managedFields and the `kubectl apply` copy; finished and foreign CSRs not at all.
 
 use csr_warden::controller::watch::{trim_for_cache, worth_caching};
-use csr_warden::controller::{CsrState, csr_state};
+use csr_warden::csr::{CsrState, csr_state};
 use csr_warden::policy::SignerRole;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{

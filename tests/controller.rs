@@ -311,6 +311,46 @@ async fn a_csr_left_pending_gets_one_event_saying_why() {
     assert!(condition_types(&csr_state(&h.server, "bob")).is_empty());
 }
 
+/// After a restart (or a change of leader) the reasons already given are read from the server
+/// with one list of csr-warden's own CSR Events, not one list of `default` per pending CSR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_reasons_already_given_are_read_in_one_list() {
+    let h = harness().await;
+    let names: Vec<String> = (0..10).map(|i| format!("bob-{i}")).collect();
+    for name in &names {
+        h.create_client_csr("bob-token", name, "/CN=bob/O=ops");
+    }
+    let flags = ["--concurrency", "1"];
+    let first = h.controller(&flags);
+    h.server
+        .wait_for("every bob's Event", |s| {
+            names.iter().all(|n| !s.events_for(n).is_empty())
+        })
+        .await;
+    first.kill().await;
+    let lists_before = h.server.event_lists();
+    let second = h.controller(&flags);
+    second
+        .wait_for_logs("every bob looked at again", names.len(), |l| {
+            l["decision"] == "leave" && l["csr"].as_str().is_some_and(|c| c.starts_with("bob-"))
+        })
+        .await;
+    h.caught_up("after-restart").await;
+    assert_eq!(
+        h.server.event_lists() - lists_before,
+        1,
+        "one list of Events for {} pending CSRs",
+        names.len()
+    );
+    for name in &names {
+        assert_eq!(
+            h.server.events_for(name).len(),
+            1,
+            "{name}: no second Event"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_serving_csr_with_a_foreign_san_is_denied() {
     let h = harness().await;

@@ -377,7 +377,12 @@ async fn a_ca_close_to_expiry_is_reported_and_caps_certificates() {
     let h = harness().await;
     let short_dir = tempfile::tempdir().expect("dir");
     let short_ca = openssl_ca(short_dir.path(), KeyKind::P256, 10);
-    let controller = ControllerProcess::start(&h.server, h.dir.path(), &short_ca, &[]);
+    let controller = ControllerProcess::start(
+        &h.server,
+        h.dir.path(),
+        &short_ca,
+        &["--reload-interval-ms", "100"],
+    );
     controller
         .wait_for_log("expiry warning", |l| {
             l["level"] == "WARN"
@@ -428,6 +433,33 @@ async fn a_ca_close_to_expiry_is_reported_and_caps_certificates() {
         cert_file.to_str().expect("path"),
     ]);
     assert_eq!(cert_end, ca_end, "the certificate ends when the CA does");
+
+    // A signer taken out of the policy leaves no expiry alert behind; the others keep theirs.
+    std::fs::write(
+        h.dir.path().join("policy.yaml"),
+        POLICY.replace("  - kubernetes.io/kubelet-serving\n", ""),
+    )
+    .expect("policy without kubelet-serving");
+    controller
+        .wait_for_log("policy reloaded", |l| l["message"] == "policy reloaded")
+        .await;
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(
+            &metrics,
+            r#"csr_warden_ca_expiring_soon{signer="kubernetes.io/kubelet-serving"}"#
+        ),
+        None,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sample(
+            &metrics,
+            r#"csr_warden_ca_expiring_soon{signer="kubernetes.io/kube-apiserver-client"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 /// A leader that cannot renew its Lease stops acting before the Lease can expire (client-go's

@@ -564,6 +564,46 @@ async fn with_only_the_manifests_rbac_every_request_is_allowed() {
         "a Warning Event for agent-smith: {events:#}"
     );
 
+    // A CSR left for a human, then a restart: the new process reads the reasons already given
+    // with one list of its own CSR Events (a field selector the real server must accept, with
+    // the manifests' RBAC), and bob's is among them.
+    let bob = openssl_csr(dir.path(), "bob", KeyKind::P256, "/CN=bob/O=ops", None, &[]);
+    plane.create_as(
+        "bob",
+        &[],
+        &csr_object("rbac-bob", CLIENT_SIGNER, &["client auth"], &bob),
+    );
+    controller
+        .wait_for_log("bob left pending", |l| {
+            l["csr"] == "rbac-bob" && l["decision"] == "leave"
+        })
+        .await;
+    let bob_events = || {
+        plane.get(&[
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            "involvedObject.name=rbac-bob,reason=NoMatchingRule",
+        ])["items"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    control_plane::wait_until("bob's leave Event", || bob_events() == 1);
+    controller.kill().await;
+    let restarted = self::controller(plane, dir.path(), None, Some(&kubeconfig));
+    let read = restarted
+        .wait_for_log("the Events recorded before, read", |l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("read the Events csr-warden recorded before"))
+        })
+        .await;
+    assert!(
+        read["events"].as_u64().is_some_and(|n| n >= 1),
+        "bob's Event among them: {read}"
+    );
+
     let ours = "system:serviceaccount:csr-warden:csr-warden";
     let refused: Vec<String> = plane
         .audit_events()

@@ -17,14 +17,14 @@ use serde::Serialize;
 
 use super::{EXIT_BAD_INPUT, exit_code, print, render};
 use crate::config::{CheckArgs, OutputFormat, load_policy, parse_policy};
-use crate::controller::{CsrState, csr_state, csr_view};
+use crate::csr::{CsrState, csr_state, csr_view};
 use crate::facts::{Facts, FactsError};
 use crate::policy::{self, Policy, Verdict};
+use crate::request::list_paged;
 
 /// Key of the policy in the controller's ConfigMap (as the chart mounts it).
 const POLICY_KEY: &str = "policy.yaml";
 /// Page size for `--all-pending`: a backlog of thousands is read a page at a time.
-const PAGE: u32 = 500;
 
 /// What stops a live check; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -295,17 +295,18 @@ async fn all_pending(
 ) -> Result<u8, LiveError> {
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let mut pending = Vec::new();
-    let mut params = ListParams::default().limit(PAGE);
-    loop {
-        let page = csrs.list(&params).await.map_err(LiveError::ListCsrs)?;
-        pending.extend(page.items.into_iter().filter(|csr| {
-            policy.signer_names.contains(&csr.spec.signer_name)
-                && csr_state(csr) == CsrState::Pending
-        }));
-        match page.metadata.continue_.filter(|token| !token.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => break,
-        }
+    // Only the policy's signers, each listed by field selector, as the controller's resync does.
+    for signer in &policy.signer_names {
+        let params = ListParams::default().fields(&format!("spec.signerName={signer}"));
+        list_paged(&csrs, params, |items| {
+            pending.extend(
+                items
+                    .into_iter()
+                    .filter(|csr| csr_state(csr) == CsrState::Pending),
+            )
+        })
+        .await
+        .map_err(LiveError::ListCsrs)?;
     }
     pending.sort_by_key(|csr| (csr.creation_timestamp().map(|t| t.0), csr.name_any()));
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use serde::Serialize;
 
 use crate::config::{CheckArgs, OutputFormat, load_policy};
-use crate::controller::csr_view;
+use crate::csr::csr_view;
 use crate::inspect::inspect;
 use std::net::IpAddr;
 
@@ -181,11 +181,7 @@ pub fn render(
     state: Option<&cluster::LiveState>,
     format: OutputFormat,
 ) -> String {
-    let subject = view
-        .request
-        .as_ref()
-        .map(|r| r.subject_string())
-        .unwrap_or_else(|e| format!("<unreadable: {e}>"));
+    let subject = view.subject();
     let decision = &verdict.decision;
     match format {
         OutputFormat::Json => {

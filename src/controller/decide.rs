@@ -6,13 +6,12 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 
+use super::error::{is_conflict, kube_error};
 use super::record::log_decision;
-use super::{
-    APPROVED, Context, CsrState, DENIED, Error, MAX_CONFLICT_RETRIES, age_seconds, condition,
-    csr_state, is_conflict, kube_error, status_patch,
-};
+use super::{Context, Error, MAX_CONFLICT_RETRIES};
+use crate::csr::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state, status_patch};
 use crate::metrics::DecisionLabels;
-use crate::policy::{self, Decision};
+use crate::policy::{self, CsrView, Decision};
 use crate::request::{REQUEST_TIMEOUT, within};
 
 impl Context {
@@ -34,36 +33,19 @@ impl Context {
                     source,
                 })?;
             let verdict = policy::decide(&view, &facts, &policy);
-            let counted = DecisionLabels {
-                signer: view.signer_name.clone(),
-                decision: verdict.decision.verb().to_owned(),
-                reason: verdict.decision.reason().as_str().to_owned(),
+            // Every rule looked at, for `RUST_LOG=csr_warden=debug`.
+            tracing::debug!(csr = %name, steps = ?verdict.steps, "rules");
+            let decision = &verdict.decision;
+            let kind = match decision {
+                // A leave writes nothing to the CSR, only its Event.
+                Decision::Leave { .. } => return self.announce(&csr, &view, decision, false).await,
+                Decision::Approve { .. } => APPROVED,
+                Decision::Deny { .. } => DENIED,
             };
-            let (kind, event_type) = match &verdict.decision {
-                Decision::Leave { .. } => {
-                    // Every rule looked at, for `RUST_LOG=csr_warden=debug`.
-                    tracing::debug!(csr = %name, steps = ?verdict.steps, "rules");
-                    log_decision(&view, &verdict.decision, self.settings.dry_run);
-                    self.live.metrics.decisions.get_or_create(&counted).inc();
-                    return self
-                        .say_left_pending(
-                            &csr,
-                            verdict.decision.reason(),
-                            verdict.decision.message(),
-                        )
-                        .await;
-                }
-                Decision::Approve { .. } => (APPROVED, EventType::Normal),
-                Decision::Deny { .. } => (DENIED, EventType::Warning),
-            };
-            let reason = verdict.decision.reason().as_str();
-            let message = verdict.decision.message();
             if self.settings.dry_run {
-                log_decision(&view, &verdict.decision, true);
-                self.live.metrics.decisions.get_or_create(&counted).inc();
-                self.event(&csr, event_type, reason, message, kind).await;
-                return Ok(());
+                return self.announce(&csr, &view, decision, false).await;
             }
+            let (reason, message) = (decision.reason().as_str(), decision.message());
             csr.status
                 .get_or_insert_with(Default::default)
                 .conditions
@@ -75,16 +57,7 @@ impl Context {
                 .csrs
                 .patch_subresource("approval", &name, &params, &patch);
             match within(REQUEST_TIMEOUT, write).await {
-                Ok(_) => {
-                    // Metrics first: once the log line is out, /metrics already shows it.
-                    self.live.metrics.decisions.get_or_create(&counted).inc();
-                    if let Some(age) = age_seconds(&csr) {
-                        self.live.metrics.seconds_to_decision.observe(age);
-                    }
-                    log_decision(&view, &verdict.decision, false);
-                    self.event(&csr, event_type, reason, message, kind).await;
-                    return Ok(());
-                }
+                Ok(_) => return self.announce(&csr, &view, decision, true).await,
                 Err(error) if is_conflict(&error) => {
                     tracing::info!(csr = %name, "approval conflicted with another change; re-reading and deciding again");
                     match self.get(&name).await? {
@@ -101,5 +74,37 @@ impl Context {
             }
         }
         Err(Error::TooManyConflicts { csr: name })
+    }
+
+    /// Make a decision known, once it is written (or would be, in a dry run): the metric, the
+    /// audit log line, and the Event (a leave's is the only word on the CSR).
+    async fn announce(
+        &self,
+        csr: &CertificateSigningRequest,
+        view: &CsrView,
+        decision: &Decision,
+        written: bool,
+    ) -> Result<(), Error> {
+        // Metrics first: once the log line is out, /metrics already shows it.
+        let counted = DecisionLabels {
+            signer: view.signer_name.clone(),
+            decision: decision.verb().to_owned(),
+            reason: decision.reason().as_str().to_owned(),
+        };
+        self.live.metrics.decisions.get_or_create(&counted).inc();
+        if written && let Some(age) = age_seconds(csr) {
+            self.live.metrics.seconds_to_decision.observe(age);
+        }
+        log_decision(view, decision, self.settings.dry_run);
+        let (event_type, kind) = match decision {
+            Decision::Leave { reason, message } => {
+                return self.say_left_pending(csr, *reason, message).await;
+            }
+            Decision::Approve { .. } => (EventType::Normal, APPROVED),
+            Decision::Deny { .. } => (EventType::Warning, DENIED),
+        };
+        let (reason, message) = (decision.reason().as_str(), decision.message());
+        self.event(csr, event_type, reason, message, kind).await;
+        Ok(())
     }
 }

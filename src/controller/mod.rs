@@ -13,6 +13,9 @@
 //! - `record`: Events and the audit log line.
 
 mod decide;
+mod error;
+mod housekeeping;
+mod memo;
 pub mod queue;
 mod record;
 pub use record::{EVENT_BURST, EVENT_RATE, EventBudget, fit};
@@ -23,83 +26,29 @@ pub mod work;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::certificates::v1::{
-    CertificateSigningRequest, CertificateSigningRequestCondition,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector;
 use kube::{Client, ResourceExt};
 
-use crate::facts::{Facts, FactsError, NodeChange};
+pub use error::Error;
+use error::{is_not_found, kube_error};
+use memo::Memo;
+
+use crate::csr::{CsrState, csr_state, csr_view, csr_view_with};
+use crate::facts::{Facts, NodeChange};
 use crate::inspect::{CertificateRequest, InspectError, inspect};
 use crate::live::Live;
-use crate::policy::{CsrView, Requester};
+use crate::policy::CsrView;
 use crate::request::{REQUEST_TIMEOUT, within};
 
+/// The reporting controller of csr-warden's Events (`reportingComponent` in core/v1).
+const REPORTER: &str = "csr-warden";
 /// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
 const MAX_CONFLICT_RETRIES: usize = 5;
 /// Attempts at writing one Event before it is given up (the decision is in the log regardless).
 const EVENT_ATTEMPTS: u32 = 4;
-
-pub const APPROVED: &str = "Approved";
-pub const DENIED: &str = "Denied";
-pub const FAILED: &str = "Failed";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API call {action} for CSR {csr} failed: {source}")]
-    Kube {
-        action: &'static str,
-        csr: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(
-        "CSR {csr} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row); will retry"
-    )]
-    TooManyConflicts { csr: String },
-    #[error("no system randomness for a certificate serial: {0}")]
-    Randomness(String),
-    #[error("could not record the Event saying why CSR {csr} is left pending; will retry")]
-    EventUnavailable { csr: String },
-    #[error("the facts for CSR {csr} are not to be had yet: {source}; will retry")]
-    Facts {
-        csr: String,
-        #[source]
-        source: FactsError,
-    },
-}
-
-impl Error {
-    /// Short label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Error::Kube { action, .. } => action,
-            Error::TooManyConflicts { .. } => "conflicts",
-            Error::Randomness(_) => "randomness",
-            Error::EventUnavailable { .. } => "event",
-            Error::Facts {
-                source: FactsError::NotSynced(_),
-                ..
-            } => "facts not synced",
-            Error::Facts { .. } => "facts",
-        }
-    }
-}
-
-fn kube_error<'a>(action: &'static str, csr: &'a str) -> impl FnOnce(kube::Error) -> Error + 'a {
-    move |source| Error::Kube {
-        action,
-        csr: csr.to_owned(),
-        source,
-    }
-}
-
-fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.is_conflict())
-}
 
 /// Fixed for the life of the process; the policy and CA live in [`Live`] and can be reloaded.
 pub struct Settings {
@@ -133,12 +82,14 @@ pub struct Context {
     /// The work queue, for what a reconcile needs to know of its CSR's retries.
     work: Arc<work::Work>,
     /// Per CSR name: (uid, Event reason) last recorded for leaving it pending.
-    left_pending: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    left_pending: Memo<String, (String, String)>,
     /// Approved CSRs (name → uid) waiting for their signer's CA; each has had its Warning Event.
-    waiting_for_ca: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    waiting_for_ca: Memo<String, String>,
     /// Per CSR uid: its spec.request and what inspecting it found. spec is immutable, so each CSR
     /// is parsed and its signature verified once, not on every reconcile and again to sign it.
-    inspected: std::sync::Mutex<std::collections::HashMap<String, Inspected>>,
+    inspected: Memo<String, Inspected>,
+    /// (CSR uid, reason) of the Events recorded before this process led, read once.
+    said_before: tokio::sync::OnceCell<std::collections::HashSet<(String, String)>>,
 }
 
 /// A fingerprint of one CSR's request bytes (the bytes themselves already sit in the cache), and
@@ -150,118 +101,6 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut hasher);
     hasher.finish()
-}
-
-/// Where a CSR stands, from its conditions and certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CsrState {
-    Pending,
-    /// Approved and waiting for our certificate.
-    ApprovedUnsigned,
-    Issued,
-    Denied,
-    Failed,
-}
-
-impl CsrState {
-    /// Pending or approved-unsigned: something is still to be done.
-    pub fn needs_work(self) -> bool {
-        matches!(self, CsrState::Pending | CsrState::ApprovedUnsigned)
-    }
-}
-
-pub fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
-    let status = csr.status.as_ref();
-    let has = |kind: &str| {
-        status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|conditions| {
-                conditions
-                    .iter()
-                    .any(|c| c.type_ == kind && c.status == "True")
-            })
-    };
-    if has(DENIED) {
-        CsrState::Denied
-    } else if has(FAILED) {
-        CsrState::Failed
-    } else if status
-        .and_then(|s| s.certificate.as_ref())
-        .is_some_and(|c| !c.0.is_empty())
-    {
-        CsrState::Issued
-    } else if has(APPROVED) {
-        CsrState::ApprovedUnsigned
-    } else {
-        CsrState::Pending
-    }
-}
-
-/// The policy's view of a CSR object.
-pub fn csr_view(csr: &CertificateSigningRequest) -> CsrView {
-    csr_view_with(csr, inspect(&csr.spec.request.0))
-}
-
-/// The policy's view of a CSR object whose request was already inspected.
-fn csr_view_with(
-    csr: &CertificateSigningRequest,
-    request: Result<CertificateRequest, InspectError>,
-) -> CsrView {
-    let spec = &csr.spec;
-    CsrView {
-        name: csr.name_any(),
-        signer_name: spec.signer_name.clone(),
-        usages: spec.usages.clone().unwrap_or_default(),
-        expiration_seconds: spec.expiration_seconds,
-        requester: Requester {
-            username: spec.username.clone().unwrap_or_default(),
-            uid: spec.uid.clone(),
-            groups: spec.groups.clone().unwrap_or_default(),
-        },
-        request,
-    }
-}
-
-fn condition(kind: &str, reason: &str, message: &str) -> CertificateSigningRequestCondition {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    CertificateSigningRequestCondition {
-        type_: kind.to_owned(),
-        status: "True".to_owned(),
-        reason: Some(reason.to_owned()),
-        message: Some(message.to_owned()),
-        last_update_time: Some(now.clone()),
-        last_transition_time: Some(now),
-    }
-}
-
-/// The merge patch that writes `csr`'s conditions (and, for /status, its certificate) and
-/// nothing else, on the condition that the CSR is still at the resourceVersion it was decided
-/// on (409 otherwise). The server applies it to its own copy, so annotations, labels and
-/// finalizers that our trimmed cache copy lacks are kept (a PUT would drop them).
-fn status_patch(csr: &CertificateSigningRequest, with_certificate: bool) -> serde_json::Value {
-    let status = csr.status.clone().unwrap_or_default();
-    let mut patch = serde_json::json!({
-        "metadata": {"resourceVersion": csr.metadata.resource_version},
-        "status": {"conditions": status.conditions.unwrap_or_default()},
-    });
-    if with_certificate && let Some(certificate) = status.certificate {
-        patch["status"]["certificate"] = serde_json::json!(certificate);
-    }
-    patch
-}
-
-fn subject_of(view: &CsrView) -> String {
-    view.request
-        .as_ref()
-        .map(|r| r.subject_string())
-        .unwrap_or_else(|e| format!("<unreadable: {e}>"))
-}
-
-/// Seconds since the CSR was created, for the latency histograms.
-fn age_seconds(csr: &CertificateSigningRequest) -> Option<f64> {
-    let created = csr.metadata.creation_timestamp.as_ref()?;
-    let age = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
-    Some(age.as_secs_f64().max(0.0))
 }
 
 impl Context {
@@ -276,7 +115,7 @@ impl Context {
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
-                controller: "csr-warden".into(),
+                controller: REPORTER.into(),
                 instance: Some(settings.instance.clone()),
             },
         );
@@ -293,6 +132,7 @@ impl Context {
             left_pending: Default::default(),
             waiting_for_ca: Default::default(),
             inspected: Default::default(),
+            said_before: Default::default(),
         }
     }
 
@@ -310,11 +150,9 @@ impl Context {
         let print = fingerprint(request_bytes);
         let known = self
             .inspected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(uid)
             .filter(|(known, _)| *known == print)
-            .map(|(_, request)| request.clone());
+            .map(|(_, request)| request);
         let request = match known {
             Some(request) => request,
             None => {
@@ -322,8 +160,6 @@ impl Context {
                 let request = inspect(request_bytes);
                 self.live.metrics.requests_inspected.inc();
                 self.inspected
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
                     .insert(uid.to_owned(), (print, request.clone()));
                 request
             }
@@ -333,10 +169,7 @@ impl Context {
 
     /// Drop the inspections of CSRs no longer cached (finished, deleted, foreign).
     fn forget_inspected(&self, still_cached: impl Fn(&str) -> bool) {
-        self.inspected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|uid, _| still_cached(uid));
+        self.inspected.retain(|uid| still_cached(uid));
     }
 
     async fn get(&self, name: &str) -> Result<Option<CertificateSigningRequest>, Error> {
@@ -344,11 +177,6 @@ impl Context {
             .await
             .map_err(kube_error("get csr", name))
     }
-}
-
-/// The CSR no longer exists (deleted by a human or the garbage collector while we worked).
-fn is_not_found(error: &Error) -> bool {
-    matches!(error, Error::Kube { source: kube::Error::Api(status), .. } if status.is_not_found())
 }
 
 /// One reconcile: look at where the CSR stands and do the one thing it needs.
@@ -377,42 +205,6 @@ pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Re
             Ok(())
         }
         outcome => outcome,
-    }
-}
-
-/// Keep the pending-CSR gauges current: operators alert on a growing queue or an old request.
-async fn watch_queue(
-    store: Store<CertificateSigningRequest>,
-    work: Arc<work::Work>,
-    ctx: Arc<Context>,
-    live: Arc<Live>,
-) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        ticker.tick().await;
-        ctx.forget_left_pending(|name| store.get(&ObjectRef::new(name)).is_some());
-        ctx.forget_waiting_for_ca(|name| store.get(&ObjectRef::new(name)).is_some());
-        let cached_uids: std::collections::HashSet<String> = store
-            .state()
-            .iter()
-            .filter_map(|csr| csr.metadata.uid.clone())
-            .collect();
-        ctx.forget_inspected(|uid| cached_uids.contains(uid));
-        let (waiting, _) = work.sizes();
-        live.metrics
-            .queue_waiting
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-        let waiting: Vec<f64> = store
-            .state()
-            .iter()
-            .filter(|csr| watch::wanted(csr, &live))
-            .filter_map(|csr| age_seconds(csr))
-            .collect();
-        live.metrics
-            .pending
-            .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
-        let oldest = waiting.iter().copied().fold(0.0_f64, f64::max);
-        live.metrics.oldest_pending_age.set(oldest as i64);
     }
 }
 
@@ -446,7 +238,7 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     ));
     let retrying = tokio::spawn(work::retry_forever(work.clone()));
 
-    tokio::spawn(watch_queue(
+    tokio::spawn(housekeeping::keep_house(
         store.clone(),
         work.clone(),
         ctx.clone(),

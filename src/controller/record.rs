@@ -1,6 +1,7 @@
 //! Recording: the Event on the CSR (where `kubectl describe csr` shows it) and the structured
 //! audit log line (what remains after the CSR is garbage-collected).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
@@ -9,9 +10,9 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 
-use super::{Context, EVENT_ATTEMPTS, Error, subject_of};
+use super::{Context, EVENT_ATTEMPTS, Error, REPORTER};
 use crate::metrics::EventDropLabels;
-use crate::request::{REQUEST_TIMEOUT, within};
+use crate::request::{REQUEST_TIMEOUT, list_paged, within};
 
 /// What the API server accepts in an Event (events.k8s.io/v1 validation): note at most 1024
 /// bytes, reason and action at most 128.
@@ -110,10 +111,8 @@ impl Context {
         let said = self.event_reason(reason.as_str());
         let known = self
             .left_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&name)
-            .is_some_and(|(known_uid, known)| *known_uid == uid && *known == said);
+            .is_some_and(|(known_uid, known)| known_uid == uid && known == said);
         if known || self.event_exists(&uid, &said).await {
             self.remember_left_pending(name, uid, said);
             return Ok(());
@@ -137,22 +136,22 @@ impl Context {
     }
 
     fn remember_left_pending(&self, name: String, uid: String, reason: String) {
-        self.left_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, (uid, reason));
+        self.left_pending.insert(name, (uid, reason));
     }
 
     /// Whether an Event with this reason is already recorded for the CSR (after a restart or a
     /// change of leader the memory above is empty). Events of cluster-scoped objects live in
-    /// `default`. If the Events cannot be read, say it again rather than not at all.
+    /// `default`: csr-warden's own CSR Events there are listed once, paged, the first time one
+    /// is asked about, not once per pending CSR (the server has no index on involvedObject, so
+    /// each such list reads the whole namespace). If they cannot be read, say it again rather
+    /// than not at all.
     async fn event_exists(&self, uid: &str, reason: &str) -> bool {
-        let events: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
-        let params = ListParams::default()
-            .fields(&format!("involvedObject.uid={uid},reason={reason}"))
-            .limit(1);
-        match within(REQUEST_TIMEOUT, events.list(&params)).await {
-            Ok(list) => !list.items.is_empty(),
+        let said = self
+            .said_before
+            .get_or_try_init(|| self.list_said_before())
+            .await;
+        match said {
+            Ok(said) => said.contains(&(uid.to_owned(), reason.to_owned())),
             Err(error) => {
                 tracing::debug!(%error, "could not read existing Events; recording the reason again");
                 false
@@ -160,12 +159,30 @@ impl Context {
         }
     }
 
+    /// (CSR uid, reason) of every Event csr-warden recorded on a CSR.
+    async fn list_said_before(&self) -> Result<HashSet<(String, String)>, kube::Error> {
+        let events: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
+        let params = ListParams::default().fields(&format!(
+            "involvedObject.kind=CertificateSigningRequest,reportingComponent={REPORTER}"
+        ));
+        let mut said = HashSet::new();
+        list_paged(&events, params, |page| {
+            said.extend(
+                page.into_iter()
+                    .filter_map(|event| Some((event.involved_object.uid?, event.reason?))),
+            );
+        })
+        .await?;
+        tracing::info!(
+            events = said.len(),
+            "read the Events csr-warden recorded before, so reasons already given are not repeated"
+        );
+        Ok(said)
+    }
+
     /// Forget what was said about CSRs no longer in the cache (finished or deleted).
     pub(super) fn forget_left_pending(&self, still_cached: impl Fn(&str) -> bool) {
-        self.left_pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|name, _| still_cached(name));
+        self.left_pending.retain(|name| still_cached(name));
     }
 
     /// Record a decision's Event; one that cannot be written is counted and left to the log
@@ -253,7 +270,7 @@ impl Context {
 /// The audit record: one structured line per decision. CSRs and their Events are garbage-collected
 /// an hour after a decision; this line is what remains.
 pub(super) fn log_decision(view: &CsrView, decision: &Decision, dry_run: bool) {
-    let subject = subject_of(view);
+    let subject = view.subject();
     let reason = decision.reason();
     let message = decision.message();
     match decision {

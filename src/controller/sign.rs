@@ -9,11 +9,11 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 
-use super::{
-    Context, CsrState, Error, FAILED, MAX_CONFLICT_RETRIES, age_seconds, condition, csr_state,
-    is_conflict, kube_error, status_patch, subject_of,
-};
+use super::error::{is_conflict, kube_error};
+use super::memo::Memo;
+use super::{Context, Error, MAX_CONFLICT_RETRIES};
 use crate::ca::fingerprint_sha256;
+use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state, status_patch};
 use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, CsrView, Reason};
@@ -98,7 +98,7 @@ impl Context {
                                     reason: reason.clone(),
                                 })
                                 .inc();
-                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(&view), decision = "failed", %reason, "certificate not issued: {message}");
+                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "failed", %reason, "certificate not issued: {message}");
                             self.event(&csr, EventType::Warning, &reason, &message, "Sign")
                                 .await;
                         }
@@ -166,7 +166,7 @@ impl Context {
             requester: view.requester.username.clone(),
             groups: view.requester.groups.clone(),
             signer: view.signer_name.clone(),
-            subject: subject_of(view),
+            subject: view.subject(),
             serial: issued.serial_hex.clone(),
             sha256_fingerprint: fingerprint_sha256(&issued.der),
             not_before: issued.not_before.to_string(),
@@ -181,22 +181,13 @@ impl Context {
     /// issued when the CA loads (a CA reload looks at every cached CSR again).
     async fn wait_for_ca(&self, csr: &CertificateSigningRequest, view: &CsrView, message: &str) {
         let Some(uid) = csr.uid() else { return };
-        let first = {
-            let mut waiting = self
-                .waiting_for_ca
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let first = waiting.insert(view.name.clone(), uid.clone()).as_ref() != Some(&uid);
-            self.live
-                .metrics
-                .waiting_for_ca
-                .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
-            first
-        };
+        let (previous, waiting) = self.waiting_for_ca.insert(view.name.clone(), uid.clone());
+        self.set_waiting_for_ca(waiting);
+        let first = previous.as_ref() != Some(&uid);
         if !first {
             return;
         }
-        tracing::warn!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, subject = %subject_of(view), decision = "waiting", reason = CA_UNAVAILABLE, "approved, not issued yet: {message}");
+        tracing::warn!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "waiting", reason = CA_UNAVAILABLE, "approved, not issued yet: {message}");
         if !self.settings.dry_run {
             self.event(csr, EventType::Warning, CA_UNAVAILABLE, message, "Sign")
                 .await;
@@ -204,29 +195,22 @@ impl Context {
     }
 
     pub(super) fn no_longer_waiting_for_ca(&self, name: &str) {
-        let mut waiting = self
-            .waiting_for_ca
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if waiting.remove(name).is_some() {
-            self.live
-                .metrics
-                .waiting_for_ca
-                .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+        if let (Some(_), waiting) = self.waiting_for_ca.remove(name) {
+            self.set_waiting_for_ca(waiting);
         }
     }
 
     /// Forget the CSRs no longer cached (issued, failed, deleted) among those waiting.
     pub(super) fn forget_waiting_for_ca(&self, still_cached: impl Fn(&str) -> bool) {
-        let mut waiting = self
-            .waiting_for_ca
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        waiting.retain(|name, _| still_cached(name));
+        let waiting = self.waiting_for_ca.retain(|name| still_cached(name));
+        self.set_waiting_for_ca(waiting);
+    }
+
+    fn set_waiting_for_ca(&self, waiting: usize) {
         self.live
             .metrics
             .waiting_for_ca
-            .set(i64::try_from(waiting.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// What signing `view` comes to, with the signer's CA as it is now.
@@ -349,20 +333,16 @@ impl IssueRecord {
 /// certificate csr-warden issued has its line, even across a lost answer.
 #[derive(Debug, Default)]
 pub struct Unconfirmed {
-    writes: std::sync::Mutex<std::collections::HashMap<String, IssueRecord>>,
+    writes: Memo<String, IssueRecord>,
 }
 
 impl Unconfirmed {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, IssueRecord>> {
-        self.writes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn remember(&self, uid: &str, record: IssueRecord) {
-        self.lock().insert(uid.to_owned(), record);
+        self.writes.insert(uid.to_owned(), record);
     }
 
     fn forget(&self, uid: &str) {
-        self.lock().remove(uid);
+        self.writes.remove(uid);
     }
 
     /// `csr` as the server has it now: if it carries a certificate we wrote without an
@@ -371,7 +351,7 @@ impl Unconfirmed {
         let Some(uid) = csr.metadata.uid.as_deref() else {
             return;
         };
-        let Some(record) = self.lock().remove(uid) else {
+        let (Some(record), _) = self.writes.remove(uid) else {
             return;
         };
         let written = csr

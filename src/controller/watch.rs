@@ -27,15 +27,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::sign::Unconfirmed;
 use super::work::Work;
-use super::{CsrState, csr_state};
+use crate::csr::{CsrState, csr_state};
 use crate::live::Live;
 use crate::policy::SignerRole;
-use crate::request::{REQUEST_TIMEOUT, within};
+use crate::request::{PAGE_SIZE, REQUEST_TIMEOUT, list_paged, within};
 
 /// How long the resync lets the watch catch up before it calls a difference a miss.
 const RESYNC_GRACE: Duration = Duration::from_secs(2);
-/// Objects per list page, as client-go pages.
-const PAGE_SIZE: u32 = 500;
 /// Written by `kubectl apply`: a second copy of the whole object, request included.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -274,23 +272,17 @@ async fn resync_once(
     // (or finished ones of ours) there are.
     let signers: Vec<String> = live.policy().signer_names.iter().cloned().collect();
     for signer in signers {
-        let mut params = ListParams::default()
-            .fields(&format!("spec.signerName={signer}"))
-            .limit(PAGE_SIZE);
-        loop {
-            let page = within(REQUEST_TIMEOUT, api.list(&params)).await?;
-            for csr in page.items.iter().filter(|c| wanted(c, live)) {
+        let params = ListParams::default().fields(&format!("spec.signerName={signer}"));
+        list_paged(api, params, |items| {
+            for csr in items.iter().filter(|c| wanted(c, live)) {
                 listed.insert(csr.name_any());
                 let cached = rv_of(store.get(&ObjectRef::from_obj(csr)).as_ref());
                 if cached != csr.resource_version() {
                     suspects.push((csr.name_any(), cached));
                 }
             }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params.continue_token = Some(token),
-                None => break,
-            }
-        }
+        })
+        .await?;
     }
     live.metrics.resyncs.inc();
     // Cached, but not listed with work left: deleted or finished while the watch was not

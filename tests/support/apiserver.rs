@@ -124,6 +124,8 @@ struct State {
     reviews_asked: usize,
     /// Event creations that were valid (counted, so a test sees a retry loop as a number).
     events_posted: usize,
+    /// Lists of core/v1 Events served.
+    event_lists: usize,
     /// Service default/kubernetes and its EndpointSlices, by name.
     services: BTreeMap<String, Value>,
     endpoint_slices: BTreeMap<String, Value>,
@@ -611,6 +613,11 @@ impl FakeApiServer {
     /// Valid Event creations so far.
     pub fn events_posted(&self) -> usize {
         self.state.lock().expect("state").events_posted
+    }
+
+    /// How many lists of core/v1 Events the server has answered.
+    pub fn event_lists(&self) -> usize {
+        self.state.lock().expect("state").event_lists
     }
 
     /// CSRs whose approval writes succeeded, in the order the server took them.
@@ -1312,6 +1319,7 @@ async fn handle_authenticated(
         (&Method::GET, ["api", "v1", "events"])
         | (&Method::GET, ["api", "v1", "namespaces", _, "events"]) => {
             let namespace = segments.get(3).copied();
+            shared.state.lock().expect("state").event_lists += 1;
             core_events(&shared, namespace, &params)
         }
         _ => status_error(

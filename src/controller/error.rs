@@ -1,0 +1,67 @@
+//! The one error type of a reconcile, with a short label for logs and metrics.
+
+use crate::facts::FactsError;
+
+use super::MAX_CONFLICT_RETRIES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call {action} for CSR {csr} failed: {source}")]
+    Kube {
+        action: &'static str,
+        csr: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "CSR {csr} kept changing under us ({MAX_CONFLICT_RETRIES} conflicts in a row); will retry"
+    )]
+    TooManyConflicts { csr: String },
+    #[error("no system randomness for a certificate serial: {0}")]
+    Randomness(String),
+    #[error("could not record the Event saying why CSR {csr} is left pending; will retry")]
+    EventUnavailable { csr: String },
+    #[error("the facts for CSR {csr} are not to be had yet: {source}; will retry")]
+    Facts {
+        csr: String,
+        #[source]
+        source: FactsError,
+    },
+}
+
+impl Error {
+    /// Short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube { action, .. } => action,
+            Error::TooManyConflicts { .. } => "conflicts",
+            Error::Randomness(_) => "randomness",
+            Error::EventUnavailable { .. } => "event",
+            Error::Facts {
+                source: FactsError::NotSynced(_),
+                ..
+            } => "facts not synced",
+            Error::Facts { .. } => "facts",
+        }
+    }
+}
+
+pub(super) fn kube_error<'a>(
+    action: &'static str,
+    csr: &'a str,
+) -> impl FnOnce(kube::Error) -> Error + 'a {
+    move |source| Error::Kube {
+        action,
+        csr: csr.to_owned(),
+        source,
+    }
+}
+
+pub(super) fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.is_conflict())
+}
+
+/// The CSR no longer exists (deleted by a human or the garbage collector while we worked).
+pub(super) fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Kube { source: kube::Error::Api(status), .. } if status.is_not_found())
+}
