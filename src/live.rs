@@ -377,7 +377,7 @@ pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duratio
             .collect();
         let in_force: Vec<(CaPaths, Option<FilesDigest>)> = before
             .iter()
-            .map(|(paths, ca)| (paths.clone(), ca.files.clone()))
+            .map(|(paths, ca)| (paths.clone(), ca.files))
             .collect();
         if new_policy.is_none() && (wanted == in_force || last_refused.as_ref() == Some(&wanted)) {
             continue;

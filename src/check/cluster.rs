@@ -24,7 +24,6 @@ use crate::request::list_paged;
 
 /// Key of the policy in the controller's ConfigMap (as the chart mounts it).
 const POLICY_KEY: &str = "policy.yaml";
-/// Page size for `--all-pending`: a backlog of thousands is read a page at a time.
 
 /// What stops a live check; each says what to do about it.
 #[derive(Debug, thiserror::Error)]
