@@ -13,6 +13,7 @@
 
 pub mod ca;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod controller;
 pub mod csr;

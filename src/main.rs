@@ -12,7 +12,7 @@ use csr_warden::controller::{self, Settings};
 use csr_warden::leader::{self, LeaseSettings};
 use csr_warden::live::{self, Live, Sources};
 use csr_warden::policy::CaPaths;
-use csr_warden::{check, http, telemetry};
+use csr_warden::{check, client, http, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -69,7 +69,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_ca: cluster_ca(&config, &args.cluster_ca_file)?,
     };
     let live = Live::start(policy, &sources, args.leader_election)?;
-    let client = kube::Client::try_from(config).context("cannot build the Kubernetes client")?;
+    let client = client::bounded(config).context("cannot build the Kubernetes client")?;
 
     let listener = http::bind(args.http_addr)
         .await

@@ -199,7 +199,7 @@ async fn client() -> Result<Client, LiveError> {
     let config = kube::Config::infer()
         .await
         .map_err(|e| LiveError::NoConfig(e.to_string()))?;
-    Client::try_from(config).map_err(|e| LiveError::NoConfig(e.to_string()))
+    crate::client::bounded(config).map_err(|e| LiveError::NoConfig(e.to_string()))
 }
 
 /// `--policy`, else the policy the running controller reads (its ConfigMap).
