@@ -235,6 +235,21 @@ impl CertificateAuthority {
         &self.chain_der
     }
 
+    /// The top of `tls.crt`'s chain (the CA itself when it is a root): what relying parties
+    /// trust, and what a ClusterTrustBundle publishes.
+    pub fn anchor_der(&self) -> Option<&[u8]> {
+        self.chain_der.last().map(Vec::as_slice)
+    }
+
+    /// The certificates between an issued leaf and the anchor (the CA itself and any
+    /// intermediates above it, when the CA is not a root): what a certificate chain carries.
+    pub fn intermediates_der(&self) -> &[Vec<u8>] {
+        match self.chain_der.len() {
+            0 | 1 => &[],
+            n => &self.chain_der[..n - 1],
+        }
+    }
+
     /// DER SubjectPublicKeyInfo of the CA's key.
     pub fn public_key(&self) -> &[u8] {
         &self.public_key

@@ -70,7 +70,11 @@ pub fn bounded(config: kube::Config) -> Result<kube::Client, ClientError> {
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.auth_layer().map_err(ClientError::Credentials)?)
-        .layer(config.extra_headers_layer().map_err(ClientError::Credentials)?)
+        .layer(
+            config
+                .extra_headers_layer()
+                .map_err(ClientError::Credentials)?,
+        )
         .map_err(BoxError::from)
         .service(pool);
     Ok(kube::Client::new(service, config.default_namespace))

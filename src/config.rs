@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::pod_certificates::{
+    DEFAULT_MAX_EXPIRATION_SECONDS, MAX_MAX_EXPIRATION_SECONDS, MIN_LIFETIME_SECONDS, PodSigner,
+    check_trust_domain,
+};
 use crate::policy::{
     AllowRule, CaPaths, CommonNameMatch, IpRange, MIN_EXPIRATION_SECONDS, Policy,
-    SIGNER_KUBE_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING, SYSTEM_MASTERS,
-    ServingAddresses, SignerConfig, SignerRole, SigningLimits, Unmatched, normalize_dns,
-    normalize_group,
+    SIGNER_KUBE_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING,
+    SIGNER_PREFIX_KUBERNETES, SYSTEM_MASTERS, ServingAddresses, SignerConfig, SignerRole,
+    SigningLimits, Unmatched, normalize_dns, normalize_group,
 };
 
 /// The largest policy file we read; a real one is a few KiB.
@@ -77,6 +81,32 @@ struct PolicyFile {
     /// The cluster's DNS domain; no kubelet serving SAN may lie under it.
     #[serde(default)]
     cluster_domain: Option<Spanned<String>>,
+    /// Pod-certificate signers (PodCertificateRequests).
+    #[serde(default)]
+    pod_certificates: Vec<Spanned<PodCertificatesFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PodCertificatesFile {
+    signer_name: String,
+    ca: CaFile,
+    trust_domain: String,
+    #[serde(default)]
+    allow: Vec<PodAllowFile>,
+    #[serde(default)]
+    max_expiration_seconds: Option<i32>,
+    #[serde(default)]
+    trust_bundle: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PodAllowFile {
+    namespace: String,
+    /// Absent: every service account in the namespace.
+    #[serde(default)]
+    service_accounts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +119,9 @@ struct SignerFile {
     ca: Option<CaFile>,
     #[serde(default, rename = "allowClusterCA")]
     allow_cluster_ca: bool,
+    /// Publish the signer's CA as a ClusterTrustBundle.
+    #[serde(default)]
+    trust_bundle: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +262,7 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
 
     let signers = signers(file.signer_names, file.signers, &mut problem);
     let signer_names: BTreeSet<String> = signers.keys().cloned().collect();
+    let pod_signers = pod_signers(file.pod_certificates, &signer_names, &mut problem);
 
     // system:masters is forbidden even when the file leaves it out.
     let mut forbidden_groups = vec![SYSTEM_MASTERS.to_owned()];
@@ -392,7 +426,107 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
             UnmatchedFile::Deny => Unmatched::Deny,
         },
         signing,
+        pod_signers,
     })
+}
+
+/// The pod-certificate signers (`podCertificates:`), each with its own CA.
+fn pod_signers(
+    entries: Vec<Spanned<PodCertificatesFile>>,
+    csr_signers: &BTreeSet<String>,
+    problem: &mut impl FnMut(u64, String),
+) -> BTreeMap<String, PodSigner> {
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let line = entry.referenced.line();
+        let entry = entry.value;
+        let name = entry.signer_name;
+        if let Err(why) = check_signer_name(&name) {
+            problem(line, why);
+        }
+        if name.starts_with(SIGNER_PREFIX_KUBERNETES) {
+            problem(
+                line,
+                format!(
+                    "podCertificates signer {name:?}: kubernetes.io signers are the Kubernetes project's; use a signer name of your own domain"
+                ),
+            );
+        }
+        if csr_signers.contains(&name) {
+            problem(
+                line,
+                format!(
+                    "{name} is both a CSR signer and a pod-certificate signer; give each its own name (and CA)"
+                ),
+            );
+        }
+        if let Err(why) = check_trust_domain(&entry.trust_domain) {
+            problem(line, format!("podCertificates signer {name}: {why}"));
+        }
+        if entry.allow.is_empty() {
+            problem(
+                line,
+                format!(
+                    "podCertificates signer {name} allows no namespace: every request would be denied; add allow entries"
+                ),
+            );
+        }
+        let max = entry
+            .max_expiration_seconds
+            .unwrap_or(DEFAULT_MAX_EXPIRATION_SECONDS);
+        if !(MIN_LIFETIME_SECONDS..=i64::from(MAX_MAX_EXPIRATION_SECONDS)).contains(&i64::from(max))
+        {
+            problem(
+                line,
+                format!(
+                    "podCertificates signer {name}: maxExpirationSeconds {max} is outside what the API accepts ({MIN_LIFETIME_SECONDS} to {MAX_MAX_EXPIRATION_SECONDS})"
+                ),
+            );
+        }
+        let mut allow: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
+        for rule in entry.allow {
+            let accounts = rule.service_accounts.map(|a| a.into_iter().collect());
+            if let Some(accounts) = &accounts
+                && BTreeSet::is_empty(accounts)
+            {
+                problem(
+                    line,
+                    format!(
+                        "podCertificates signer {name}: namespace {} lists no service accounts; leave serviceAccounts out to allow every one",
+                        rule.namespace
+                    ),
+                );
+            }
+            if allow.insert(rule.namespace.clone(), accounts).is_some() {
+                problem(
+                    line,
+                    format!(
+                        "podCertificates signer {name}: namespace {} is allowed twice; keep one entry",
+                        rule.namespace
+                    ),
+                );
+            }
+        }
+        let signer = PodSigner {
+            signer_name: name.clone(),
+            ca: CaPaths {
+                cert: entry.ca.cert,
+                key: entry.ca.key,
+            },
+            trust_domain: entry.trust_domain,
+            allow,
+            max_expiration_seconds: max,
+            trust_bundle: entry.trust_bundle,
+            line,
+        };
+        if out.insert(name.clone(), signer).is_some() {
+            problem(
+                line,
+                format!("podCertificates signer {name:?} is listed twice; keep one entry"),
+            );
+        }
+    }
+    out
 }
 
 /// The signers and their roles, from `signers`, or `signerNames` (each approveAndSign with the
@@ -406,6 +540,7 @@ fn signers(
         role: SignerRole::ApproveAndSign,
         ca: None,
         allow_cluster_ca: false,
+        trust_bundle: false,
         line,
     };
     let mut out = BTreeMap::new();
@@ -475,7 +610,17 @@ fn signers(
                         ),
                     );
                 }
+                if entry.trust_bundle && !role.signs() {
+                    problem(
+                        line,
+                        format!(
+                            "signer {:?} has role approve and trustBundle: true; only a signer csr-warden signs for has a CA to publish",
+                            entry.name
+                        ),
+                    );
+                }
                 let config = SignerConfig {
+                    trust_bundle: entry.trust_bundle && role.signs(),
                     role,
                     ca: entry.ca.map(|ca| CaPaths {
                         cert: ca.cert,

@@ -267,7 +267,13 @@ fn cluster_ips(service: &Service) -> Vec<IpAddr> {
 }
 
 fn slice_addresses(slice: &EndpointSlice) -> Vec<IpAddr> {
-    parse_ips(slice.endpoints.iter().flat_map(|e| e.addresses.iter()))
+    parse_ips(
+        slice
+            .endpoints
+            .iter()
+            .flatten()
+            .flat_map(|e| e.addresses.iter()),
+    )
 }
 
 /// How the indexes are filled: by watches (the controller), or by one list (`check`).

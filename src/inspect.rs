@@ -156,8 +156,16 @@ pub fn inspect(pem_bytes: &[u8]) -> Result<CertificateRequest, InspectError> {
         return Err(InspectError::TooLarge(pem_bytes.len()));
     }
     let der = single_pem_block(pem_bytes)?;
-    let (rest, csr) = X509CertificationRequest::from_der(&der)
-        .map_err(|e| InspectError::BadDer(e.to_string()))?;
+    inspect_der(&der)
+}
+
+/// What a DER PKCS#10 request asks for (a PodCertificateRequest's `stubPKCS10Request`).
+pub fn inspect_der(der: &[u8]) -> Result<CertificateRequest, InspectError> {
+    if der.len() > MAX_REQUEST_BYTES {
+        return Err(InspectError::TooLarge(der.len()));
+    }
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| InspectError::BadDer(e.to_string()))?;
     if !rest.is_empty() {
         return Err(InspectError::BadDer(format!(
             "{} bytes after the request",

@@ -104,12 +104,32 @@ impl Live {
             .unwrap_or_else(|c| c.into_inner().clone())
     }
 
-    /// The CA `signer` signs with, or why there is none.
+    /// --ca-cert/--ca-key: the CA of signing signers without their own.
+    pub fn default_ca(&self) -> &CaPaths {
+        &self.default_ca
+    }
+
+    /// The CA CSR signer `signer` signs with, or why there is none.
     pub fn ca_for(&self, signer: &str) -> Arc<CaSlot> {
         let policy = self.policy();
-        let Some(paths) = policy.ca_for(signer, &self.default_ca) else {
-            return Arc::new(Err(format!("csr-warden does not sign for {signer}")));
-        };
+        match policy.ca_for(signer, &self.default_ca) {
+            Some(paths) => self.slot(paths),
+            None => Arc::new(Err(format!("csr-warden does not sign for {signer}"))),
+        }
+    }
+
+    /// The CA pod-certificate signer `signer` signs with, or why there is none.
+    pub fn pod_ca_for(&self, signer: &str) -> Arc<CaSlot> {
+        let policy = self.policy();
+        match policy.pod_signers.get(signer) {
+            Some(pod) => self.slot(&pod.ca),
+            None => Arc::new(Err(format!(
+                "csr-warden has no pod-certificate signer {signer}"
+            ))),
+        }
+    }
+
+    fn slot(&self, paths: &CaPaths) -> Arc<CaSlot> {
         self.cas()
             .get(paths)
             .map(|loaded| loaded.slot.clone())
@@ -154,10 +174,9 @@ impl Live {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let signing: std::collections::BTreeSet<String> = policy
-            .signer_names
-            .iter()
-            .filter(|s| policy.signs(s) && self.ca_for(s).is_ok())
-            .cloned()
+            .signing_signers(&self.default_ca)
+            .filter(|(_, paths)| self.slot(paths).is_ok())
+            .map(|(signer, _)| signer.to_owned())
             .collect();
         for gone in reported.difference(&signing) {
             self.metrics.ca_expiring_soon.remove(&SignerLabels {
@@ -165,11 +184,11 @@ impl Live {
             });
         }
         *reported = signing;
-        for signer in policy.signer_names.iter().filter(|s| policy.signs(s)) {
-            let ca = self.ca_for(signer);
+        for (signer, paths) in policy.signing_signers(&self.default_ca) {
+            let ca = self.slot(paths);
             let Ok(ca) = ca.as_ref() else { continue };
             let labels = SignerLabels {
-                signer: signer.clone(),
+                signer: signer.to_owned(),
             };
             self.metrics
                 .ca_not_after
@@ -219,8 +238,8 @@ impl Live {
             return Err("the CSR watch has not synced yet".into());
         }
         let policy = self.policy();
-        for signer in policy.signer_names.iter().filter(|s| policy.signs(s)) {
-            if let Err(why) = self.ca_for(signer).as_ref() {
+        for (signer, paths) in policy.signing_signers(&self.default_ca) {
+            if let Err(why) = self.slot(paths).as_ref() {
                 return Err(format!("the CA of signer {signer} is not loaded: {why}"));
             }
         }
@@ -253,10 +272,9 @@ fn digest_of(paths: &[&PathBuf]) -> Option<FilesDigest> {
 /// The signers of `policy` that sign with `paths`, for log lines.
 fn signers_of(policy: &Policy, sources: &Sources, paths: &CaPaths) -> Vec<String> {
     policy
-        .signer_names
-        .iter()
-        .filter(|s| policy.ca_for(s, &sources.default_ca) == Some(paths))
-        .cloned()
+        .signing_signers(&sources.default_ca)
+        .filter(|(_, uses)| *uses == paths)
+        .map(|(signer, _)| signer.to_owned())
         .collect()
 }
 
@@ -297,17 +315,32 @@ fn load_cas(policy: &Policy, sources: &Sources, previous: &CaTable) -> CaTable {
 /// A custom signer's certificates signed by the cluster's own CA would log into the API server
 /// as whatever subject they carry. Refuse that unless the signer says `allowClusterCA: true`.
 fn guard_cluster_ca(policy: &Policy, sources: &Sources, cas: &CaTable) -> Result<(), Refused> {
-    for (signer, config) in &policy.signers {
-        if signer.starts_with(SIGNER_PREFIX_KUBERNETES) || config.allow_cluster_ca {
-            continue;
-        }
-        let Some(paths) = policy.ca_for(signer, &sources.default_ca) else {
-            continue;
-        };
+    // (signer, its line, its CA files): custom CSR signers that sign, and every pod signer
+    // (never allowed the cluster CA: a pod certificate is not a cluster identity).
+    let guarded = policy
+        .signers
+        .iter()
+        .filter(|(signer, config)| {
+            !signer.starts_with(SIGNER_PREFIX_KUBERNETES) && !config.allow_cluster_ca
+        })
+        .filter_map(|(signer, config)| {
+            Some((
+                signer,
+                config.line,
+                policy.ca_for(signer, &sources.default_ca)?,
+            ))
+        })
+        .chain(
+            policy
+                .pod_signers
+                .iter()
+                .map(|(signer, pod)| (signer, pod.line, &pod.ca)),
+        );
+    for (signer, line, paths) in guarded {
         if !sources.cluster_ca.is_known() {
             return Err(Refused(format!(
                 "policy line {}: cannot tell whether signer {signer}'s CA is the cluster's own CA: the Kubernetes configuration has no CA certificate ({}); give it with --cluster-ca-file, or set allowClusterCA: true on that signer",
-                config.line, sources.cluster_ca.origin
+                line, sources.cluster_ca.origin
             )));
         }
         let Some(Ok(ca)) = cas.get(paths).map(|loaded| loaded.slot.as_ref()) else {
@@ -329,14 +362,14 @@ fn guard_cluster_ca(policy: &Policy, sources: &Sources, cas: &CaTable) -> Result
             ClusterRelation::Incomplete { missing_issuer } => {
                 return Err(Refused(format!(
                     "policy line {}: cannot tell whether signer {signer}'s CA {} chains up to the cluster's own CA: it was issued by {missing_issuer:?}, which is neither in that tls.crt nor the cluster CA. Put the whole chain up to its root in tls.crt (CA first), or set allowClusterCA: true on that signer",
-                    config.line,
+                    line,
                     paths.cert.display(),
                 )));
             }
         };
         return Err(Refused(format!(
             "policy line {}: signer {signer} would sign with the cluster's own CA ({what}): its certificates would authenticate to the API server as whatever subject they carry. Give it a CA of its own (ca: {{cert, key}}), or set allowClusterCA: true on that signer if that is intended",
-            config.line,
+            line,
         )));
     }
     Ok(())

@@ -12,7 +12,7 @@ use csr_warden::controller::{self, Settings};
 use csr_warden::leader::{self, LeaseSettings};
 use csr_warden::live::{self, Live, Sources};
 use csr_warden::policy::CaPaths;
-use csr_warden::{check, client, http, telemetry};
+use csr_warden::{check, client, http, pods, telemetry, trust_bundles};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -100,6 +100,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
 
+    // Pod certificates and trust bundles beside the CSR controller, when the policy asks for
+    // them; each waits (and says so once) while the API server does not serve its API.
+    let pods = (!live.policy().pod_signers.is_empty()).then(|| {
+        tokio::spawn(pods::run(
+            client.clone(),
+            live.clone(),
+            args.instance.clone(),
+            args.dry_run,
+        ))
+    });
+    let bundles = tokio::spawn(trust_bundles::run(
+        client.clone(),
+        live.clone(),
+        args.dry_run,
+    ));
+
     let settings = Settings {
         dry_run: args.dry_run,
         instance: args.instance,
@@ -108,6 +124,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch_timeout_seconds: args.watch_timeout_seconds,
     };
     controller::run(client, live, settings).await;
+    bundles.abort();
+    if let Some(pods) = pods {
+        pods.abort();
+    }
     // Hand the lease over now rather than making a standby wait for it to expire.
     let _ = stop_leading.send(());
     if let Some(election) = election {

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub events_dropped: Family<EventDropLabels, Counter>,
     pub events_shed: Counter,
     pub waiting_for_ca: Gauge,
+    /// PodCertificateRequests decided, by signer, decision (issue, deny, fail) and reason.
+    pub pod_certificates: Family<DecisionLabels, Counter>,
+    /// ClusterTrustBundles created or updated, by signer.
+    pub trust_bundle_writes: Family<SignerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,12 +103,24 @@ impl Metrics {
             events_dropped: Family::default(),
             events_shed: Counter::default(),
             waiting_for_ca: Gauge::default(),
+            pod_certificates: Family::default(),
+            trust_bundle_writes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
             "decisions",
             "CSR decisions by signer, decision and reason",
             metrics.decisions.clone(),
+        );
+        registry.register(
+            "pod_certificates",
+            "PodCertificateRequests decided, by signer, decision (issue, deny, fail) and reason",
+            metrics.pod_certificates.clone(),
+        );
+        registry.register(
+            "trust_bundle_writes",
+            "ClusterTrustBundles created or updated, by signer",
+            metrics.trust_bundle_writes.clone(),
         );
         registry.register(
             "certificates_issued",

@@ -122,6 +122,8 @@ pub struct SignerConfig {
     pub ca: Option<CaPaths>,
     /// A custom signer may sign with the cluster's own CA only when this says so.
     pub allow_cluster_ca: bool,
+    /// Publish its CA as a ClusterTrustBundle (only for a signer that signs).
+    pub trust_bundle: bool,
     /// Line of the entry in the policy file, for errors found after parsing.
     pub line: u64,
 }
@@ -145,6 +147,8 @@ pub struct Policy {
     pub allow_list: Vec<AllowRule>,
     pub unmatched: Unmatched,
     pub signing: SigningLimits,
+    /// Pod-certificate signers (PodCertificateRequests), by signerName; never CSR signers.
+    pub pod_signers: BTreeMap<String, crate::pod_certificates::PodSigner>,
 }
 
 impl Policy {
@@ -172,12 +176,40 @@ impl Policy {
             .then(|| config.ca.as_ref().unwrap_or(default))
     }
 
-    /// Every CA some signing signer needs, each once.
+    /// Every CA some signing signer needs (CSR signers and pod-certificate signers), each once.
     pub fn cas_needed<'a>(&'a self, default: &'a CaPaths) -> BTreeSet<&'a CaPaths> {
         self.signers
             .keys()
             .filter_map(|signer| self.ca_for(signer, default))
+            .chain(self.pod_signers.values().map(|pod| &pod.ca))
             .collect()
+    }
+
+    /// Every signer csr-warden signs for with the CA files it uses: CSR signers that sign, then
+    /// pod-certificate signers. What the CA guard, the expiry metrics and readiness go over.
+    pub fn signing_signers<'a>(
+        &'a self,
+        default: &'a CaPaths,
+    ) -> impl Iterator<Item = (&'a str, &'a CaPaths)> + 'a {
+        self.signers
+            .keys()
+            .filter_map(move |signer| Some((signer.as_str(), self.ca_for(signer, default)?)))
+            .chain(
+                self.pod_signers
+                    .iter()
+                    .map(|(name, pod)| (name.as_str(), &pod.ca)),
+            )
+    }
+
+    /// The signers whose CA is to be published as a ClusterTrustBundle, with their CA files.
+    pub fn trust_bundle_signers<'a>(
+        &'a self,
+        default: &'a CaPaths,
+    ) -> impl Iterator<Item = (&'a str, &'a CaPaths)> + 'a {
+        self.signing_signers(default).filter(|(name, _)| {
+            self.signers.get(*name).is_some_and(|s| s.trust_bundle)
+                || self.pod_signers.get(*name).is_some_and(|p| p.trust_bundle)
+        })
     }
 }
 

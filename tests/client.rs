@@ -69,5 +69,8 @@ async fn connections_stay_within_the_bound_however_many_requests_are_in_flight()
         most <= MAX_CONNECTIONS,
         "{most} connections open at once; the bound is {MAX_CONNECTIONS}"
     );
-    assert!(most > 1, "the requests did run side by side ({most} connection)");
+    assert!(
+        most > 1,
+        "the requests did run side by side ({most} connection)"
+    );
 }

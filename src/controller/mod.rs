@@ -18,7 +18,7 @@ mod housekeeping;
 mod memo;
 pub mod queue;
 mod record;
-pub use record::{EVENT_BURST, EVENT_RATE, EventBudget, fit};
+pub use record::{EVENT_BURST, EVENT_NOTE_LIMIT, EVENT_RATE, EventBudget, fit};
 mod sign;
 pub mod watch;
 pub mod work;

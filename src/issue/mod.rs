@@ -91,11 +91,93 @@ pub fn issue(
     check_signer_rules(approved)?;
     let (not_before, not_after) =
         validity(approved.expiration_seconds, limits, now, ca.not_after())?;
-
     let request = approved.request;
-    let signature_algorithm = ca.signature_algorithm().owned_to_ref();
     let (key_usages, extended_key_usages) = usages(approved.usages);
-    let subject_alt_names = sans(request)?;
+    sign_leaf(
+        ca,
+        Leaf {
+            subject_der: &request.subject_der,
+            subject_is_empty: request.subject.is_empty(),
+            request,
+            sans: sans(request)?,
+            key_usages,
+            extended_key_usages,
+            not_before,
+            not_after,
+        },
+        serial,
+    )
+}
+
+/// The empty Name: a pod certificate's only identity is its SPIFFE URI SAN.
+const EMPTY_NAME_DER: &[u8] = &[0x30, 0x00];
+
+/// Issue a pod certificate: no subject, the SPIFFE ID as its only (critical) SAN, for the
+/// request's key, for client and server auth (digital signature; key encipherment too for
+/// RSA keys, which TLS 1.2 RSA key exchange uses), with the times `times` gives.
+pub fn issue_pod_certificate(
+    ca: &CertificateAuthority,
+    request: &CertificateRequest,
+    spiffe_id: &str,
+    times: crate::pod_certificates::PodValidity,
+    serial: [u8; 16],
+) -> Result<IssuedCertificate, IssueError> {
+    let uri = Ia5String::new(spiffe_id)
+        .map_err(|_| IssueError::Build(format!("URI SAN {spiffe_id:?} is not IA5 text")))?;
+    let mut usages = vec![
+        "digital signature".to_owned(),
+        "client auth".to_owned(),
+        "server auth".to_owned(),
+    ];
+    if matches!(request.key, crate::inspect::KeyAlgorithm::Rsa { .. }) {
+        usages.push("key encipherment".to_owned());
+    }
+    let (key_usages, extended_key_usages) = self::usages(&usages);
+    sign_leaf(
+        ca,
+        Leaf {
+            subject_der: EMPTY_NAME_DER,
+            subject_is_empty: true,
+            request,
+            sans: vec![GeneralName::UniformResourceIdentifier(uri)],
+            key_usages,
+            extended_key_usages,
+            not_before: times.not_before,
+            not_after: times.not_after,
+        },
+        serial,
+    )
+}
+
+/// What goes into one leaf certificate besides what the CA gives.
+struct Leaf<'a> {
+    subject_der: &'a [u8],
+    subject_is_empty: bool,
+    /// The key to certify.
+    request: &'a CertificateRequest,
+    sans: Vec<GeneralName>,
+    key_usages: der::flagset::FlagSet<KeyUsages>,
+    extended_key_usages: Vec<ObjectIdentifier>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+fn sign_leaf(
+    ca: &CertificateAuthority,
+    leaf: Leaf<'_>,
+    serial: [u8; 16],
+) -> Result<IssuedCertificate, IssueError> {
+    let Leaf {
+        subject_der,
+        subject_is_empty,
+        request,
+        sans: subject_alt_names,
+        key_usages,
+        extended_key_usages,
+        not_before,
+        not_after,
+    } = leaf;
+    let signature_algorithm = ca.signature_algorithm().owned_to_ref();
     let subject_key_identifier = key_identifier(&request.subject_public_key);
     let tbs_certificate = TbsCertificate {
         serial_number: UintRef::new(&serial).map_err(build_error("the serial"))?,
@@ -105,9 +187,9 @@ pub fn issue(
             not_before: time_of(not_before)?,
             not_after: time_of(not_after)?,
         },
-        subject: Encoded(&request.subject_der),
+        subject: Encoded(subject_der),
         subject_public_key_info: Encoded(&request.public_key_der),
-        // KeyUsage (critical) and ExtendedKeyUsage from spec.usages, BasicConstraints CA:FALSE
+        // KeyUsage (critical) and ExtendedKeyUsage from the usages, BasicConstraints CA:FALSE
         // (critical), the SANs (critical when the subject is empty, RFC 5280 4.2.1.6), SKI, and
         // the CA's AKI.
         extensions: KnownLength::new(CertificateExtensions {
@@ -116,12 +198,8 @@ pub fn issue(
             extended_key_usage: (!extended_key_usages.is_empty())
                 .then(|| ExtensionOf::new(false, ExtendedKeyUsage(extended_key_usages))),
             basic_constraints: Encoded(ca.basic_constraints_extension()),
-            subject_alt_name: (!subject_alt_names.is_empty()).then(|| {
-                ExtensionOf::new(
-                    request.subject.is_empty(),
-                    SubjectAltName(subject_alt_names),
-                )
-            }),
+            subject_alt_name: (!subject_alt_names.is_empty())
+                .then(|| ExtensionOf::new(subject_is_empty, SubjectAltName(subject_alt_names))),
             subject_key_identifier: ExtensionOf::new(
                 false,
                 SubjectKeyIdentifier(
@@ -155,7 +233,7 @@ pub fn issue(
 
 /// RFC 7468 PEM: base64 in 64-character lines between the CERTIFICATE labels, each line
 /// encoded in place.
-fn pem_certificate(der: &[u8]) -> Result<String, IssueError> {
+pub(crate) fn pem_certificate(der: &[u8]) -> Result<String, IssueError> {
     use base64::Engine;
     const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----\n";
     const END: &[u8] = b"-----END CERTIFICATE-----\n";

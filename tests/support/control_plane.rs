@@ -93,6 +93,8 @@ pub struct ControlPlane {
     pub ca_key: PathBuf,
     pub audit_log: PathBuf,
     apiserver: Mutex<Option<Guarded>>,
+    /// Flags kube-apiserver gets besides the harness's own (feature gates, runtime config).
+    extra_apiserver_args: Vec<String>,
     // Dropped last: etcd's guard removes the dir.
     _etcd: Guarded,
 }
@@ -126,6 +128,30 @@ pub fn shared(test: &str) -> Option<&'static ControlPlane> {
     }
 }
 
+/// The flags that make kube-apiserver 1.36 serve PodCertificateRequests and
+/// ClusterTrustBundles (beta, off by default).
+pub fn pod_certificate_flags() -> Vec<String> {
+    vec![
+        "--feature-gates=PodCertificateRequest=true,ClusterTrustBundle=true".into(),
+        "--runtime-config=certificates.k8s.io/v1beta1=true".into(),
+    ]
+}
+
+/// Like [`shared`], for a control plane that serves the pod certificate APIs.
+pub fn shared_with_pod_certificates(test: &str) -> Option<&'static ControlPlane> {
+    static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+    let plane = SHARED.get_or_init(|| {
+        assets().map(|dir| ControlPlane::start_with(&dir, &pod_certificate_flags()))
+    });
+    match plane {
+        Ok(plane) => Some(plane),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: no real API server: {why}");
+            None
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -149,6 +175,11 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
 
 impl ControlPlane {
     pub fn start(assets: &Path) -> ControlPlane {
+        Self::start_with(assets, &[])
+    }
+
+    /// A control plane whose kube-apiserver also gets `extra_apiserver_args`.
+    pub fn start_with(assets: &Path, extra_apiserver_args: &[String]) -> ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("csr-warden-envtest-")
             .tempdir()
@@ -288,6 +319,7 @@ impl ControlPlane {
             ca_key: path("ca.key"),
             audit_log: path("audit.log"),
             apiserver: Mutex::new(None),
+            extra_apiserver_args: extra_apiserver_args.to_vec(),
             _etcd: etcd,
             dir,
         };
@@ -339,7 +371,9 @@ impl ControlPlane {
             format!("--audit-log-path={}", s("audit.log")),
             "--audit-log-mode=blocking".into(),
         ]
-        .into();
+        .into_iter()
+        .chain(self.extra_apiserver_args.iter().cloned())
+        .collect();
         let guard = Guarded::start(
             &self.assets.join("kube-apiserver"),
             &args,

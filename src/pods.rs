@@ -1,0 +1,417 @@
+//! Pod certificates on the cluster: watch PodCertificateRequests (`certificates.k8s.io/v1beta1`),
+//! ask [`crate::pod_certificates`] what each gets, and write the answer through the `status`
+//! subresource: the certificate chain with `notBefore`, `notAfter`, `beginRefreshAt` and an
+//! `Issued` condition, or a `Denied` or `Failed` condition saying why. Each answer also gets an
+//! Event on the request, a metric and an audit log line, as CSRs do.
+//!
+//! When the API server does not serve PodCertificateRequests (the default in Kubernetes 1.36:
+//! the PodCertificateRequest feature gate and `--runtime-config=certificates.k8s.io/v1beta1=true`
+//! turn them on), this says so once and stays out of the way of the CSR controller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::certificates::v1beta1::PodCertificateRequest;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+
+use crate::ca::{CertificateAuthority, fingerprint_sha256, random_serial};
+use crate::controller::fit;
+use crate::inspect::inspect_der;
+use crate::issue::{issue_pod_certificate, pem_certificate};
+use crate::live::Live;
+use crate::metrics::DecisionLabels;
+use crate::pod_certificates::{self, PcrView, PodDecision, PodValidity};
+use crate::request::{REQUEST_TIMEOUT, within};
+
+pub const API_GROUP_VERSION: &str = "certificates.k8s.io/v1beta1";
+const ISSUED: &str = "Issued";
+const DENIED: &str = "Denied";
+const FAILED: &str = "Failed";
+/// How many requests are worked at once.
+const CONCURRENCY: u16 = 4;
+/// How often, while the API is not served, to look again (quietly).
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("writing the status of PodCertificateRequest {pcr} failed: {source}; will retry")]
+    Write {
+        pcr: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("no system randomness for a certificate serial: {0}; will retry")]
+    Randomness(String),
+}
+
+/// Whether the API server serves `resource` in `certificates.k8s.io/v1beta1`. An error other
+/// than "not there" counts as not served now (looked at again later).
+pub async fn served(client: &Client, resource: &str) -> bool {
+    match within(
+        REQUEST_TIMEOUT,
+        client.list_api_group_resources(API_GROUP_VERSION),
+    )
+    .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == resource),
+        Err(error) => {
+            tracing::debug!(%error, "discovery of {API_GROUP_VERSION} failed");
+            false
+        }
+    }
+}
+
+/// Wait until the API server serves `resource`, saying once (with what turns it on) if it does
+/// not. Returns when it does; looks again every few minutes, quietly.
+pub async fn wait_until_served(client: &Client, resource: &str, what: &str) {
+    let mut said = false;
+    loop {
+        if served(client, resource).await {
+            if said {
+                tracing::info!(resource, "the API server serves {resource} now: {what} on");
+            }
+            return;
+        }
+        if !said {
+            tracing::warn!(
+                resource,
+                "the API server does not serve {API_GROUP_VERSION} {resource}: {what} off, CSRs carry on as before. Kubernetes 1.36 serves them with --feature-gates=PodCertificateRequest=true,ClusterTrustBundle=true --runtime-config={API_GROUP_VERSION}=true"
+            );
+            said = true;
+        }
+        tokio::time::sleep(DISCOVERY_INTERVAL).await;
+    }
+}
+
+struct Context {
+    pcrs_client: Client,
+    live: Arc<Live>,
+    recorder: Recorder,
+    dry_run: bool,
+}
+
+/// Sign PodCertificateRequests for the policy's pod-certificate signers, for ever. Only the
+/// leader acts; gaining leadership (or a policy or CA reload) looks at every request again.
+pub async fn run(client: Client, live: Arc<Live>, instance: String, dry_run: bool) {
+    wait_until_served(&client, "podcertificaterequests", "pod certificates").await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "csr-warden".into(),
+            instance: Some(instance),
+        },
+    );
+    let ctx = Arc::new(Context {
+        pcrs_client: client.clone(),
+        live: live.clone(),
+        recorder,
+        dry_run,
+    });
+    let pcrs: Api<PodCertificateRequest> = Api::all(client);
+    let recheck = changes(live.recheck_events());
+    tracing::info!(
+        signers = ?live.policy().pod_signers.keys().collect::<Vec<_>>(),
+        "signing PodCertificateRequests"
+    );
+    Controller::new(pcrs, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
+        .reconcile_all_on(recheck)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// A stream that yields each time `receiver` sees a change.
+fn changes(receiver: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.changed().await.ok().map(|_| ((), receiver))
+    })
+}
+
+fn error_policy(_pcr: Arc<PodCertificateRequest>, error: &PodError, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "pod certificate request not answered yet");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Whether the request is still waiting for a signer (no Issued, Denied or Failed condition).
+fn pending(pcr: &PodCertificateRequest) -> bool {
+    let status = pcr.status.as_ref();
+    let answered = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| [ISSUED, DENIED, FAILED].contains(&c.type_.as_str()) && c.status == "True")
+        });
+    !answered && status.and_then(|s| s.certificate_chain.as_ref()).is_none()
+}
+
+/// The decision's view of a request.
+pub fn pcr_view(pcr: &PodCertificateRequest) -> PcrView {
+    let spec = &pcr.spec;
+    PcrView {
+        namespace: pcr.namespace().unwrap_or_default(),
+        name: pcr.name_any(),
+        signer_name: spec.signer_name.clone(),
+        pod_name: spec.pod_name.clone(),
+        service_account_name: spec.service_account_name.clone(),
+        node_name: spec.node_name.clone(),
+        max_expiration_seconds: spec.max_expiration_seconds,
+        annotation_keys: spec
+            .unverified_user_annotations
+            .iter()
+            .flatten()
+            .map(|(key, _)| key.clone())
+            .collect(),
+        request: inspect_der(&spec.stub_pkc_s10_request.0),
+    }
+}
+
+/// What the request gets, with the CA as it is now.
+enum Answer {
+    Issued {
+        chain: String,
+        times: PodValidity,
+        spiffe_id: String,
+        serial_hex: String,
+        fingerprint: String,
+        ca_subject: String,
+        ca_key_id: String,
+    },
+    Denied {
+        reason: &'static str,
+        message: String,
+    },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: Arc<Context>) -> Result<Action, PodError> {
+    let policy = ctx.live.policy();
+    let Some(signer) = policy.pod_signers.get(&pcr.spec.signer_name) else {
+        // Another signer's request: never touched.
+        return Ok(Action::await_change());
+    };
+    if !pending(&pcr) || !ctx.live.is_leader() {
+        return Ok(Action::await_change());
+    }
+    let view = pcr_view(&pcr);
+    let answer = match pod_certificates::decide(&view, signer) {
+        PodDecision::Deny { reason, message } => Answer::Denied {
+            reason: reason.as_str(),
+            message,
+        },
+        PodDecision::Issue {
+            spiffe_id,
+            max_lifetime_seconds,
+        } => {
+            let ca = ctx.live.pod_ca_for(&view.signer_name);
+            match ca.as_ref() {
+                Err(why) => {
+                    // Our fault, not the request's: wait for the CA rather than fail it.
+                    tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = "CAUnavailable", "pod certificate not issued yet: {why}");
+                    return Ok(Action::requeue(Duration::from_secs(30)));
+                }
+                Ok(ca) => issue(ca, &view, spiffe_id, max_lifetime_seconds)?,
+            }
+        }
+    };
+    write(&pcr, &view, answer, &ctx).await?;
+    Ok(Action::await_change())
+}
+
+fn issue(
+    ca: &CertificateAuthority,
+    view: &PcrView,
+    spiffe_id: String,
+    max_lifetime_seconds: i64,
+) -> Result<Answer, PodError> {
+    let Ok(request) = &view.request else {
+        return Ok(Answer::Denied {
+            reason: "InvalidRequest",
+            message: "spec.stubPKCS10Request cannot be read".into(),
+        });
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let Some(times) = pod_certificates::validity(max_lifetime_seconds, now, ca.not_after()) else {
+        return Ok(Answer::Failed {
+            reason: "CAExpiring",
+            message: format!(
+                "the CA of {} expires at {}, too soon for a certificate of at least 1 hour; rotate its CA Secret",
+                view.signer_name,
+                ca.not_after()
+            ),
+        });
+    };
+    let serial = random_serial().map_err(|e| PodError::Randomness(e.to_string()))?;
+    let issued = match issue_pod_certificate(ca, request, &spiffe_id, times, serial) {
+        Ok(issued) => issued,
+        Err(error) => {
+            return Ok(Answer::Failed {
+                reason: "SigningFailed",
+                message: error.to_string(),
+            });
+        }
+    };
+    let mut chain = issued.pem.clone();
+    for intermediate in ca.intermediates_der() {
+        match pem_certificate(intermediate) {
+            Ok(pem) => chain.push_str(&pem),
+            Err(error) => {
+                return Ok(Answer::Failed {
+                    reason: "SigningFailed",
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+    Ok(Answer::Issued {
+        chain,
+        times,
+        spiffe_id,
+        serial_hex: issued.serial_hex,
+        fingerprint: fingerprint_sha256(&issued.der),
+        ca_subject: ca.subject().to_owned(),
+        ca_key_id: ca.key_id_hex(),
+    })
+}
+
+fn time_of(at: time::OffsetDateTime) -> Time {
+    let seconds = at.unix_timestamp();
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(seconds)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
+    )
+}
+
+fn condition(kind: &str, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: kind.to_owned(),
+        status: "True".to_owned(),
+        reason: reason.to_owned(),
+        message: fit(message, 32 * 1024),
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        observed_generation: generation,
+    }
+}
+
+/// Write the answer through /status (only if the request is still where it was decided), then
+/// its Event, metric and audit line.
+async fn write(
+    pcr: &PodCertificateRequest,
+    view: &PcrView,
+    answer: Answer,
+    ctx: &Context,
+) -> Result<(), PodError> {
+    let generation = pcr.metadata.generation;
+    let (kind, reason, message, status) = match &answer {
+        Answer::Issued {
+            chain,
+            times,
+            spiffe_id,
+            ..
+        } => {
+            let message = format!("issued for {spiffe_id}, valid until {}", times.not_after);
+            let status = serde_json::json!({
+                "certificateChain": chain,
+                "notBefore": time_of(times.not_before),
+                "notAfter": time_of(times.not_after),
+                "beginRefreshAt": time_of(times.begin_refresh_at),
+                "conditions": [condition(ISSUED, "Issued", &message, generation)],
+            });
+            (ISSUED, "Issued", message, status)
+        }
+        Answer::Denied { reason, message } => (
+            DENIED,
+            *reason,
+            message.clone(),
+            serde_json::json!({"conditions": [condition(DENIED, reason, message, generation)]}),
+        ),
+        Answer::Failed { reason, message } => (
+            FAILED,
+            *reason,
+            message.clone(),
+            serde_json::json!({"conditions": [condition(FAILED, reason, message, generation)]}),
+        ),
+    };
+    let name = format!("{}/{}", view.namespace, view.name);
+    if !ctx.dry_run {
+        let pcrs: Api<PodCertificateRequest> =
+            Api::namespaced(ctx.pcrs_client.clone(), &view.namespace);
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": pcr.metadata.resource_version},
+            "status": status,
+        });
+        let written = within(
+            REQUEST_TIMEOUT,
+            pcrs.patch_status(&view.name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        match written {
+            Ok(_) => {}
+            // Changed meanwhile (another replica, a human): the watch brings the new version.
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                return Ok(());
+            }
+            Err(source) => return Err(PodError::Write { pcr: name, source }),
+        }
+    }
+    let decision = match &answer {
+        Answer::Issued { .. } => "issued",
+        Answer::Denied { .. } => "deny",
+        Answer::Failed { .. } => "failed",
+    };
+    ctx.live
+        .metrics
+        .pod_certificates
+        .get_or_create(&DecisionLabels {
+            signer: view.signer_name.clone(),
+            decision: decision.to_owned(),
+            reason: reason.to_owned(),
+        })
+        .inc();
+    match &answer {
+        Answer::Issued {
+            times,
+            spiffe_id,
+            serial_hex,
+            fingerprint,
+            ca_subject,
+            ca_key_id,
+            ..
+        } => {
+            tracing::info!(pcr = %name, signer = %view.signer_name, pod = %view.pod_name, service_account = %view.service_account_name, node = %view.node_name, spiffe_id = %spiffe_id, serial = %serial_hex, sha256_fingerprint = %fingerprint, not_before = %times.not_before, not_after = %times.not_after, begin_refresh_at = %times.begin_refresh_at, ca_subject = %ca_subject, ca_key_id = %ca_key_id, decision, dry_run = ctx.dry_run, "pod certificate issued");
+        }
+        _ => {
+            tracing::warn!(pcr = %name, signer = %view.signer_name, pod = %view.pod_name, service_account = %view.service_account_name, node = %view.node_name, decision, %reason, dry_run = ctx.dry_run, "pod certificate not issued: {message}");
+        }
+    }
+    if !ctx.dry_run {
+        let event_type = if kind == ISSUED {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let event = Event {
+            type_: event_type,
+            reason: reason.to_owned(),
+            note: Some(fit(&message, crate::controller::EVENT_NOTE_LIMIT)),
+            action: kind.to_owned(),
+            secondary: None,
+        };
+        let reference = pcr.object_ref(&());
+        if let Err(error) = within(REQUEST_TIMEOUT, ctx.recorder.publish(&event, &reference)).await
+        {
+            tracing::warn!(pcr = %name, %error, "could not record Event; the answer stands and is in this log");
+        }
+    }
+    Ok(())
+}
