@@ -42,3 +42,34 @@ csr_object kubelet-client kubernetes.io/kube-apiserver-client-kubelet "digital s
 csr_object kubelet-serving kubernetes.io/kubelet-serving "digital signature, server auth" \
   "system:node:worker-1" "system:nodes, system:authenticated" "/CN=system:node:worker-1/O=system:nodes" \
   "DNS:worker-1,IP:10.0.0.11"
+
+# pcr_object NAMESPACE NAME SERVICE_ACCOUNT: the PodCertificateRequest a kubelet makes for a pod,
+# its stubPKCS10Request an empty-subject P-256 request (the UIDs are made up).
+pcr_object() {
+  local namespace=$1 name=$2 account=$3
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj / -outform DER \
+    -keyout "$work/$name.key" -out "$work/$name.der" 2>/dev/null
+  cat > "pod-certificates/pcr-$namespace-$name.yaml" <<YAML
+# Made by examples/generate.sh with openssl: what a kubelet creates for pod $namespace/$name
+# (service account $account) mounting a podCertificate volume of example.com/workload-identity.
+# \`csr-warden check --pcr-object\` decides it offline.
+apiVersion: certificates.k8s.io/v1beta1
+kind: PodCertificateRequest
+metadata:
+  name: $name
+  namespace: $namespace
+spec:
+  signerName: example.com/workload-identity
+  podName: $name
+  podUID: 5f0c7a52-3c1e-4d2b-9a43-1b1f0a6c0001
+  serviceAccountName: $account
+  serviceAccountUID: 5f0c7a52-3c1e-4d2b-9a43-1b1f0a6c0002
+  nodeName: worker-1
+  nodeUID: 5f0c7a52-3c1e-4d2b-9a43-1b1f0a6c0003
+  maxExpirationSeconds: 86400
+  stubPKCS10Request: $(base64 -w0 < "$work/$name.der")
+YAML
+}
+
+pcr_object payments api-7d9f-0 api
+pcr_object payments intruder-0 intruder

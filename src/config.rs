@@ -780,7 +780,7 @@ pub enum OutputFormat {
 #[command(group(
     clap::ArgGroup::new("input")
         .required(true)
-        .args(["name", "csr", "all_pending", "csr_object", "request"])
+        .args(["name", "csr", "all_pending", "csr_object", "request", "pcr", "pcr_object"])
 ))]
 pub struct CheckArgs {
     /// A live CSR's name: the same as --csr (how `kubectl csr-warden check NAME` passes it).
@@ -791,6 +791,13 @@ pub struct CheckArgs {
     /// KUBECONFIG or ~/.kube/config.
     #[arg(long, value_name = "NAME")]
     pub csr: Option<String>,
+    /// Explain a live PodCertificateRequest, NAMESPACE/NAME: what the policy gives its pod.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pcr: Option<String>,
+    /// A PodCertificateRequest object (YAML or JSON), as `kubectl get podcertificaterequest NAME
+    /// -o yaml` prints, decided offline with --policy.
+    #[arg(long)]
+    pub pcr_object: Option<PathBuf>,
     /// List every pending CSR of the policy's signers with what the policy says about it, one line
     /// each: the queue a human works through.
     #[arg(long)]

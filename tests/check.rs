@@ -184,3 +184,52 @@ fn a_closed_pipe_is_not_a_crash() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The shipped pod-certificate examples, decided offline: the allowed service account gets its
+/// SPIFFE ID (exit 0), the other is denied with the reason (exit 1), and the example policy is
+/// valid.
+#[test]
+fn pod_certificate_examples_are_decided_offline() {
+    let policy = "examples/pod-certificates/policy.yaml";
+    let (code, out, err) = csr_warden(&["policy", "validate", policy]);
+    assert_eq!(code, 0, "{out}{err}");
+    for (object, expected_code, decision, reason) in [
+        (
+            "examples/pod-certificates/pcr-payments-api-7d9f-0.yaml",
+            0,
+            "issue",
+            "Issued",
+        ),
+        (
+            "examples/pod-certificates/pcr-payments-intruder-0.yaml",
+            1,
+            "deny",
+            "ServiceAccountNotAllowed",
+        ),
+    ] {
+        let (code, out, err) = csr_warden(&[
+            "check",
+            "--policy",
+            policy,
+            "--pcr-object",
+            object,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(code, expected_code, "{object}: {out}{err}");
+        let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(report["decision"], decision, "{report}");
+        assert_eq!(report["reason"], reason, "{report}");
+    }
+    let (_, out, _) = csr_warden(&[
+        "check",
+        "--policy",
+        policy,
+        "--pcr-object",
+        "examples/pod-certificates/pcr-payments-api-7d9f-0.yaml",
+    ]);
+    assert!(
+        out.contains("spiffe://cluster.local/ns/payments/sa/api"),
+        "{out}"
+    );
+}

@@ -320,6 +320,24 @@ async fn pods_get_spiffe_certificates_by_policy_and_the_ca_is_published() {
             .is_some_and(|m| m.contains("ECDSAP256")),
         "suggests a key type that works: {p521:#}"
     );
+    // `check --pcr` explains a live request with the same decision.
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"))
+        .args([
+            "check",
+            "--pcr",
+            "payments/intruder-0",
+            "-o",
+            "json",
+            "--policy",
+        ])
+        .arg(dir.path().join("policy.yaml"))
+        .env("KUBECONFIG", &plane.admin)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("check");
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    let report: Value = serde_json::from_slice(&checked.stdout).expect("json");
+    assert_eq!(report["reason"], "ServiceAccountNotAllowed", "{report}");
     // Another signer's request: untouched (created before anyone-0, which is answered).
     assert!(pcr(plane, "apps", "foreign-0")["status"]["conditions"].is_null());
 

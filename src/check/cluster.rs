@@ -64,6 +64,20 @@ pub enum LiveError {
     },
     #[error("no async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("--pcr takes NAMESPACE/NAME, got {0:?}")]
+    PcrName(String),
+    #[error(
+        "cannot read PodCertificateRequest {name}: {source}; the caller needs get on podcertificaterequests, and the API server must serve certificates.k8s.io/v1beta1"
+    )]
+    ReadPcr {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "PodCertificateRequest {0} does not exist (kubectl get podcertificaterequests -A lists them)"
+    )]
+    NoSuchPcr(String),
 }
 
 /// One condition of a live CSR, as `kubectl describe csr` shows it.
@@ -181,6 +195,9 @@ pub fn run(args: &CheckArgs) -> u8 {
     let outcome = runtime.block_on(async {
         let client = client().await?;
         let policy = live_policy(&client, args).await?;
+        if let Some(pcr) = &args.pcr {
+            return super::pods::explain_live(&client, &policy, pcr, args.output).await;
+        }
         match args.live_name() {
             Some(name) => explain(&client, &policy, name, args.output).await,
             None => all_pending(&client, &policy, args.output).await,

@@ -3,6 +3,7 @@
 //! CSR (`--csr`, `--all-pending`) in [`cluster`], with the cluster's own facts.
 
 pub mod cluster;
+pub mod pods;
 
 use std::io::Write;
 use std::path::Path;
@@ -49,7 +50,7 @@ pub enum CheckError {
     BadFlag { flag: &'static str, message: String },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, CheckError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, CheckError> {
     std::fs::read(path).map_err(|source| CheckError::Read {
         path: path.display().to_string(),
         source,
@@ -255,7 +256,10 @@ pub(crate) fn print(text: &str) -> Result<(), std::io::Error> {
 
 /// Run `check`: print the report and return the exit code.
 pub fn run(args: &CheckArgs) -> u8 {
-    if args.all_pending || args.live_name().is_some() {
+    if let Some(path) = &args.pcr_object {
+        return pods::run_offline(args, path);
+    }
+    if args.all_pending || args.live_name().is_some() || args.pcr.is_some() {
         return cluster::run(args);
     }
     let outcome = args

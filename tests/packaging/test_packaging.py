@@ -41,6 +41,8 @@ FULL_VALUES = {
         {"name": "kubernetes.io/kubelet-serving", "role": "approve"},
         {"name": "example.com/legacy", "role": "sign"},
     ],
+    "podCertificates": [{"signerName": "example.com/workload-identity", "caSecretName": "workload-ca",
+                         "allow": [{"namespace": "apps"}], "trustBundle": True}],
     "policy": {
         "signerNames": ["example.com/internal-client"],
         "forbiddenGroups": ["system:masters", "cluster-admins"],
@@ -241,6 +243,57 @@ def test_approve_and_sign_with_own_ca_gets_both_and_shares_a_secret_once(tmp_pat
                                     "ca": {"cert": "/etc/csr-warden/cas/team-ca/tls.crt",
                                            "key": "/etc/csr-warden/cas/team-ca/tls.key"}}
     kubernetes_validate(tmp_path, objects)
+
+
+POD_CERTIFICATES = [{"signerName": "example.com/workload-identity", "caSecretName": "workload-ca",
+                     "trustDomain": "cluster.local",
+                     "allow": [{"namespace": "payments", "serviceAccounts": ["api", "worker"]},
+                               {"namespace": "apps"}],
+                     "maxExpirationSeconds": 86400, "trustBundle": True}]
+
+
+def test_pod_certificates_and_trust_bundles_get_their_rbac_ca_and_policy_only_when_set(tmp_path):
+    objects = render_manifests.render({
+        "signers": [{"name": "example.com/internal-client", "caSecretName": "internal-ca", "trustBundle": True},
+                    {"name": "kubernetes.io/kubelet-serving", "role": "approve"}],
+        "podCertificates": POD_CERTIFICATES,
+    })
+    role = named(objects, "ClusterRole", "csr-warden")
+    rules = {(tuple(r["resources"]), tuple(r.get("resourceNames", [])), tuple(r["verbs"])) for r in role["rules"]}
+    assert (("podcertificaterequests",), (), ("get", "list", "watch")) in rules
+    assert (("podcertificaterequests/status",), (), ("update", "patch")) in rules
+    assert (("signers",), ("example.com/workload-identity",), ("sign",)) in rules
+    assert (("clustertrustbundles",), (), ("get", "list", "watch", "create", "update", "delete")) in rules
+    # attest for exactly the published signers: the CSR signer that signs and the pod signer,
+    # not the approve-only kubelet-serving.
+    assert (("signers",), ("example.com/internal-client", "example.com/workload-identity"), ("attest",)) in rules
+    volumes = deployment(objects)["spec"]["template"]["spec"]["volumes"]
+    assert sorted(v["secret"]["secretName"] for v in volumes if "secret" in v) == ["internal-ca", "workload-ca"]
+    policy = validate_with_the_binary(tmp_path, objects)
+    assert policy["podCertificates"] == [{
+        "signerName": "example.com/workload-identity", "trustDomain": "cluster.local",
+        "ca": {"cert": "/etc/csr-warden/cas/workload-ca/tls.crt", "key": "/etc/csr-warden/cas/workload-ca/tls.key"},
+        "allow": [{"namespace": "payments", "serviceAccounts": ["api", "worker"]}, {"namespace": "apps"}],
+        "maxExpirationSeconds": 86400, "trustBundle": True}]
+    assert policy["signers"][0]["trustBundle"] is True
+    kubernetes_validate(tmp_path, objects)
+    # The default install asks for none of it.
+    default = named(manifest_objects(), "ClusterRole", "csr-warden")
+    assert not [r for r in default["rules"]
+                if {"podcertificaterequests", "clustertrustbundles"} & set(r["resources"])
+                or {"attest"} & set(r["verbs"])]
+
+
+def test_pod_certificates_without_signers_keep_signer_names_in_the_policy(tmp_path):
+    objects = render_manifests.render({"podCertificates": POD_CERTIFICATES})
+    policy = validate_with_the_binary(tmp_path, objects)
+    assert policy["signerNames"] and policy["podCertificates"][0]["signerName"] == "example.com/workload-identity"
+    for bad in ({"podCertificates": [{"signerName": "example.com/x", "caSecretName": "x", "allow": []}]},
+                {"podCertificates": [{"signerName": "example.com/x", "allow": [{"namespace": "a"}]}]},
+                {"podCertificates": [{"signerName": "example.com/x", "caSecretName": "x",
+                                      "allow": [{"namespace": "a"}], "trustDomain": "spiffe://x"}]}):
+        with pytest.raises(helm.HelmError):
+            helm.Chart.load(str(CHART)).validate_schema(bad)
 
 
 def test_an_approve_only_signer_with_a_ca_secret_is_refused_by_the_chart():

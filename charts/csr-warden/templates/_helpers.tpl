@@ -50,11 +50,11 @@ with the default CA (caSecretName). */}}
 {{- if and (eq $role "approve") .caSecretName -}}
 {{- fail (printf "signers: %s has role approve, which never signs, but sets caSecretName; remove it or use approveAndSign" .name) -}}
 {{- end -}}
-{{- $out = append $out (dict "name" .name "role" $role "caSecretName" (.caSecretName | default "") "allowClusterCA" (.allowClusterCA | default false)) -}}
+{{- $out = append $out (dict "name" .name "role" $role "caSecretName" (.caSecretName | default "") "allowClusterCA" (.allowClusterCA | default false) "trustBundle" (.trustBundle | default false)) -}}
 {{- end -}}
 {{- else -}}
 {{- range .Values.policy.signerNames -}}
-{{- $out = append $out (dict "name" . "role" "approveAndSign" "caSecretName" "" "allowClusterCA" false) -}}
+{{- $out = append $out (dict "name" . "role" "approveAndSign" "caSecretName" "" "allowClusterCA" false "trustBundle" false) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $out -}}
@@ -87,12 +87,14 @@ with the default CA (caSecretName). */}}
 {{- if $needs }}true{{ end -}}
 {{- end -}}
 
-{{/* The CA Secrets of signing signers that have their own (JSON list, each once). */}}
+{{/* The CA Secrets of signing signers that have their own, and of every pod-certificate signer
+(JSON list, each once). */}}
 {{- define "csr-warden.signerCASecrets" -}}
 {{- $out := list -}}
 {{- range (include "csr-warden.signers" . | fromJsonArray) -}}
 {{- if and (ne .role "approve") .caSecretName }}{{ $out = append $out .caSecretName }}{{ end -}}
 {{- end -}}
+{{- range .Values.podCertificates }}{{ $out = append $out .caSecretName }}{{ end -}}
 {{- toJson ($out | uniq) -}}
 {{- end -}}
 
@@ -107,10 +109,43 @@ signerNames when .Values.signers is set. */}}
 {{- $_ := set $entry "ca" (dict "cert" (printf "/etc/csr-warden/cas/%s/tls.crt" .caSecretName) "key" (printf "/etc/csr-warden/cas/%s/tls.key" .caSecretName)) -}}
 {{- end -}}
 {{- if .allowClusterCA }}{{ $_ := set $entry "allowClusterCA" true }}{{ end -}}
+{{- if and .trustBundle (ne .role "approve") }}{{ $_ := set $entry "trustBundle" true }}{{ end -}}
 {{- $signers = append $signers $entry -}}
 {{- end -}}
-{{- toYaml (merge (dict "signers" $signers) (omit .Values.policy "signerNames")) -}}
+{{- toYaml (merge (dict "signers" $signers) (include "csr-warden.podCertificatesPolicy" . | fromYaml) (omit .Values.policy "signerNames")) -}}
 {{- else -}}
-{{- toYaml .Values.policy -}}
+{{- toYaml (merge (include "csr-warden.podCertificatesPolicy" . | fromYaml) .Values.policy) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The policy's podCertificates (as YAML under that key, or {} when none), with each signer's
+CA at its mounted Secret's path. */}}
+{{- define "csr-warden.podCertificatesPolicy" -}}
+{{- $out := list -}}
+{{- range .Values.podCertificates -}}
+{{- $entry := dict "signerName" .signerName "trustDomain" (.trustDomain | default "cluster.local") "allow" .allow "ca" (dict "cert" (printf "/etc/csr-warden/cas/%s/tls.crt" .caSecretName) "key" (printf "/etc/csr-warden/cas/%s/tls.key" .caSecretName)) -}}
+{{- if .maxExpirationSeconds }}{{ $_ := set $entry "maxExpirationSeconds" .maxExpirationSeconds }}{{ end -}}
+{{- if .trustBundle }}{{ $_ := set $entry "trustBundle" true }}{{ end -}}
+{{- $out = append $out $entry -}}
+{{- end -}}
+{{- if $out }}{{ toYaml (dict "podCertificates" $out) }}{{ else }}{}{{ end -}}
+{{- end -}}
+
+{{/* The pod-certificate signers' names (JSON list). */}}
+{{- define "csr-warden.podSigners" -}}
+{{- $out := list -}}
+{{- range .Values.podCertificates }}{{ $out = append $out .signerName }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The signers whose CA is published as a ClusterTrustBundle (JSON list). */}}
+{{- define "csr-warden.trustBundleSigners" -}}
+{{- $out := list -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- if and .trustBundle (ne .role "approve") }}{{ $out = append $out .name }}{{ end -}}
+{{- end -}}
+{{- range .Values.podCertificates -}}
+{{- if .trustBundle }}{{ $out = append $out .signerName }}{{ end -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}
