@@ -141,10 +141,12 @@ def test_full_values_reach_the_objects():
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-cluster-critical"
     assert spec["tolerations"] == FULL_VALUES["tolerations"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
-    assert secrets == {"ca": "my-ca", "signer-ca-0": "internal-ca"}
+    assert secrets == {"ca": "my-ca", "signer-ca-0": "internal-ca", "signer-ca-1": "workload-ca"}
     assert deploy["metadata"]["labels"]["team"] == "platform"
     assert signer_rules(objects) == {"approve": ["example.com/internal-client", "kubernetes.io/kubelet-serving"],
-                                     "sign": ["example.com/internal-client", "example.com/legacy"]}
+                                     "sign": ["example.com/internal-client", "example.com/legacy",
+                                              "example.com/workload-identity"],
+                                     "attest": ["example.com/workload-identity"]}
     policy = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
     expected = {k: v for k, v in FULL_VALUES["policy"].items() if k != "signerNames"}
     expected["signers"] = [
@@ -153,15 +155,22 @@ def test_full_values_reach_the_objects():
         {"name": "kubernetes.io/kubelet-serving", "role": "approve"},
         {"name": "example.com/legacy", "role": "sign"},
     ]
+    expected["podCertificates"] = [{
+        "signerName": "example.com/workload-identity", "trustDomain": "cluster.local",
+        "allow": [{"namespace": "apps"}], "trustBundle": True,
+        "ca": {"cert": "/etc/csr-warden/cas/workload-ca/tls.crt", "key": "/etc/csr-warden/cas/workload-ca/tls.key"}}]
     assert policy == expected
 
 
 def signer_rules(objects):
-    """verb -> resourceNames of the ClusterRole's `signers` rules."""
+    """verb -> resourceNames of the ClusterRole's `signers` rules (CSR signers, then pod signers)."""
     role = named(objects, "ClusterRole", "csr-warden")
     rules = [r for r in role["rules"] if r["resources"] == ["signers"]]
     assert all(len(r["verbs"]) == 1 for r in rules), rules
-    return {r["verbs"][0]: r["resourceNames"] for r in rules}
+    verbs = {}
+    for r in rules:
+        verbs.setdefault(r["verbs"][0], []).extend(r["resourceNames"])
+    return verbs
 
 
 def subresource_verbs(objects):
