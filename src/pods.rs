@@ -23,7 +23,7 @@ use kube::{Client, Resource, ResourceExt};
 use crate::ca::{CertificateAuthority, fingerprint_sha256, random_serial};
 use crate::controller::fit;
 use crate::inspect::inspect_der;
-use crate::issue::{issue_pod_certificate, pem_certificate};
+use crate::issue::{CA_UNAVAILABLE, IssueError, issue_pod_certificate, pem_certificate};
 use crate::live::Live;
 use crate::metrics::DecisionLabels;
 use crate::pod_certificates::{self, PcrView, PodDecision, PodValidity};
@@ -217,7 +217,7 @@ async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: Arc<Context>) -> Result
             match ca.as_ref() {
                 Err(why) => {
                     // Our fault, not the request's: wait for the CA rather than fail it.
-                    tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = "CAUnavailable", "pod certificate not issued yet: {why}");
+                    tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = CA_UNAVAILABLE, "pod certificate not issued yet: {why}");
                     return Ok(Action::requeue(Duration::from_secs(30)));
                 }
                 Ok(ca) => issue(ca, &view, spiffe_id, max_lifetime_seconds)?,
@@ -241,36 +241,25 @@ fn issue(
         });
     };
     let now = time::OffsetDateTime::now_utc();
+    let failed = |error: IssueError| Answer::Failed {
+        reason: error.reason(),
+        message: error.to_string(),
+    };
     let Some(times) = pod_certificates::validity(max_lifetime_seconds, now, ca.not_after()) else {
-        return Ok(Answer::Failed {
-            reason: "CAExpiring",
-            message: format!(
-                "the CA of {} expires at {}, too soon for a certificate of at least 1 hour; rotate its CA Secret",
-                view.signer_name,
-                ca.not_after()
-            ),
-        });
+        return Ok(failed(IssueError::CaExpiring {
+            ca_not_after: ca.not_after(),
+        }));
     };
     let serial = random_serial().map_err(|e| PodError::Randomness(e.to_string()))?;
     let issued = match issue_pod_certificate(ca, request, &spiffe_id, times, serial) {
         Ok(issued) => issued,
-        Err(error) => {
-            return Ok(Answer::Failed {
-                reason: "SigningFailed",
-                message: error.to_string(),
-            });
-        }
+        Err(error) => return Ok(failed(error)),
     };
     let mut chain = issued.pem.clone();
     for intermediate in ca.intermediates_der() {
         match pem_certificate(intermediate) {
             Ok(pem) => chain.push_str(&pem),
-            Err(error) => {
-                return Ok(Answer::Failed {
-                    reason: "SigningFailed",
-                    message: error.to_string(),
-                });
-            }
+            Err(error) => return Ok(failed(error)),
         }
     }
     Ok(Answer::Issued {

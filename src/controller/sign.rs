@@ -14,6 +14,7 @@ use super::memo::Memo;
 use super::{Context, Error, MAX_CONFLICT_RETRIES};
 use crate::ca::fingerprint_sha256;
 use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state, status_patch};
+use crate::issue::CA_UNAVAILABLE;
 use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, CsrView, Reason};
@@ -274,9 +275,6 @@ impl Context {
         )
     }
 }
-
-/// The reason of the Warning Event of a CSR waiting for its CA.
-const CA_UNAVAILABLE: &str = "CAUnavailable";
 
 /// The audit record of one issued certificate: what an operator holding it finds it by.
 #[derive(Debug, Clone)]

@@ -38,6 +38,10 @@ pub const BACKDATE: Duration = Duration::minutes(5);
 /// Shortest certificate we issue (kube-controller-manager's floor).
 pub const MIN_LIFETIME: Duration = Duration::minutes(10);
 
+/// The reason given while a signer's CA is not there (missing, unreadable, not loaded yet): the
+/// request waits, approved, and is issued once the CA loads; never Failed for it.
+pub const CA_UNAVAILABLE: &str = "CAUnavailable";
+
 /// Why a certificate was not issued. Written as the CSR's Failed condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {
