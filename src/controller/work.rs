@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use super::queue::{Placement, WorkQueue};
 use super::{Context, Error, reconcile};
+use crate::csr::{CsrState, csr_state};
 use crate::facts::NodeChange;
 use crate::live::Live;
 use crate::metrics::ErrorLabels;
@@ -39,21 +40,30 @@ pub struct Work {
     retry_wake: Notify,
 }
 
-/// Which workers take a CSR. Fixed by its signer, so one CSR is never in both.
+/// Which workers take a CSR: a pending kubelet client CSR waits on a SubjectAccessReview, so it
+/// goes to the review workers, where a slow or hanging authorizer holds up nothing else;
+/// everything else (signing an approved kubelet client CSR too) goes to the main workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
     /// Everything that needs no SubjectAccessReview.
     Main = 0,
-    /// Kubelet client CSRs: each decision waits on SubjectAccessReviews.
+    /// Pending kubelet client CSRs: each decision waits on SubjectAccessReviews.
     Reviews = 1,
 }
 
 impl Lane {
     pub fn of(csr: &CertificateSigningRequest) -> Lane {
-        if csr.spec.signer_name == SIGNER_KUBELET_CLIENT {
+        if csr.spec.signer_name == SIGNER_KUBELET_CLIENT && csr_state(csr) == CsrState::Pending {
             Lane::Reviews
         } else {
             Lane::Main
+        }
+    }
+
+    fn other(self) -> Lane {
+        match self {
+            Lane::Main => Lane::Reviews,
+            Lane::Reviews => Lane::Main,
         }
     }
 }
@@ -82,9 +92,17 @@ struct State {
 
 impl State {
     /// Queue `csr` in its lane's queue (the caller wakes that lane); returns the lane.
+    /// Queue `csr` in its lane, unless the other lane holds it (waiting, or being worked):
+    /// then it stays there until done, so no two workers ever hold one CSR at once.
     fn queue(&mut self, csr: &CertificateSigningRequest) -> Lane {
-        let lane = Lane::of(csr);
-        self.queues[lane as usize].add(&csr.name_any(), placement(csr));
+        let name = csr.name_any();
+        let wanted = Lane::of(csr);
+        let lane = if self.queues[wanted.other() as usize].holds(&name) {
+            wanted.other()
+        } else {
+            wanted
+        };
+        self.queues[lane as usize].add(&name, placement(csr));
         lane
     }
 }
