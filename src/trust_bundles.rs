@@ -8,9 +8,9 @@
 //! longest certificate lifetime after it was retired (so every certificate it issued stays
 //! trusted until it expires), or until it expires itself, whichever is first; the time it was
 //! retired is kept in an annotation on the bundle. csr-warden never touches a bundle it did not
-//! create (one without its label), and deletes its own for a signer no longer published. To
-//! drop a compromised CA at once, delete the bundle: it is published again with the current CA
-//! only.
+//! create (one without its label), and deletes its own only for a signer of its policy that is
+//! no longer published (a signer it does not know may be another installation's). To drop a
+//! compromised CA at once, delete the bundle: it is published again with the current CA only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,16 +198,19 @@ async fn publish_all(bundles: &Api<ClusterTrustBundle>, live: &Live) {
             tracing::warn!(%signer, bundle = %bundle_name(signer), %error, "could not publish the trust bundle; will try again");
         }
     }
-    // Our own bundles for signers no longer published.
+    // Our own bundles for signers of ours no longer published. A bundle of a signer this policy
+    // does not name at all may be another installation's: left alone.
+    let ours = |signer: &str| {
+        policy.signers.contains_key(signer) || policy.pod_signers.contains_key(signer)
+    };
     let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let Ok(list) = within(REQUEST_TIMEOUT, bundles.list(&params)).await else {
         return;
     };
-    for stale in list
-        .items
-        .iter()
-        .filter(|b| !wanted.contains(&b.name_any()))
-    {
+    let stale = list.items.iter().filter(|b| {
+        !wanted.contains(&b.name_any()) && b.spec.signer_name.as_deref().is_some_and(ours)
+    });
+    for stale in stale {
         let name = stale.name_any();
         match within(
             REQUEST_TIMEOUT,

@@ -486,3 +486,54 @@ async fn without_the_apis_it_says_so_once_and_carries_on_with_csrs() {
     assert_eq!(status, 200, "{body}");
     controller.kill().await;
 }
+
+/// Turning `trustBundle` off withdraws the signer's bundle on the next reload; a bundle with
+/// csr-warden's label for a signer this policy does not know (another installation's) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_is_withdrawn_when_turned_off_and_another_installations_stays() {
+    let Some(plane) = control_plane::shared_with_pod_certificates(
+        "a_bundle_is_withdrawn_when_turned_off_and_another_installations_stays",
+    ) else {
+        return;
+    };
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let pod_ca = openssl_ca(dir.path(), KeyKind::P256, 365);
+    let ca_pem = std::fs::read_to_string(&pod_ca.0).expect("ca");
+    let foreign = "example.org:other-installation:csr-warden";
+    let _ = plane.try_kubectl(
+        &[
+            "delete",
+            "clustertrustbundle",
+            foreign,
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    plane.apply(&json!({
+        "apiVersion": "certificates.k8s.io/v1beta1", "kind": "ClusterTrustBundle",
+        "metadata": {"name": foreign, "labels": {"app.kubernetes.io/managed-by": "csr-warden"}},
+        "spec": {"signerName": "example.org/other-installation", "trustBundle": ca_pem},
+    }));
+    let controller = start(plane, dir.path(), &pod_ca);
+    controller.wait_synced().await;
+    control_plane::wait_until("the trust bundle", || bundle(plane).is_some());
+
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        policy(&pod_ca).replace("    trustBundle: true\n", ""),
+    )
+    .expect("policy");
+    controller
+        .wait_for_log("withdrawn", |l| {
+            l["bundle"] == BUNDLE
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("no longer published, deleted"))
+        })
+        .await;
+    assert!(bundle(plane).is_none(), "withdrawn");
+    let (kept, _, _) = plane.try_kubectl(&["get", "clustertrustbundle", foreign], None);
+    assert!(kept, "another installation's bundle is left alone");
+    controller.kill().await;
+}
