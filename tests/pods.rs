@@ -20,6 +20,14 @@ const NODE: &str = "pcr-node";
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The control plane that serves the pod certificate APIs, and this test's turn on it.
+async fn gated(
+    test: &str,
+) -> Option<(&'static ControlPlane, tokio::sync::MutexGuard<'static, ()>)> {
+    let plane = control_plane::shared_with_pod_certificates(test)?;
+    Some((plane, TURN.lock().await))
+}
+
 fn policy(ca: &(PathBuf, PathBuf)) -> String {
     format!(
         "{POLICY}podCertificates:\n  - signerName: {SIGNER}\n    ca: {{cert: {}, key: {}}}\n    trustDomain: cluster.local\n    allow:\n      - {{namespace: payments, serviceAccounts: [api, worker]}}\n      - {{namespace: apps}}\n    maxExpirationSeconds: 7200\n    trustBundle: true\n",
@@ -191,12 +199,11 @@ fn fingerprint(dir: &Path, pem: &str) -> String {
 /// request, and the CA published as a ClusterTrustBundle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_get_spiffe_certificates_by_policy_and_the_ca_is_published() {
-    let Some(plane) = control_plane::shared_with_pod_certificates(
-        "pods_get_spiffe_certificates_by_policy_and_the_ca_is_published",
-    ) else {
+    let Some((plane, _turn)) =
+        gated("pods_get_spiffe_certificates_by_policy_and_the_ca_is_published").await
+    else {
         return;
     };
-    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let pod_ca = openssl_ca(dir.path(), KeyKind::P256, 365);
     plane.node(NODE, &[("InternalIP", "10.0.0.90")]);
@@ -364,12 +371,11 @@ async fn pods_get_spiffe_certificates_by_policy_and_the_ca_is_published() {
 /// the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trust_bundle_carries_old_and_new_ca_across_a_rotation() {
-    let Some(plane) = control_plane::shared_with_pod_certificates(
-        "the_trust_bundle_carries_old_and_new_ca_across_a_rotation",
-    ) else {
+    let Some((plane, _turn)) =
+        gated("the_trust_bundle_carries_old_and_new_ca_across_a_rotation").await
+    else {
         return;
     };
-    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let mounted = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let old_dir = tempfile::tempdir().expect("dir");
@@ -491,12 +497,11 @@ async fn without_the_apis_it_says_so_once_and_carries_on_with_csrs() {
 /// csr-warden's label for a signer this policy does not know (another installation's) stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_is_withdrawn_when_turned_off_and_another_installations_stays() {
-    let Some(plane) = control_plane::shared_with_pod_certificates(
-        "a_bundle_is_withdrawn_when_turned_off_and_another_installations_stays",
-    ) else {
+    let Some((plane, _turn)) =
+        gated("a_bundle_is_withdrawn_when_turned_off_and_another_installations_stays").await
+    else {
         return;
     };
-    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let pod_ca = openssl_ca(dir.path(), KeyKind::P256, 365);
     let ca_pem = std::fs::read_to_string(&pod_ca.0).expect("ca");
