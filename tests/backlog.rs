@@ -65,10 +65,15 @@ async fn a_flood_from_one_requester_does_not_starve_a_kubelet_renewal() {
         .await;
     let order = h.server.approvals_in_order();
     let renewal = order.iter().position(|n| n == "renewal").expect("approved");
-    // The renewal, created after all 60, is among the first few: kubelet client CSRs have
-    // workers of their own (and requesters take turns within a lane); only what the other lane
-    // finishes during its review and approval comes before it.
-    assert!(renewal <= 6, "renewal approved {renewal}th: {order:?}");
+    // The renewal, created after all 60, is not left for last (60th, first-come first-served
+    // would put it there): pending kubelet client CSRs have workers of their own, and requesters
+    // take turns within a lane. What comes before it is only what the main workers finish
+    // during its reviews and approval: a handful on a quiet machine, up to 18 seen on a busy CI
+    // machine; half the flood is the bound that still tells fair from starved.
+    assert!(
+        renewal < flood.len() / 2,
+        "renewal approved {renewal}th: {order:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
