@@ -11,6 +11,11 @@
 //! - [`controller`]: all Kubernetes I/O.
 #![forbid(unsafe_code)]
 
+/// The name csr-warden reports under: its Events' reporting controller (`reportingComponent`
+/// in core/v1, how a restarted process finds the Events it wrote), and the `managed-by` label and
+/// name suffix of the ClusterTrustBundles it publishes.
+pub const CONTROLLER_NAME: &str = "csr-warden";
+
 pub mod ca;
 pub mod check;
 pub mod client;

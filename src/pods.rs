@@ -103,7 +103,7 @@ pub async fn run(client: Client, live: Arc<Live>, instance: String, dry_run: boo
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
-            controller: "csr-warden".into(),
+            controller: crate::CONTROLLER_NAME.into(),
             instance: Some(instance),
         },
     );

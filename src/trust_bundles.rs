@@ -31,8 +31,8 @@ use crate::pods::wait_until_served;
 use crate::request::{REQUEST_TIMEOUT, within};
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY: &str = "csr-warden";
-const NAME_SUFFIX: &str = "csr-warden";
+pub const MANAGED_BY: &str = crate::CONTROLLER_NAME;
+const NAME_SUFFIX: &str = crate::CONTROLLER_NAME;
 /// Annotation prefix: `<prefix><16 hex of the anchor's SHA-256>` = when it stopped being current.
 const RETIRED_PREFIX: &str = "csr-warden.io/retired-";
 /// How often the bundles are compared with the CAs (besides every reload).

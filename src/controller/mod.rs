@@ -40,7 +40,7 @@ use crate::facts::{Facts, NodeChange};
 use crate::live::Live;
 
 /// The reporting controller of csr-warden's Events (`reportingComponent` in core/v1).
-const REPORTER: &str = "csr-warden";
+const REPORTER: &str = crate::CONTROLLER_NAME;
 /// How often one reconcile re-reads and retries after a 409 before giving up for a backoff.
 const MAX_CONFLICT_RETRIES: usize = 5;
 /// Attempts at writing one Event before it is given up (the decision is in the log regardless).
