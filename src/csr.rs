@@ -1,5 +1,5 @@
 //! What a CertificateSigningRequest object says: where it stands (its conditions and
-//! certificate), the policy's view of it, and the condition and status patch csr-warden writes.
+//! certificate), the policy's view of it, and the condition csr-warden adds and how it is written.
 //! Read by the controller and by `check`.
 
 use k8s_openapi::api::certificates::v1::{
@@ -101,14 +101,40 @@ pub(crate) fn condition(
     }
 }
 
-/// The merge patch that writes `csr`'s conditions (and, for /status, its certificate) and
-/// nothing else, on the condition that the CSR is still at the resourceVersion it was decided
-/// on (409 otherwise). The server applies it to its own copy, so annotations, labels and
-/// finalizers that our trimmed cache copy lacks are kept (a PUT would drop them).
-pub(crate) fn status_patch(
-    csr: &CertificateSigningRequest,
-    with_certificate: bool,
-) -> serde_json::Value {
+/// Written by `kubectl apply`: a second copy of the whole object, request included; the cache
+/// drops it.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Put on a cached copy in place of a dropped last-applied annotation, so its writes know the
+/// copy is incomplete. Never sent to the server: such a copy is written as a merge patch.
+pub const CACHE_TRIMMED: &str = "csr-warden.io/cache-dropped-last-applied";
+
+/// How a decision or a certificate is written to /approval or /status.
+#[derive(Debug)]
+pub enum StatusWrite {
+    /// The whole object, as kubectl and kube-controller-manager send it: the cheapest write for
+    /// the server (a merge patch costs it a re-encode and a merge of the stored object first).
+    /// The server keeps the stored spec and managedFields but takes metadata from the body,
+    /// so this is only for a copy that carries all of it. Its resourceVersion makes it
+    /// conditional (409 if the CSR changed since).
+    Replace,
+    /// For a copy the cache trimmed of an annotation: the conditions (and certificate) and the
+    /// resourceVersion precondition, applied by the server to its own copy, so nothing our
+    /// copy lacks is lost.
+    MergePatch(serde_json::Value),
+}
+
+/// How to write `csr`'s conditions (and, for /status, its certificate), on the condition that
+/// the CSR is still at the resourceVersion it was decided on.
+pub fn status_write(csr: &CertificateSigningRequest, with_certificate: bool) -> StatusWrite {
+    let trimmed = csr
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|annotations| annotations.contains_key(CACHE_TRIMMED));
+    if !trimmed {
+        return StatusWrite::Replace;
+    }
     let status = csr.status.clone().unwrap_or_default();
     let mut patch = serde_json::json!({
         "metadata": {"resourceVersion": csr.metadata.resource_version},
@@ -117,7 +143,7 @@ pub(crate) fn status_patch(
     if with_certificate && let Some(certificate) = status.certificate {
         patch["status"]["certificate"] = serde_json::json!(certificate);
     }
-    patch
+    StatusWrite::MergePatch(patch)
 }
 
 /// Seconds since the CSR was created, for the latency histograms.

@@ -2,7 +2,7 @@
 //! managedFields and the `kubectl apply` copy; finished and foreign CSRs not at all.
 
 use csr_warden::controller::watch::{trim_for_cache, worth_caching};
-use csr_warden::csr::{CsrState, csr_state};
+use csr_warden::csr::{CACHE_TRIMMED, CsrState, StatusWrite, csr_state, status_write};
 use csr_warden::policy::SignerRole;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{
@@ -105,7 +105,73 @@ fn a_csr_of_ours_with_work_left_is_cached_whole_but_for_managed_fields_and_the_a
         );
         assert_eq!(csr_state(&waiting), state);
         assert!(waiting.metadata.managed_fields.is_none());
-        assert!(waiting.metadata.annotations.is_none());
+        assert_eq!(
+            waiting.metadata.annotations,
+            Some([(CACHE_TRIMMED.to_owned(), String::new())].into()),
+            "the dropped annotation is marked"
+        );
         assert_eq!(waiting.metadata.resource_version.as_deref(), Some("42"));
+    }
+}
+
+/// What goes back to /approval or /status: a whole copy as a PUT (the server's cheapest write,
+/// but it takes metadata from the body), a copy the cache dropped the last-applied annotation
+/// from as a merge patch of the conditions (and certificate) at its resourceVersion, so the
+/// server keeps the annotation.
+#[test]
+fn a_trimmed_copy_is_written_as_a_patch_and_a_whole_one_as_a_put() {
+    let team = || ("team".to_owned(), "payments".to_owned());
+    let certificate = Some(&b"-----BEGIN CERTIFICATE-----..."[..]);
+    for (last_applied, with_certificate, expected) in [
+        (false, false, None),
+        (false, true, None),
+        (
+            true,
+            false,
+            Some(serde_json::json!({
+                "metadata": {"resourceVersion": "42"},
+                "status": {"conditions": [
+                    {"type": "Approved", "status": "True", "message": "a long explanation"}
+                ]},
+            })),
+        ),
+        (
+            true,
+            true,
+            Some(serde_json::json!({
+                "metadata": {"resourceVersion": "42"},
+                "status": {
+                    "conditions": [
+                        {"type": "Approved", "status": "True", "message": "a long explanation"}
+                    ],
+                    "certificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tLi4u",
+                },
+            })),
+        ),
+    ] {
+        let mut cached = csr(&["Approved"], certificate);
+        let annotations = cached.metadata.annotations.get_or_insert_default();
+        annotations.insert(team().0, team().1);
+        if !last_applied {
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        trim_for_cache(&mut cached);
+        assert_eq!(
+            cached
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("team")),
+            Some(&team().1),
+            "other annotations stay in the cache"
+        );
+        let case = format!("last-applied {last_applied}, certificate {with_certificate}");
+        match (status_write(&cached, with_certificate), expected) {
+            (StatusWrite::Replace, None) => {}
+            (StatusWrite::MergePatch(patch), Some(expected)) => {
+                assert_eq!(patch, expected, "{case}")
+            }
+            (write, expected) => panic!("{case}: {write:?}, expected {expected:?}"),
+        }
     }
 }

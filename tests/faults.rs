@@ -193,9 +193,9 @@ async fn server_errors_and_throttling_on_every_kind_of_call() {
     let mut batch = Batch::new().await;
     batch.server.arm(|f| {
         errors(f, Some(Method::GET), "/certificatesigningrequests", 503, 2);
-        errors(f, Some(Method::PATCH), "/approval", 500, 3);
-        errors(f, Some(Method::PATCH), "/approval", 429, 2);
-        errors(f, Some(Method::PATCH), "/status", 503, 3);
+        errors(f, Some(Method::PUT), "/approval", 500, 3);
+        errors(f, Some(Method::PUT), "/approval", 429, 2);
+        errors(f, Some(Method::PUT), "/status", 503, 3);
         errors(f, Some(Method::POST), "/events", 500, 3);
         errors(f, Some(Method::POST), "/subjectaccessreviews", 500, 2);
     });
@@ -474,7 +474,7 @@ async fn a_csr_the_resync_found_is_not_lost_when_its_first_try_fails() {
     h.server.arm(|f| {
         f.hide_creations = 1;
         f.errors
-            .push(ErrorFault::new(Some(Method::PATCH), "/approval", 500, 1));
+            .push(ErrorFault::new(Some(Method::PUT), "/approval", 500, 1));
     });
     h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
     controller

@@ -659,6 +659,12 @@ async fn bad_input_and_a_missing_ca_never_cost_a_csr() {
         ],
         Some(&object.to_string()),
     );
+    // And one made with kubectl create, labelled and annotated: written back whole (a PUT), so
+    // what it carries must be in the controller's copy.
+    let mut labelled = csr_object("bad-labelled", CLIENT_SIGNER, &["client auth"], &jane);
+    labelled["metadata"]["labels"] = json!({"team": "payments"});
+    labelled["metadata"]["annotations"] = json!({"example.com/ticket": "SEC-1234"});
+    plane.create_as("jane", &["developers"], &labelled);
     // bob, on no allow-list, with 30 long O values.
     let long: String = (0..30)
         .map(|i| format!("/O=team-{i:02}-with-a-rather-long-organisation-name-for-the-limit"))
@@ -695,6 +701,24 @@ async fn bad_input_and_a_missing_ca_never_cost_a_csr() {
             l["csr"] == "bad-jane" && l["decision"] == "issued"
         })
         .await;
+    controller
+        .wait_for_log("the labelled CSR issued", |l| {
+            l["csr"] == "bad-labelled" && l["decision"] == "issued"
+        })
+        .await;
+    let labelled = csr(plane, "bad-labelled");
+    assert!(certificate_pem(&labelled).is_some());
+    assert_eq!(
+        (
+            &labelled["metadata"]["labels"]["team"],
+            &labelled["metadata"]["annotations"]
+        ),
+        (
+            &json!("payments"),
+            &json!({"example.com/ticket": "SEC-1234"})
+        ),
+        "labels and annotations kept through the PUTs, and nothing of ours added"
+    );
     let issued = csr(plane, "bad-jane");
     assert_eq!(condition_types(&issued), ["Approved"], "never Failed");
     assert!(certificate_pem(&issued).is_some());
@@ -703,6 +727,13 @@ async fn bad_input_and_a_missing_ca_never_cost_a_csr() {
             .is_string(),
         "the annotation kubectl apply wrote is still there: {:#}",
         issued["metadata"]
+    );
+    assert_eq!(
+        issued["metadata"]["annotations"]
+            .as_object()
+            .map(|a| a.keys().map(String::as_str).collect::<Vec<_>>()),
+        Some(vec!["kubectl.kubernetes.io/last-applied-configuration"]),
+        "the cache's own marker never reaches the server"
     );
 
     let events = plane.get(&[

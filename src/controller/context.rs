@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::Client;
-use kube::api::Api;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 
 use super::error::{Error, kube_error};
 use super::memo::Memo;
 use super::{REPORTER, record, sign, work};
-use crate::csr::{csr_view, csr_view_with};
+use crate::csr::{StatusWrite, csr_view, csr_view_with, status_write};
 use crate::facts::Facts;
 use crate::inspect::{CertificateRequest, InspectError, inspect};
 use crate::live::Live;
@@ -73,6 +74,33 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 }
 
 impl Context {
+    /// Write `csr`'s conditions to `subresource` ("approval" or "status", which also takes its
+    /// certificate), conditional on its resourceVersion: a PUT of the whole object where the copy
+    /// is whole, else a merge patch ([`status_write`]).
+    pub(super) async fn write_status(
+        &self,
+        subresource: &str,
+        csr: &CertificateSigningRequest,
+    ) -> Result<CertificateSigningRequest, kube::Error> {
+        let name = csr.name_any();
+        match status_write(csr, subresource == "status") {
+            StatusWrite::Replace => {
+                let params = PostParams::default();
+                let put = self
+                    .csrs
+                    .replace_subresource(subresource, &name, &params, csr);
+                within(REQUEST_TIMEOUT, put).await
+            }
+            StatusWrite::MergePatch(patch) => {
+                let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+                let sent = self
+                    .csrs
+                    .patch_subresource(subresource, &name, &params, &patch);
+                within(REQUEST_TIMEOUT, sent).await
+            }
+        }
+    }
+
     pub fn new(
         client: Client,
         live: Arc<Live>,

@@ -3,16 +3,14 @@
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use super::error::{is_conflict, kube_error};
 use super::record::log_decision;
 use super::{Context, Error, MAX_CONFLICT_RETRIES};
-use crate::csr::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state, status_patch};
+use crate::csr::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state};
 use crate::metrics::DecisionLabels;
 use crate::policy::{self, CsrView, Decision};
-use crate::request::{REQUEST_TIMEOUT, within};
 
 impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
@@ -51,12 +49,7 @@ impl Context {
                 .conditions
                 .get_or_insert_with(Vec::new)
                 .push(condition(kind, reason, message));
-            let patch = Patch::Merge(status_patch(&csr, false));
-            let params = PatchParams::default();
-            let write = self
-                .csrs
-                .patch_subresource("approval", &name, &params, &patch);
-            match within(REQUEST_TIMEOUT, write).await {
+            match self.write_status("approval", &csr).await {
                 Ok(_) => return self.announce(&csr, &view, decision, true).await,
                 Err(error) if is_conflict(&error) => {
                     tracing::info!(csr = %name, "approval conflicted with another change; re-reading and deciding again");

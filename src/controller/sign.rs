@@ -6,19 +6,17 @@ use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestStatus,
 };
 use kube::ResourceExt;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 
 use super::error::{is_conflict, kube_error};
 use super::memo::Memo;
 use super::{Context, Error, MAX_CONFLICT_RETRIES};
 use crate::ca::fingerprint_sha256;
-use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state, status_patch};
+use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state};
 use crate::issue::CA_UNAVAILABLE;
 use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, CsrView, Reason};
-use crate::request::{REQUEST_TIMEOUT, within};
 
 /// What signing an approved CSR comes to.
 enum Signing {
@@ -76,10 +74,7 @@ impl Context {
                     .push(condition(FAILED, reason, message)),
                 Signing::WaitForCa { .. } => {}
             }
-            let patch = Patch::Merge(status_patch(&csr, true));
-            let params = PatchParams::default();
-            let write = self.csrs.patch_status(&name, &params, &patch);
-            match within(REQUEST_TIMEOUT, write).await {
+            match self.write_status("status", &csr).await {
                 Ok(_) => {
                     self.no_longer_waiting_for_ca(&name);
                     if let Some(uid) = csr.metadata.uid.as_deref() {

@@ -27,15 +27,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::sign::Unconfirmed;
 use super::work::Work;
-use crate::csr::{CsrState, csr_state};
+use crate::csr::{CACHE_TRIMMED, CsrState, LAST_APPLIED, csr_state};
 use crate::live::Live;
 use crate::policy::SignerRole;
 use crate::request::{PAGE_SIZE, REQUEST_TIMEOUT, list_paged, within};
 
 /// How long the resync lets the watch catch up before it calls a difference a miss.
 const RESYNC_GRACE: Duration = Duration::from_secs(2);
-/// Written by `kubectl apply`: a second copy of the whole object, request included.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Whether the cache keeps a CSR at all: only ours with work left. A finished CSR (Issued,
 /// Denied, Failed) is never acted on again and a foreign signer's is never acted on, so neither
@@ -55,14 +53,15 @@ pub(super) fn wanted(csr: &CertificateSigningRequest, live: &Live) -> bool {
     worth_caching(csr, live.policy().role(&csr.spec.signer_name))
 }
 
-/// What a cached CSR need not carry: managedFields and the `kubectl apply` copy of the object.
+/// What a cached CSR need not carry: managedFields (the server keeps its own through a
+/// subresource write) and the `kubectl apply` copy of the object, marked as dropped so the
+/// copy is never written whole (see [`crate::csr::status_write`]).
 pub fn trim_for_cache(csr: &mut CertificateSigningRequest) {
     csr.metadata.managed_fields = None;
-    if let Some(annotations) = csr.metadata.annotations.as_mut() {
-        annotations.remove(LAST_APPLIED);
-        if annotations.is_empty() {
-            csr.metadata.annotations = None;
-        }
+    if let Some(annotations) = csr.metadata.annotations.as_mut()
+        && annotations.remove(LAST_APPLIED).is_some()
+    {
+        annotations.insert(CACHE_TRIMMED.to_owned(), String::new());
     }
 }
 
