@@ -9,7 +9,7 @@
 //! API requests per issued CSR (the server's audit log, by user agent or user; lists and watches
 //! aside), peak RSS, and the most connections held to the API server.
 //!
-//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS]`
+//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [burst|backlog] [csr-warden|kcm]`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -43,6 +43,72 @@ struct Run {
     requests_per_csr: f64,
     peak_rss_mib: f64,
     connections: usize,
+    /// The controller's own CPU (user + system) per issued CSR.
+    cpu_ms_per_csr: f64,
+    /// How busy the machine's cores were over the run (the API server, etcd, the controller and
+    /// this bench together): near 100 % means the run was bound by CPU, not by waiting.
+    machine_busy_percent: f64,
+    /// kube-apiserver's and etcd's CPU per issued CSR over the same span.
+    server_cpu_ms_per_csr: f64,
+    /// How many CSRs a second kubectl created (in a burst, while the controller worked).
+    created_per_second: f64,
+    /// This bench's own CPU per CSR (its watch; in a burst, the create's kubectl is not in it).
+    bench_cpu_ms_per_csr: f64,
+}
+
+/// Pids whose command name is `name` (/proc/PID/comm).
+fn pids_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .collect()
+}
+
+/// kube-apiserver's and etcd's CPU so far, in clock ticks.
+fn server_ticks() -> u64 {
+    ["kube-apiserver", "etcd"]
+        .iter()
+        .flat_map(|name| pids_named(name))
+        .map(process_ticks)
+        .sum()
+}
+
+/// (busy, total) jiffies over all cores, from /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// A process's user + system CPU so far, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are fixed.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    ticks(11) + ticks(12)
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -128,7 +194,8 @@ fn create_batch(plane: &ControlPlane, dir: &std::path::Path, names: &[String]) {
 
 /// Requests the controller made for this run's CSRs (not lists or watches), from the audit log.
 fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
-    plane
+    let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
+    let count = plane
         .audit_events()
         .into_iter()
         .skip(since_line)
@@ -141,7 +208,22 @@ fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
                 .is_some_and(|ua| ua.starts_with("kube-controller-manager")),
         })
         .filter(|e| e["objectRef"]["resource"] != "leases")
-        .count()
+        .inspect(|e| {
+            let kind = format!(
+                "{} {}{} {}",
+                e["verb"].as_str().unwrap_or("?"),
+                e["objectRef"]["resource"].as_str().unwrap_or("?"),
+                e["objectRef"]["subresource"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default(),
+                e["responseStatus"]["code"]
+            );
+            *by_kind.entry(kind).or_default() += 1;
+        })
+        .count();
+    eprintln!("{who:?} requests: {by_kind:?}");
+    count
 }
 
 async fn run_once(
@@ -193,6 +275,11 @@ async fn run_once(
         *created_at.lock().expect("created") = Some(Instant::now());
         create_batch(plane, dir.path(), &names);
     }
+    let mut created_per_second = n as f64
+        / created_at
+            .lock()
+            .expect("created")
+            .map_or(f64::NAN, |at| at.elapsed().as_secs_f64());
     let started = Instant::now();
     let (pid, _process): (u32, Box<dyn std::any::Any>) = match who {
         Who::CsrWarden => {
@@ -222,25 +309,86 @@ async fn run_once(
             (pid.expect("pid"), Box::new(guard))
         }
     };
+    // Sampled on a thread of its own: the burst's create blocks this task for its whole length.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        let port = plane.port;
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(connections(pid, port));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            most.max(connections(pid, port))
+        })
+    };
+    let mut machine_before = machine_jiffies();
+    let mut server_before = server_ticks();
+    let mut bench_before = process_ticks(std::process::id());
     if !backlog {
         // Once it is up (its first list done): give it a second, then the burst.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        machine_before = machine_jiffies();
+        server_before = server_ticks();
+        bench_before = process_ticks(std::process::id());
         // Latencies count from the moment the burst starts (one create request for all).
-        *created_at.lock().expect("created") = Some(Instant::now());
+        let creating = Instant::now();
+        *created_at.lock().expect("created") = Some(creating);
         create_batch(plane, dir.path(), &names);
+        created_per_second = n as f64 / creating.elapsed().as_secs_f64();
     }
-    let mut most_connections = 0;
+    // VS_PROFILE_DIR: also take kube-apiserver's CPU profile (8 s, from /debug/pprof) while the
+    // controller works, to see where the server's time goes (`go tool pprof -top FILE`).
+    let profiling = std::env::var_os("VS_PROFILE_DIR").map(|dir| {
+        let file = std::path::PathBuf::from(dir).join(format!("{prefix}.pprof"));
+        let admin = plane.admin.clone();
+        // And the controller's own, where `perf` is installed (`perf report -i FILE`).
+        let _ = std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "499",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(file.with_extension("perf"))
+            .args(["--", "sleep", "8"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("kubectl")
+                .args(["get", "--raw", "/debug/pprof/profile?seconds=8"])
+                .env("KUBECONFIG", admin)
+                .output();
+            if let Ok(out) = out {
+                let _ = std::fs::write(file, out.stdout);
+            }
+        })
+    });
     let deadline = Instant::now() + Duration::from_secs(600);
     while issued_at.lock().expect("issued").len() < n {
         assert!(
             Instant::now() < deadline,
             "{prefix}: not all issued in 10 minutes"
         );
-        most_connections = most_connections.max(connections(pid, plane.port));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let peak = status_kib(pid, "VmHWM:").unwrap_or(0);
-    most_connections = most_connections.max(connections(pid, plane.port));
+    let machine_after = machine_jiffies();
+    let server_after = server_ticks();
+    let bench_after = process_ticks(std::process::id());
+    // Clock ticks are 100 per second on Linux.
+    let cpu_ms = process_ticks(pid) as f64 * 10.0;
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Some(profiling) = profiling {
+        let _ = profiling.join();
+    }
+    let most_connections = sampler.join().expect("sampler");
     drop(_process);
     watch.abort();
     let created = created_at.lock().expect("created").expect("created");
@@ -262,6 +410,12 @@ async fn run_once(
         requests_per_csr: requests as f64 / n as f64,
         peak_rss_mib: peak as f64 / 1024.0,
         connections: most_connections,
+        cpu_ms_per_csr: cpu_ms / n as f64,
+        machine_busy_percent: 100.0 * (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64,
+        created_per_second,
+        server_cpu_ms_per_csr: (server_after - server_before) as f64 * 10.0 / n as f64,
+        bench_cpu_ms_per_csr: (bench_after - bench_before) as f64 * 10.0 / n as f64,
     }
 }
 
@@ -278,6 +432,37 @@ async fn main() {
         .collect();
     let n = args.first().copied().unwrap_or(2000);
     let rounds = args.get(1).copied().unwrap_or(3);
+    // Optional words narrow a run while investigating: `burst` or `backlog`, `csr-warden` or
+    // `kcm`. The figures for BENCHMARKS.md come from the full run (none of them).
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
+        .collect();
+    let wanted = |word: &str, family: &[&str]| {
+        !words.iter().any(|w| family.contains(&w.as_str())) || words.iter().any(|w| w == word)
+    };
+    let modes: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|&backlog| {
+            wanted(
+                if backlog { "backlog" } else { "burst" },
+                &["burst", "backlog"],
+            )
+        })
+        .collect();
+    let whos: Vec<Who> = [Who::ControllerManager, Who::CsrWarden]
+        .into_iter()
+        .filter(|&who| {
+            wanted(
+                if who == Who::CsrWarden {
+                    "csr-warden"
+                } else {
+                    "kcm"
+                },
+                &["csr-warden", "kcm"],
+            )
+        })
+        .collect();
     let assets = match control_plane::assets() {
         Ok(assets) => assets,
         Err(why) => {
@@ -309,10 +494,27 @@ async fn main() {
     .expect("config");
     let client = kube::Client::try_from(config).expect("client");
 
+    if words.iter().any(|w| w == "baseline") {
+        // The most a burst can show: how fast kubectl creates the CSRs with no controller at all.
+        let dir = tempfile::tempdir().expect("dir");
+        let names: Vec<String> = (0..n).map(|i| format!("baseline-{i:05}")).collect();
+        let creating = Instant::now();
+        create_batch(&plane, dir.path(), &names);
+        eprintln!(
+            "baseline: kubectl created {n} CSRs at {:.0}/s with no controller running",
+            n as f64 / creating.elapsed().as_secs_f64()
+        );
+        // Gone before the runs: neither controller is to work on them.
+        let batch = dir.path().join("batch.json");
+        plane.kubectl(
+            &["delete", "--wait=false", "-f", &batch.display().to_string()],
+            None,
+        );
+    }
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for backlog in [false, true] {
-            for who in [Who::ControllerManager, Who::CsrWarden] {
+        for &backlog in &modes {
+            for &who in &whos {
                 let run =
                     run_once(&plane, &client, who, backlog, n, round, &token_kubeconfig).await;
                 eprintln!("{run:?}");
@@ -322,17 +524,17 @@ async fn main() {
         }
     }
     println!(
-        "\n{n} kubelet client CSRs, median of {rounds} interleaved rounds\n\n| mode | controller | CSRs/s | p50 create->cert | p99 | API requests per CSR | peak RSS | connections |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n{n} kubelet client CSRs, median of {rounds} interleaved rounds\n\n| mode | controller | CSRs/s | p50 create->cert | p99 | API requests per CSR | peak RSS | connections | CPU per CSR | server CPU per CSR | bench CPU per CSR | machine busy | created/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    for backlog in [false, true] {
-        for who in [Who::ControllerManager, Who::CsrWarden] {
+    for &backlog in &modes {
+        for &who in &whos {
             let these: Vec<&Run> = runs
                 .iter()
                 .filter(|r| r.who == who && r.backlog == backlog)
                 .collect();
             let m = |f: &dyn Fn(&Run) -> f64| median(these.iter().map(|r| f(r)).collect());
             println!(
-                "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.2} | {:.1} MiB | {:.0} |",
+                "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.2} | {:.1} MiB | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} % | {:.0} |",
                 if backlog { "backlog" } else { "burst" },
                 if who == Who::CsrWarden {
                     "csr-warden"
@@ -345,6 +547,11 @@ async fn main() {
                 m(&|r| r.requests_per_csr),
                 m(&|r| r.peak_rss_mib),
                 m(&|r| r.connections as f64),
+                m(&|r| r.cpu_ms_per_csr),
+                m(&|r| r.server_cpu_ms_per_csr),
+                m(&|r| r.bench_cpu_ms_per_csr),
+                m(&|r| r.machine_busy_percent),
+                m(&|r| r.created_per_second),
             );
         }
     }
