@@ -7,9 +7,13 @@
 //! runs) and backlog (created before it starts, as after an outage). Rounds alternate between
 //! the two controllers. For each run: CSRs per second, p50/p99 from creation to certificate,
 //! API requests per issued CSR (the server's audit log, by user agent or user; lists and watches
-//! aside), peak RSS, and the most connections held to the API server.
+//! aside), peak RSS, the most connections held to the API server, CPU per CSR of the controller,
+//! of kube-apiserver + etcd and of this bench, how busy the machine was, and kubectl's creation
+//! rate. `baseline` first times kubectl creating N CSRs with no controller running (the most a
+//! burst can show); `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
+//! installed, the controller's) during each run.
 //!
-//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [burst|backlog] [csr-warden|kcm]`
+//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog] [csr-warden|kcm]`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -95,6 +99,9 @@ fn machine_jiffies() -> (u64, u64) {
     let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
     (total.saturating_sub(idle), total)
 }
+
+/// Linux's clock tick (USER_HZ 100), in milliseconds.
+const MS_PER_TICK: f64 = 10.0;
 
 /// A process's user + system CPU so far, in clock ticks (/proc/PID/stat fields 14 and 15).
 fn process_ticks(pid: u32) -> u64 {
@@ -382,8 +389,7 @@ async fn run_once(
     let machine_after = machine_jiffies();
     let server_after = server_ticks();
     let bench_after = process_ticks(std::process::id());
-    // Clock ticks are 100 per second on Linux.
-    let cpu_ms = process_ticks(pid) as f64 * 10.0;
+    let cpu_ms = process_ticks(pid) as f64 * MS_PER_TICK;
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     if let Some(profiling) = profiling {
         let _ = profiling.join();
@@ -414,8 +420,8 @@ async fn run_once(
         machine_busy_percent: 100.0 * (machine_after.0 - machine_before.0) as f64
             / (machine_after.1 - machine_before.1).max(1) as f64,
         created_per_second,
-        server_cpu_ms_per_csr: (server_after - server_before) as f64 * 10.0 / n as f64,
-        bench_cpu_ms_per_csr: (bench_after - bench_before) as f64 * 10.0 / n as f64,
+        server_cpu_ms_per_csr: (server_after - server_before) as f64 * MS_PER_TICK / n as f64,
+        bench_cpu_ms_per_csr: (bench_after - bench_before) as f64 * MS_PER_TICK / n as f64,
     }
 }
 
@@ -524,7 +530,7 @@ async fn main() {
         }
     }
     println!(
-        "\n{n} kubelet client CSRs, median of {rounds} interleaved rounds\n\n| mode | controller | CSRs/s | p50 create->cert | p99 | API requests per CSR | peak RSS | connections | CPU per CSR | server CPU per CSR | bench CPU per CSR | machine busy | created/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n{n} kubelet client CSRs, median of {rounds} interleaved rounds\n\n| mode | controller | CSRs/s | p50 create->cert | p99 | API requests per CSR | peak RSS | connections | controller CPU per CSR | kube-apiserver + etcd CPU per CSR | bench CPU per CSR | machine busy | created/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for &backlog in &modes {
         for &who in &whos {
