@@ -333,50 +333,57 @@ async fn run_once(
     let mut machine_before = machine_jiffies();
     let mut server_before = server_ticks();
     let mut bench_before = process_ticks(std::process::id());
-    if !backlog {
+    // VS_PROFILE_DIR: also take kube-apiserver's CPU profile (8 s, from /debug/pprof) while the
+    // controller works (in a burst, from the first create), to see where the server's time goes
+    // (`go tool pprof -top FILE`).
+    let start_profiling = || {
+        std::env::var_os("VS_PROFILE_DIR").map(|dir| {
+            let file = std::path::PathBuf::from(dir).join(format!("{prefix}.pprof"));
+            let admin = plane.admin.clone();
+            // And the controller's own, where `perf` is installed (`perf report -i FILE`).
+            let _ = std::process::Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-F",
+                    "499",
+                    "-g",
+                    "-p",
+                    &pid.to_string(),
+                    "-o",
+                ])
+                .arg(file.with_extension("perf"))
+                .args(["--", "sleep", "8"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            std::thread::spawn(move || {
+                let out = std::process::Command::new("kubectl")
+                    .args(["get", "--raw", "/debug/pprof/profile?seconds=8"])
+                    .env("KUBECONFIG", admin)
+                    .output();
+                if let Ok(out) = out {
+                    let _ = std::fs::write(file, out.stdout);
+                }
+            })
+        })
+    };
+    let profiling = if backlog {
+        start_profiling()
+    } else {
         // Once it is up (its first list done): give it a second, then the burst.
         tokio::time::sleep(Duration::from_secs(2)).await;
         machine_before = machine_jiffies();
         server_before = server_ticks();
         bench_before = process_ticks(std::process::id());
         // Latencies count from the moment the burst starts (one create request for all).
+        let profiling = start_profiling();
         let creating = Instant::now();
         *created_at.lock().expect("created") = Some(creating);
         create_batch(plane, dir.path(), &names);
         created_per_second = n as f64 / creating.elapsed().as_secs_f64();
-    }
-    // VS_PROFILE_DIR: also take kube-apiserver's CPU profile (8 s, from /debug/pprof) while the
-    // controller works, to see where the server's time goes (`go tool pprof -top FILE`).
-    let profiling = std::env::var_os("VS_PROFILE_DIR").map(|dir| {
-        let file = std::path::PathBuf::from(dir).join(format!("{prefix}.pprof"));
-        let admin = plane.admin.clone();
-        // And the controller's own, where `perf` is installed (`perf report -i FILE`).
-        let _ = std::process::Command::new("perf")
-            .args([
-                "record",
-                "-q",
-                "-F",
-                "499",
-                "-g",
-                "-p",
-                &pid.to_string(),
-                "-o",
-            ])
-            .arg(file.with_extension("perf"))
-            .args(["--", "sleep", "8"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-        std::thread::spawn(move || {
-            let out = std::process::Command::new("kubectl")
-                .args(["get", "--raw", "/debug/pprof/profile?seconds=8"])
-                .env("KUBECONFIG", admin)
-                .output();
-            if let Ok(out) = out {
-                let _ = std::fs::write(file, out.stdout);
-            }
-        })
-    });
+        profiling
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
     while issued_at.lock().expect("issued").len() < n {
         assert!(
