@@ -3,9 +3,11 @@
 //! same real kube-apiserver + etcd (tests/support/control_plane.rs, `KUBEBUILDER_ASSETS`).
 //!
 //! N kubelet client CSRs from one bootstrap identity (allowed by the nodeclient
-//! SubjectAccessReview, as kubeadm binds it), in two modes: burst (created while the controller
-//! runs) and backlog (created before it starts, as after an outage). Rounds alternate between
-//! the two controllers. For each run: CSRs per second, p50/p99 from creation to certificate,
+//! SubjectAccessReview, as kubeadm binds it), in three modes: burst (created by one kubectl, as
+//! fast as it can, while the controller runs), backlog (created before it starts, as after an
+//! outage) and trickle (600 CSRs at a steady 20 a second, each timed from its own creation: what
+//! a cluster's steady state asks of a controller). Rounds alternate between the controllers.
+//! For each run: CSRs per second, p50/p99 from creation to certificate,
 //! API requests per issued CSR (the server's audit log, by user agent or user; lists and watches
 //! aside), peak RSS, the most connections held to the API server, CPU per CSR of the controller,
 //! of kube-apiserver + etcd and of this bench, how busy the machine was, and kubectl's creation
@@ -13,7 +15,7 @@
 //! burst can show); `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
 //! installed, the controller's) during each run.
 //!
-//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog] [csr-warden|kcm]`
+//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog|trickle] [csr-warden|kcm|kcm-sa]`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -24,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use kube::Api;
+use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use support::control_plane::{self, ControlPlane, Guarded};
@@ -31,16 +35,59 @@ use support::*;
 
 const CSR_WARDEN_USER: &str = "system:serviceaccount:csr-warden:csr-warden";
 
+/// A trickle: this many CSRs, one every 1/TRICKLE_PER_SECOND s.
+const TRICKLE_CSRS: usize = 600;
+const TRICKLE_PER_SECOND: u32 = 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Burst,
+    Backlog,
+    Trickle,
+}
+
+impl Mode {
+    fn word(self) -> &'static str {
+        match self {
+            Mode::Burst => "burst",
+            Mode::Backlog => "backlog",
+            Mode::Trickle => "trickle",
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Who {
     CsrWarden,
     ControllerManager,
+    /// kube-controller-manager as kubeadm runs it: each controller with its own ServiceAccount's
+    /// token (`--use-service-account-credentials`), not the admin's client certificate, which
+    /// the server verifies on every request. Only when named (`kcm-sa`).
+    ControllerManagerSa,
+}
+
+impl Who {
+    fn word(self) -> &'static str {
+        match self {
+            Who::CsrWarden => "csr-warden",
+            Who::ControllerManager => "kcm",
+            Who::ControllerManagerSa => "kcm-sa",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Who::CsrWarden => "csr-warden",
+            Who::ControllerManager => "kube-controller-manager",
+            Who::ControllerManagerSa => "kube-controller-manager (ServiceAccount credentials)",
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Run {
     who: Who,
-    backlog: bool,
+    mode: Mode,
     per_second: f64,
     p50: Duration,
     p99: Duration,
@@ -169,19 +216,19 @@ fn connections(pid: u32, port: u16) -> usize {
 }
 
 /// Create `names` as kubelet client CSRs from the bootstrap identity, in one request.
+/// A kubelet's client CSR for node `name`, as kubelet TLS bootstrap sends it.
+fn kubelet_client_csr(name: &str) -> Value {
+    let pem = rcgen_csr(&format!("system:node:{name}"), &["system:nodes"], &[]);
+    csr_object(
+        name,
+        KUBELET_CLIENT_SIGNER,
+        &["digital signature", "client auth"],
+        &pem,
+    )
+}
+
 fn create_batch(plane: &ControlPlane, dir: &std::path::Path, names: &[String]) {
-    let items: Vec<Value> = names
-        .iter()
-        .map(|name| {
-            let pem = rcgen_csr(&format!("system:node:{name}"), &["system:nodes"], &[]);
-            csr_object(
-                name,
-                KUBELET_CLIENT_SIGNER,
-                &["digital signature", "client auth"],
-                &pem,
-            )
-        })
-        .collect();
+    let items: Vec<Value> = names.iter().map(|name| kubelet_client_csr(name)).collect();
     let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
     let file = dir.join("batch.json");
     std::fs::write(&file, list.to_string()).expect("batch");
@@ -210,7 +257,7 @@ fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
         .filter(|e| !matches!(e["verb"].as_str(), Some("list" | "watch")))
         .filter(|e| match who {
             Who::CsrWarden => e["user"]["username"] == CSR_WARDEN_USER,
-            Who::ControllerManager => e["userAgent"]
+            Who::ControllerManager | Who::ControllerManagerSa => e["userAgent"]
                 .as_str()
                 .is_some_and(|ua| ua.starts_with("kube-controller-manager")),
         })
@@ -233,24 +280,43 @@ fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
     count
 }
 
-async fn run_once(
-    plane: &ControlPlane,
-    client: &kube::Client,
-    who: Who,
-    backlog: bool,
-    n: usize,
-    round: usize,
-    token_kubeconfig: &std::path::Path,
-) -> Run {
+/// What every run shares: the control plane, the admin's client, the bootstrap identity's (for
+/// the trickle's creates) and csr-warden's kubeconfig.
+struct Bench<'a> {
+    plane: &'a ControlPlane,
+    client: &'a kube::Client,
+    bootstrap: &'a kube::Client,
+    token_kubeconfig: &'a std::path::Path,
+}
+
+async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usize) -> Run {
+    let Bench {
+        plane,
+        client,
+        bootstrap,
+        token_kubeconfig,
+    } = *bench;
     let dir = tempfile::tempdir().expect("dir");
     let prefix = format!(
         "{}-{}-{round}",
-        if who == Who::CsrWarden { "w" } else { "k" },
-        if backlog { "backlog" } else { "burst" }
+        match who {
+            Who::CsrWarden => "w",
+            Who::ControllerManager => "k",
+            Who::ControllerManagerSa => "ksa",
+        },
+        mode.word()
     );
+    let backlog = mode == Mode::Backlog;
+    let n = if mode == Mode::Trickle {
+        TRICKLE_CSRS
+    } else {
+        n
+    };
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:05}")).collect();
     let issued_at: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     let created_at: Arc<Mutex<Option<Instant>>> = Default::default();
+    // A trickle times each CSR from its own creation.
+    let created_each: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
     // Our own watch, to time each certificate as the server shows it.
     let watch = {
         let issued_at = issued_at.clone();
@@ -303,9 +369,14 @@ async fn run_once(
             );
             (process.pid().expect("pid"), Box::new(process))
         }
-        Who::ControllerManager => {
+        Who::ControllerManager | Who::ControllerManagerSa => {
+            let extra: &[&str] = if who == Who::ControllerManagerSa {
+                &["--use-service-account-credentials=true"]
+            } else {
+                &[]
+            };
             let guard: Guarded = plane
-                .controller_manager("csrapproving,csrsigning")
+                .controller_manager_with("csrapproving,csrsigning", extra)
                 .expect("kube-controller-manager in KUBEBUILDER_ASSETS");
             let sh = guard.pid();
             let mut pid = None;
@@ -370,6 +441,41 @@ async fn run_once(
     };
     let profiling = if backlog {
         start_profiling()
+    } else if mode == Mode::Trickle {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        machine_before = machine_jiffies();
+        server_before = server_ticks();
+        bench_before = process_ticks(std::process::id());
+        let profiling = start_profiling();
+        let csrs: Api<CertificateSigningRequest> = Api::all(bootstrap.clone());
+        let objects: Vec<CertificateSigningRequest> = names
+            .iter()
+            .map(|name| serde_json::from_value(kubelet_client_csr(name)).expect("csr"))
+            .collect();
+        let creating = Instant::now();
+        *created_at.lock().expect("created") = Some(creating);
+        let mut every = tokio::time::interval(Duration::from_secs(1) / TRICKLE_PER_SECOND);
+        let mut creates = Vec::new();
+        for csr in objects {
+            every.tick().await;
+            let (csrs, created_each) = (csrs.clone(), created_each.clone());
+            // Each on its own task: a slow answer does not hold up the next.
+            creates.push(tokio::spawn(async move {
+                let name = csr.metadata.name.clone().unwrap_or_default();
+                created_each
+                    .lock()
+                    .expect("created")
+                    .insert(name, Instant::now());
+                csrs.create(&PostParams::default(), &csr)
+                    .await
+                    .expect("create as the bootstrap identity");
+            }));
+        }
+        for create in creates {
+            create.await.expect("create task");
+        }
+        created_per_second = n as f64 / creating.elapsed().as_secs_f64();
+        profiling
     } else {
         // Once it is up (its first list done): give it a second, then the burst.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -408,15 +514,19 @@ async fn run_once(
     let from = if backlog { started } else { created };
     let issued = issued_at.lock().expect("issued");
     let last = issued.values().max().copied().unwrap_or(from);
+    let created_each = created_each.lock().expect("created");
     let mut latencies: Vec<Duration> = issued
-        .values()
-        .map(|at| at.saturating_duration_since(created))
+        .iter()
+        .map(|(name, at)| {
+            let since = created_each.get(name).copied().unwrap_or(created);
+            at.saturating_duration_since(since)
+        })
         .collect();
     latencies.sort();
     let requests = requests(plane, who, audit_before);
     Run {
         who,
-        backlog,
+        mode,
         per_second: n as f64 / last.saturating_duration_since(from).as_secs_f64(),
         p50: quantile(&latencies, 0.5),
         p99: quantile(&latencies, 0.99),
@@ -445,8 +555,11 @@ async fn main() {
         .collect();
     let n = args.first().copied().unwrap_or(2000);
     let rounds = args.get(1).copied().unwrap_or(3);
-    // Optional words narrow a run while investigating: `burst` or `backlog`, `csr-warden` or
-    // `kcm`. The figures for BENCHMARKS.md come from the full run (none of them).
+    // Optional words narrow a run while investigating: `burst`, `backlog` or `trickle`,
+    // `csr-warden` or
+    // `kcm`; `kcm-sa` runs kube-controller-manager with ServiceAccount credentials (name `kcm`
+    // and `csr-warden` too, to run them beside it). The figures for BENCHMARKS.md come from the
+    // full run.
     let words: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
@@ -454,28 +567,21 @@ async fn main() {
     let wanted = |word: &str, family: &[&str]| {
         !words.iter().any(|w| family.contains(&w.as_str())) || words.iter().any(|w| w == word)
     };
-    let modes: Vec<bool> = [false, true]
+    let modes: Vec<Mode> = [Mode::Burst, Mode::Backlog, Mode::Trickle]
         .into_iter()
-        .filter(|&backlog| {
-            wanted(
-                if backlog { "backlog" } else { "burst" },
-                &["burst", "backlog"],
-            )
-        })
+        .filter(|&mode| wanted(mode.word(), &["burst", "backlog", "trickle"]))
         .collect();
-    let whos: Vec<Who> = [Who::ControllerManager, Who::CsrWarden]
-        .into_iter()
-        .filter(|&who| {
-            wanted(
-                if who == Who::CsrWarden {
-                    "csr-warden"
-                } else {
-                    "kcm"
-                },
-                &["csr-warden", "kcm"],
-            )
-        })
-        .collect();
+    let whos: Vec<Who> = [
+        Who::ControllerManager,
+        Who::ControllerManagerSa,
+        Who::CsrWarden,
+    ]
+    .into_iter()
+    .filter(|&who| match who {
+        Who::ControllerManagerSa => words.iter().any(|w| w == who.word()),
+        _ => wanted(who.word(), &["csr-warden", "kcm", "kcm-sa"]),
+    })
+    .collect();
     let assets = match control_plane::assets() {
         Ok(assets) => assets,
         Err(why) => {
@@ -505,7 +611,13 @@ async fn main() {
     )
     .await
     .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
+    let client = kube::Client::try_from(config.clone()).expect("client");
+    // The trickle's creator: the admin, impersonating the bootstrap identity as kubectl's --as
+    // does for the burst.
+    let mut bootstrap_config = config;
+    bootstrap_config.auth_info.impersonate = Some("system:bootstrap:bench".into());
+    bootstrap_config.auth_info.impersonate_groups = Some(vec!["system:bootstrappers".into()]);
+    let bootstrap = kube::Client::try_from(bootstrap_config).expect("bootstrap client");
 
     if words.iter().any(|w| w == "baseline") {
         // The most a burst can show: how fast kubectl creates the CSRs with no controller at all.
@@ -524,12 +636,17 @@ async fn main() {
             None,
         );
     }
+    let bench = Bench {
+        plane: &plane,
+        client: &client,
+        bootstrap: &bootstrap,
+        token_kubeconfig: &token_kubeconfig,
+    };
     let mut runs = Vec::new();
     for round in 0..rounds {
-        for &backlog in &modes {
+        for &mode in &modes {
             for &who in &whos {
-                let run =
-                    run_once(&plane, &client, who, backlog, n, round, &token_kubeconfig).await;
+                let run = run_once(&bench, who, mode, n, round).await;
                 eprintln!("{run:?}");
                 runs.push(run);
                 // Finished CSRs of earlier runs stay: both controllers see the same history.
@@ -537,23 +654,19 @@ async fn main() {
         }
     }
     println!(
-        "\n{n} kubelet client CSRs, median of {rounds} interleaved rounds\n\n| mode | controller | CSRs/s | p50 create->cert | p99 | API requests per CSR | peak RSS | connections | controller CPU per CSR | kube-apiserver + etcd CPU per CSR | bench CPU per CSR | machine busy | created/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "\n{n} kubelet client CSRs (a trickle: {TRICKLE_CSRS} at {TRICKLE_PER_SECOND}/s, its CPU per CSR including what the idle server spends meanwhile), median of {rounds} interleaved rounds\n\n| mode | controller | CSRs/s | p50 create->cert | p99 | API requests per CSR | peak RSS | connections | controller CPU per CSR | kube-apiserver + etcd CPU per CSR | bench CPU per CSR | machine busy | created/s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
-    for &backlog in &modes {
+    for &mode in &modes {
         for &who in &whos {
             let these: Vec<&Run> = runs
                 .iter()
-                .filter(|r| r.who == who && r.backlog == backlog)
+                .filter(|r| r.who == who && r.mode == mode)
                 .collect();
             let m = |f: &dyn Fn(&Run) -> f64| median(these.iter().map(|r| f(r)).collect());
             println!(
                 "| {} | {} | {:.0} | {:.2} s | {:.2} s | {:.2} | {:.1} MiB | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} % | {:.0} |",
-                if backlog { "backlog" } else { "burst" },
-                if who == Who::CsrWarden {
-                    "csr-warden"
-                } else {
-                    "kube-controller-manager"
-                },
+                mode.word(),
+                who.label(),
                 m(&|r| r.per_second),
                 m(&|r| r.p50.as_secs_f64()),
                 m(&|r| r.p99.as_secs_f64()),

@@ -505,11 +505,17 @@ impl ControlPlane {
     /// cluster CA; None when the assets folder has no kube-controller-manager (envtest's has
     /// none).
     pub fn controller_manager(&self, controllers: &str) -> Option<Guarded> {
+        self.controller_manager_with(controllers, &[])
+    }
+
+    /// [`Self::controller_manager`] with `extra` flags (e.g.
+    /// `--use-service-account-credentials=true`, as kubeadm runs it).
+    pub fn controller_manager_with(&self, controllers: &str, extra: &[&str]) -> Option<Guarded> {
         let binary = self.assets.join("kube-controller-manager");
         if !binary.is_file() {
             return None;
         }
-        let args: Vec<String> = vec![
+        let args: Vec<String> = [
             format!("--kubeconfig={}", self.admin.display()),
             format!("--controllers={controllers}"),
             format!("--cluster-signing-cert-file={}", self.ca_cert.display()),
@@ -518,7 +524,10 @@ impl ControlPlane {
             "--secure-port=0".into(),
             "--kube-api-qps=1000".into(),
             "--kube-api-burst=1000".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|flag| flag.to_string()))
+        .collect();
         Some(Guarded::start(
             &binary,
             &args,
