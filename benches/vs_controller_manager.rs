@@ -246,6 +246,28 @@ fn create_batch(plane: &ControlPlane, dir: &std::path::Path, names: &[String]) {
     );
 }
 
+/// Delete every CSR (one deletecollection) and wait until none is left.
+async fn delete_every_csr(client: &kube::Client) {
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    api.delete_collection(&Default::default(), &Default::default())
+        .await
+        .expect("delete every CSR");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+        .expect("list CSRs")
+        .items
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "CSRs still there after 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Requests the controller made for this run's CSRs (not lists or watches), from the audit log.
 fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
     let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
@@ -649,7 +671,10 @@ async fn main() {
                 let run = run_once(&bench, who, mode, n, round).await;
                 eprintln!("{run:?}");
                 runs.push(run);
-                // Finished CSRs of earlier runs stay: both controllers see the same history.
+                // Every run starts from the same empty cluster, as kube-controller-manager's
+                // csrcleaner keeps a real one: left in place, the finished CSRs would grow to
+                // tens of thousands by the last round and each later run would list more.
+                delete_every_csr(&client).await;
             }
         }
     }

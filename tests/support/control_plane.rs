@@ -370,6 +370,9 @@ impl ControlPlane {
             format!("--audit-policy-file={}", s("audit-policy.yaml")),
             format!("--audit-log-path={}", s("audit.log")),
             "--audit-log-mode=blocking".into(),
+            // Never rotated in a run: the default rotates at 100 MB, and a rotation mid-run
+            // loses the events a count is taken from (the side-by-side bench writes more).
+            "--audit-log-maxsize=1000000".into(),
         ]
         .into_iter()
         .chain(self.extra_apiserver_args.iter().cloned())
