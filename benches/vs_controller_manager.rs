@@ -6,8 +6,9 @@
 //! SubjectAccessReview, as kubeadm binds it), in three modes: burst (created by one kubectl, as
 //! fast as it can, while the controller runs), backlog (created before it starts, as after an
 //! outage) and trickle (600 CSRs at a steady 20 a second, each timed from its own creation: what
-//! a cluster's steady state asks of a controller). Rounds alternate between the controllers.
-//! For each run: CSRs per second, p50/p99 from creation to certificate,
+//! a cluster's steady state asks of a controller). Rounds alternate between the controllers,
+//! and every run starts from a cluster with no CSRs (the last run's are deleted). `kcm-sa` adds
+//! kube-controller-manager with ServiceAccount credentials, as kubeadm runs it. For each run: CSRs per second, p50/p99 from creation to certificate,
 //! API requests per issued CSR (the server's audit log, by user agent or user; lists and watches
 //! aside), peak RSS, the most connections held to the API server, CPU per CSR of the controller,
 //! of kube-apiserver + etcd and of this bench, how busy the machine was, and kubectl's creation
