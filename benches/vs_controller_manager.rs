@@ -8,12 +8,13 @@
 //! outage) and trickle (600 CSRs at a steady 20 a second, each timed from its own creation: what
 //! a cluster's steady state asks of a controller). Rounds alternate between the controllers,
 //! and every run starts from a cluster with no CSRs (the last run's are deleted). `kcm-sa` adds
-//! kube-controller-manager with ServiceAccount credentials, as kubeadm runs it. For each run: CSRs per second, p50/p99 from creation to certificate,
-//! API requests per issued CSR (the server's audit log, by user agent or user; lists and watches
-//! aside), peak RSS, the most connections held to the API server, CPU per CSR of the controller,
-//! of kube-apiserver + etcd and of this bench, how busy the machine was, and kubectl's creation
-//! rate. `baseline` first times kubectl creating N CSRs with no controller running (the most a
-//! burst can show); `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
+//! kube-controller-manager with ServiceAccount credentials, as kubeadm runs it. For each run:
+//! CSRs per second, p50/p99 from creation to certificate, API requests per issued CSR (the
+//! server's audit log, by user agent or user; lists and watches aside), peak RSS, the most
+//! connections held to the API server, CPU per CSR of the controller, of kube-apiserver + etcd
+//! and of this bench, how busy the machine was, and how fast the CSRs were created. `baseline`
+//! first times kubectl creating N CSRs with no controller running (the most a burst can show);
+//! `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
 //! installed, the controller's) during each run.
 //!
 //! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog|trickle] [csr-warden|kcm|kcm-sa]`
@@ -247,6 +248,35 @@ fn create_batch(plane: &ControlPlane, dir: &std::path::Path, names: &[String]) {
     );
 }
 
+/// Create `csrs` as the bootstrap identity, TRICKLE_PER_SECOND a second, noting when each went.
+async fn create_trickle(
+    bootstrap: &kube::Client,
+    csrs: Vec<CertificateSigningRequest>,
+    created_each: &Arc<Mutex<HashMap<String, Instant>>>,
+) {
+    let api: Api<CertificateSigningRequest> = Api::all(bootstrap.clone());
+    let mut every = tokio::time::interval(Duration::from_secs(1) / TRICKLE_PER_SECOND);
+    let mut creates = Vec::new();
+    for csr in csrs {
+        every.tick().await;
+        let (api, created_each) = (api.clone(), created_each.clone());
+        // Each on its own task: a slow answer does not hold up the next.
+        creates.push(tokio::spawn(async move {
+            let name = csr.metadata.name.clone().unwrap_or_default();
+            created_each
+                .lock()
+                .expect("created")
+                .insert(name, Instant::now());
+            api.create(&PostParams::default(), &csr)
+                .await
+                .expect("create as the bootstrap identity");
+        }));
+    }
+    for create in creates {
+        create.await.expect("create task");
+    }
+}
+
 /// Delete every CSR (one deletecollection) and wait until none is left.
 async fn delete_every_csr(client: &kube::Client) {
     let api: Api<CertificateSigningRequest> = Api::all(client.clone());
@@ -464,52 +494,27 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
     };
     let profiling = if backlog {
         start_profiling()
-    } else if mode == Mode::Trickle {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        machine_before = machine_jiffies();
-        server_before = server_ticks();
-        bench_before = process_ticks(std::process::id());
-        let profiling = start_profiling();
-        let csrs: Api<CertificateSigningRequest> = Api::all(bootstrap.clone());
-        let objects: Vec<CertificateSigningRequest> = names
-            .iter()
-            .map(|name| serde_json::from_value(kubelet_client_csr(name)).expect("csr"))
-            .collect();
-        let creating = Instant::now();
-        *created_at.lock().expect("created") = Some(creating);
-        let mut every = tokio::time::interval(Duration::from_secs(1) / TRICKLE_PER_SECOND);
-        let mut creates = Vec::new();
-        for csr in objects {
-            every.tick().await;
-            let (csrs, created_each) = (csrs.clone(), created_each.clone());
-            // Each on its own task: a slow answer does not hold up the next.
-            creates.push(tokio::spawn(async move {
-                let name = csr.metadata.name.clone().unwrap_or_default();
-                created_each
-                    .lock()
-                    .expect("created")
-                    .insert(name, Instant::now());
-                csrs.create(&PostParams::default(), &csr)
-                    .await
-                    .expect("create as the bootstrap identity");
-            }));
-        }
-        for create in creates {
-            create.await.expect("create task");
-        }
-        created_per_second = n as f64 / creating.elapsed().as_secs_f64();
-        profiling
     } else {
-        // Once it is up (its first list done): give it a second, then the burst.
+        // Built before the clock starts: the trickle's key pairs are not its creation time.
+        let trickle: Option<Vec<CertificateSigningRequest>> = (mode == Mode::Trickle).then(|| {
+            names
+                .iter()
+                .map(|name| serde_json::from_value(kubelet_client_csr(name)).expect("csr"))
+                .collect()
+        });
+        // Once it is up (its first list done): give it a second, then the CSRs.
         tokio::time::sleep(Duration::from_secs(2)).await;
         machine_before = machine_jiffies();
         server_before = server_ticks();
         bench_before = process_ticks(std::process::id());
-        // Latencies count from the moment the burst starts (one create request for all).
         let profiling = start_profiling();
+        // A burst's latencies count from its start (one create request for all).
         let creating = Instant::now();
         *created_at.lock().expect("created") = Some(creating);
-        create_batch(plane, dir.path(), &names);
+        match trickle {
+            Some(csrs) => create_trickle(bootstrap, csrs, &created_each).await,
+            None => create_batch(plane, dir.path(), &names),
+        }
         created_per_second = n as f64 / creating.elapsed().as_secs_f64();
         profiling
     };
