@@ -350,15 +350,7 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
         token_kubeconfig,
     } = *bench;
     let dir = tempfile::tempdir().expect("dir");
-    let prefix = format!(
-        "{}-{}-{round}",
-        match who {
-            Who::CsrWarden => "w",
-            Who::ControllerManager => "k",
-            Who::ControllerManagerSa => "ksa",
-        },
-        mode.word()
-    );
+    let prefix = format!("{}-{}-{round}", who.word(), mode.word());
     let backlog = mode == Mode::Backlog;
     let n = if mode == Mode::Trickle {
         TRICKLE_CSRS
@@ -583,11 +575,10 @@ async fn main() {
         .collect();
     let n = args.first().copied().unwrap_or(2000);
     let rounds = args.get(1).copied().unwrap_or(3);
-    // Optional words narrow a run while investigating: `burst`, `backlog` or `trickle`,
-    // `csr-warden` or
-    // `kcm`; `kcm-sa` runs kube-controller-manager with ServiceAccount credentials (name `kcm`
-    // and `csr-warden` too, to run them beside it). The figures for BENCHMARKS.md come from the
-    // full run.
+    // Optional words narrow a run while investigating: `burst`, `backlog` or `trickle`;
+    // `csr-warden` or `kcm`. `kcm-sa` runs kube-controller-manager with ServiceAccount
+    // credentials (name `kcm` and `csr-warden` too, to run them beside it). The figures for
+    // BENCHMARKS.md come from the full run.
     let words: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a.parse::<usize>().is_err() && !a.starts_with('-'))
