@@ -456,14 +456,17 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
         std::env::var_os("VS_PROFILE_DIR").map(|dir| {
             let file = std::path::PathBuf::from(dir).join(format!("{prefix}.pprof"));
             let admin = plane.admin.clone();
-            // And the controller's own, where `perf` is installed (`perf report -i FILE`).
+            // And the controller's own, where `perf` is installed (`perf report -i FILE`). DWARF
+            // call graphs: a Rust release build keeps no frame pointers, so `-g` stacks stop at
+            // the first frame (the unwind tables are there without debug info).
             let _ = std::process::Command::new("perf")
                 .args([
                     "record",
                     "-q",
                     "-F",
                     "499",
-                    "-g",
+                    "--call-graph",
+                    "dwarf,16384",
                     "-p",
                     &pid.to_string(),
                     "-o",
