@@ -541,10 +541,25 @@ impl ControlPlane {
 
     /// Every audit event so far (one JSON object a request), for what the server answered.
     pub fn audit_events(&self) -> Vec<Value> {
+        self.audit_events_from(0)
+    }
+
+    /// The audit events after the first `first` (only those are parsed: at tens of thousands
+    /// of CSRs the log is hundreds of MB).
+    pub fn audit_events_from(&self, first: usize) -> Vec<Value> {
         std::fs::read_to_string(&self.audit_log)
             .unwrap_or_default()
             .lines()
+            .skip(first)
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
+    }
+
+    /// How many audit events the log holds so far.
+    pub fn audit_len(&self) -> usize {
+        std::fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .count()
     }
 }

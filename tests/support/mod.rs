@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod control_plane;
+pub mod procfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
