@@ -44,14 +44,50 @@ pub const PAGE_SIZE: u32 = 500;
 pub async fn list_paged<K>(
     api: &kube::Api<K>,
     params: kube::api::ListParams,
-    mut page: impl FnMut(Vec<K>),
+    page: impl FnMut(Vec<K>),
 ) -> Result<(), kube::Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    paged(
+        params,
+        |params| async move { api.list(&params).await },
+        page,
+    )
+    .await
+}
+
+/// [`list_paged`], metadata only (`as=PartialObjectMetadataList`): a name and a
+/// resourceVersion are what a comparison with the cache needs, and a page of them is a fraction
+/// of a page of whole objects to encode, send and decode.
+pub async fn list_metadata_paged<K>(
+    api: &kube::Api<K>,
+    params: kube::api::ListParams,
+    page: impl FnMut(Vec<kube::core::PartialObjectMeta<K>>),
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    paged(
+        params,
+        |params| async move { api.list_metadata(&params).await },
+        page,
+    )
+    .await
+}
+
+async fn paged<T, Page>(
+    params: kube::api::ListParams,
+    fetch: impl Fn(kube::api::ListParams) -> Page,
+    mut page: impl FnMut(Vec<T>),
+) -> Result<(), kube::Error>
+where
+    T: Clone,
+    Page: Future<Output = Result<kube::core::ObjectList<T>, kube::Error>>,
+{
     let mut params = params.limit(PAGE_SIZE);
     loop {
-        let list = within(REQUEST_TIMEOUT, api.list(&params)).await?;
+        let list = within(REQUEST_TIMEOUT, fetch(params.clone())).await?;
         page(list.items);
         match list.metadata.continue_.filter(|token| !token.is_empty()) {
             Some(token) => params.continue_token = Some(token),

@@ -414,6 +414,115 @@ async fn resync_counts_nothing_while_the_watch_is_healthy() {
     assert!(metric_sample(&metrics, "csr_warden_resyncs_total").unwrap_or(0.0) >= 3.0);
 }
 
+fn is_clean_resync(line: &Value) -> bool {
+    line["message"] == "resync: the watch's cache is complete"
+}
+
+/// At 50,000 CSRs what the resync costs is what it reads: our signers' CSRs as names and
+/// resourceVersions only, and, when the watch missed nothing, not one CSR whole, however many
+/// finished ones there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_reads_names_and_versions_only_and_no_csr_whole_when_nothing_was_missed() {
+    let h = harness().await;
+    h.server.arm(|f| f.page_limit = Some(50));
+    let pem = rcgen_csr("old-user", &["developers"], &[]);
+    for i in 0..200 {
+        h.server.create_issued_csr(
+            "jane-token",
+            csr_object(&format!("old-{i}"), CLIENT_SIGNER, &["client auth"], &pem),
+            &h.server.ca_pem,
+        );
+    }
+    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
+    let controller = h.controller(&["--resync-interval-seconds", "1"]);
+    controller
+        .wait_for_logs("two resyncs", 2, is_clean_resync)
+        .await;
+    let reads = h.server.csr_reads();
+    assert_eq!(reads.whole_pages_by_signer, 0, "{reads:?}");
+    assert_eq!(reads.gets, 0, "{reads:?}");
+    // 200 issued CSRs of one signer at 50 a page, the other signers a page each, twice.
+    assert!(reads.metadata_pages >= 2 * 7, "{reads:?}");
+}
+
+/// A cached CSR finished behind the watch's back (a human denies it; the watch never shows
+/// it): the resync reads it once, drops it from the cache and counts it; csr-warden never
+/// approves it, and the next resyncs read nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_csr_finished_behind_the_watchs_back_is_dropped_once() {
+    let h = harness().await;
+    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
+    let controller = h.controller(&["--resync-interval-seconds", "1"]);
+    controller
+        .wait_for_log("bob left pending", |l| {
+            l["csr"] == "bob" && l["decision"] == "leave"
+        })
+        .await;
+    h.server.arm(|f| f.hide_updates = 1);
+    h.server.deny_as_human("bob");
+    controller
+        .wait_for_log("the resync drops bob", |l| {
+            l["csr"] == "bob"
+                && l["message"]
+                    == "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache"
+        })
+        .await;
+    let clean_so_far = controller
+        .lines()
+        .iter()
+        .filter(|l| is_clean_resync(l))
+        .count();
+    controller
+        .wait_for_logs("two clean resyncs since", clean_so_far + 2, is_clean_resync)
+        .await;
+    assert_eq!(h.server.csr_reads().gets, 1, "{:?}", h.server.csr_reads());
+    assert_eq!(condition_types(&csr_state(&h.server, "bob")), ["Denied"]);
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// A finished CSR changed behind the watch's back (labelled; nothing is left to do for it):
+/// the resync reads it once and counts nothing, and does not read it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_csr_changed_behind_the_watchs_back_is_read_once() {
+    let h = harness().await;
+    let pem = rcgen_csr("old-user", &["developers"], &[]);
+    h.server.create_issued_csr(
+        "jane-token",
+        csr_object("old", CLIENT_SIGNER, &["client auth"], &pem),
+        &h.server.ca_pem,
+    );
+    let controller = h.controller(&["--resync-interval-seconds", "1"]);
+    controller.wait_for_log("a resync", is_clean_resync).await;
+    h.server.arm(|f| f.hide_updates = 1);
+    h.server.label_csr("old", "team", "payments");
+    controller
+        .wait_for_log("the resync sees the change", |l| {
+            l["csr"] == "old"
+                && l["message"] == "the CSR watch missed a change to a CSR with nothing left to do"
+        })
+        .await;
+    let clean_so_far = controller
+        .lines()
+        .iter()
+        .filter(|l| is_clean_resync(l))
+        .count();
+    controller
+        .wait_for_logs("two clean resyncs since", clean_so_far + 2, is_clean_resync)
+        .await;
+    assert_eq!(h.server.csr_reads().gets, 1, "{:?}", h.server.csr_reads());
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
+
 /// etcd restored from an older backup: the controller's resourceVersion is ahead of the server,
 /// which answers "Too large resource version" for as long as the watch resumes from it. The
 /// controller relists, as client-go does, instead of retrying the same resourceVersion forever.

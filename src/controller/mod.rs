@@ -112,6 +112,7 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         live.clone(),
     ));
     let (stale_tx, stale_rx) = tokio::sync::mpsc::unbounded_channel();
+    let finished = Arc::new(watch::Finished::default());
     let watching = tokio::spawn(watch::watch_forever(
         csrs.clone(),
         writer,
@@ -119,7 +120,10 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         live.clone(),
         watch_timeout,
         stale_rx,
-        unconfirmed,
+        watch::Seen {
+            unconfirmed,
+            finished: finished.clone(),
+        },
     ));
     let resyncing = tokio::spawn(watch::resync_forever(
         csrs,
@@ -128,6 +132,7 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         live.clone(),
         resync_interval,
         stale_tx,
+        finished,
     ));
     // SubjectAccessReviews get their own workers, half as many: a slow or hanging review holds
     // up only the kubelet client CSRs that wait for one.

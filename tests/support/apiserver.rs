@@ -89,6 +89,8 @@ pub struct Faults {
     /// The next N CSR creations reach no watcher (as if the watch had dropped them): only a
     /// fresh list shows them.
     pub hide_creations: usize,
+    /// The next N changes to a CSR (an approval, a certificate, a label) reach no watcher.
+    pub hide_updates: usize,
 }
 
 /// Answer `remaining` requests whose method and path match with `status` (and Retry-After).
@@ -154,6 +156,18 @@ struct State {
     max_csr_writes_in_flight: usize,
     /// Approval writes that succeeded, in the order the server took them.
     approvals_in_order: Vec<String>,
+    reads: CsrReads,
+}
+
+/// How the CSRs were read: list pages by what they carried, and single GETs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CsrReads {
+    /// Pages of whole CSRs selected by signer (`fieldSelector=spec.signerName=...`).
+    pub whole_pages_by_signer: usize,
+    /// Pages of names and resourceVersions only (`as=PartialObjectMetadataList`).
+    pub metadata_pages: usize,
+    /// GETs of one CSR.
+    pub gets: usize,
 }
 
 pub struct FakeApiServer {
@@ -215,6 +229,10 @@ impl Shared {
     }
 
     fn record(&self, state: &mut State, kind: &'static str, object: Value) {
+        if kind == "MODIFIED" && state.faults.hide_updates > 0 {
+            state.faults.hide_updates -= 1;
+            return;
+        }
         let event = WatchEvent {
             rv: state.rv,
             kind,
@@ -714,6 +732,27 @@ impl FakeApiServer {
         });
     }
 
+    /// How the CSRs have been read so far.
+    pub fn csr_reads(&self) -> CsrReads {
+        self.state.lock().expect("state").reads
+    }
+
+    /// Someone else denies a pending CSR (`kubectl certificate deny`).
+    pub fn deny_as_human(&self, name: &str) {
+        self.shared.mutate(|state| {
+            let Some(mut csr) = state.csrs.get(name).cloned() else {
+                return;
+            };
+            state.rv += 1;
+            csr["status"]["conditions"] = json!([{"type": "Denied", "status": "True",
+                "reason": "KubectlDeny", "message": "denied by a human",
+                "lastUpdateTime": "2026-11-22T00:00:00Z"}]);
+            csr["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            state.csrs.insert(name.into(), csr.clone());
+            self.shared.record(state, "MODIFIED", csr);
+        });
+    }
+
     pub fn csr(&self, name: &str) -> Option<Value> {
         self.state.lock().expect("state").csrs.get(name).cloned()
     }
@@ -984,6 +1023,12 @@ async fn handle_authenticated(
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    // kube's list_metadata asks for metadata only, as client-go's metadata client does.
+    let metadata_only = request
+        .headers()
+        .get("accept")
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|accept| accept.contains("as=PartialObjectMetadataList"));
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let params = query(&request);
     let body = match request.into_body().collect().await {
@@ -1018,7 +1063,7 @@ async fn handle_authenticated(
             if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 watch_csrs(&shared, &params)
             } else {
-                list_csrs(&shared, &params)
+                list_csrs(&shared, &params, metadata_only)
             }
         }
         (&Method::POST, [a, b, c, d]) if [*a, *b, *c, *d] == CSRS => {
@@ -1031,7 +1076,9 @@ async fn handle_authenticated(
             }
         }
         (&Method::GET, [a, b, c, d, name]) if [*a, *b, *c, *d] == CSRS => {
-            match shared.state.lock().expect("state").csrs.get(*name) {
+            let mut state = shared.state.lock().expect("state");
+            state.reads.gets += 1;
+            match state.csrs.get(*name) {
                 Some(csr) => full(StatusCode::OK, csr.clone()),
                 None => not_found("certificatesigningrequests", name),
             }
@@ -1427,8 +1474,20 @@ fn group_resources(group: &str, version: &str) -> Option<Value> {
 
 /// A list, paginated as kube-apiserver does with `limit`: every page of one list reads the
 /// same snapshot, and the list's resourceVersion is the snapshot's.
-fn list_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body> {
+fn list_csrs(
+    shared: &Shared,
+    params: &HashMap<String, String>,
+    metadata_only: bool,
+) -> Response<Body> {
     let mut state = shared.state.lock().expect("state");
+    if metadata_only {
+        state.reads.metadata_pages += 1;
+    } else if params
+        .get("fieldSelector")
+        .is_some_and(|selector| selector.contains("spec.signerName="))
+    {
+        state.reads.whole_pages_by_signer += 1;
+    }
     let limit = params
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -1491,6 +1550,20 @@ fn list_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body
             }
         };
         metadata["continue"] = json!(format!("{id}:{end}"));
+    }
+    if metadata_only {
+        let items: Vec<Value> = page
+            .iter()
+            .map(|csr| {
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                       "metadata": csr["metadata"]})
+            })
+            .collect();
+        return full(
+            StatusCode::OK,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                   "metadata": metadata, "items": items}),
+        );
     }
     full(
         StatusCode::OK,
