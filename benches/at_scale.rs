@@ -21,7 +21,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,11 +32,11 @@ use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
-use support::control_plane::{self, ControlPlane, Guarded};
+use support::bench::*;
+use support::control_plane::ControlPlane;
 use support::procfs::*;
 use support::*;
 
-const CSR_WARDEN_USER: &str = "system:serviceaccount:csr-warden:csr-warden";
 const FOREIGN_SIGNER: &str = "example.com/not-ours";
 const FOREIGN: usize = 10_000;
 const BACKLOG: usize = 500;
@@ -70,10 +70,8 @@ impl Who {
 
     fn made(self, event: &Value) -> bool {
         match self {
-            Who::CsrWarden => event["user"]["username"] == CSR_WARDEN_USER,
-            Who::ControllerManager => event["userAgent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("kube-controller-manager")),
+            Who::CsrWarden => by_csr_warden(event),
+            Who::ControllerManager => by_controller_manager(event),
         }
     }
 }
@@ -184,32 +182,12 @@ impl Drop for IssuedCount {
 
 /// (lists, other requests) `who` made among `events`, each kind counted on stderr.
 fn requests(events: &[Value], who: Who) -> (usize, usize) {
-    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut lists, mut others) = (0, 0);
-    for event in events
-        .iter()
-        .filter(|e| e["stage"] == "ResponseComplete" && who.made(e))
-        .filter(|e| e["objectRef"]["resource"] != "leases")
-    {
-        let verb = event["verb"].as_str().unwrap_or("?");
-        match verb {
-            "list" => lists += 1,
-            "watch" => {}
-            _ => others += 1,
-        }
-        let kind = format!(
-            "{verb} {}{} {}",
-            event["objectRef"]["resource"].as_str().unwrap_or("?"),
-            event["objectRef"]["subresource"]
-                .as_str()
-                .map(|s| format!("/{s}"))
-                .unwrap_or_default(),
-            event["responseStatus"]["code"]
-        );
-        *by_kind.entry(kind).or_default() += 1;
-    }
+    let by_kind = requests_by_kind(events, |event| who.made(event));
     eprintln!("{who:?} requests: {by_kind:?}");
-    (lists, others)
+    (
+        count_verbs(&by_kind, &["list"], true),
+        count_verbs(&by_kind, &["list", "watch"], false),
+    )
 }
 
 /// csr-warden's resyncs among `events`: the wall time of each, from its first page asked to its
@@ -269,30 +247,12 @@ async fn run_once(bench: &Bench<'_>, who: Who, round: usize, csrs: usize) -> Run
     let started = Instant::now();
     let (pid, process): (u32, Box<dyn std::any::Any>) = match who {
         Who::CsrWarden => {
-            std::fs::write(
-                dir.path().join("policy.yaml"),
-                "signerNames: [kubernetes.io/kube-apiserver-client-kubelet]\n",
-            )
-            .expect("policy");
-            let process = ControllerProcess::start_with_kubeconfig(
-                dir.path(),
-                &(plane.ca_cert.clone(), plane.ca_key.clone()),
-                &["--resync-interval-seconds", &RESYNC.to_string()],
-                bench.token_kubeconfig,
-            );
+            let process = start_csr_warden(plane, bench.token_kubeconfig, dir.path(), RESYNC);
             (process.pid().expect("pid"), Box::new(process))
         }
         Who::ControllerManager => {
-            let guard: Guarded = plane
-                .controller_manager("csrapproving,csrsigning")
-                .expect("kube-controller-manager in KUBEBUILDER_ASSETS");
-            let sh = guard.pid();
-            let mut pid = None;
-            control_plane::wait_until("kube-controller-manager started", || {
-                pid = child_pid(sh);
-                pid.is_some()
-            });
-            (pid.expect("pid"), Box::new(guard))
+            let (pid, guard) = start_controller_manager(plane, "csrapproving,csrsigning", &[]);
+            (pid, Box::new(guard))
         }
     };
     let sampling = Arc::new(AtomicBool::new(true));
@@ -421,71 +381,25 @@ async fn list_costs(
     costs
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let n = args.first().copied().unwrap_or(50_000);
-    let rounds = args.get(1).copied().unwrap_or(2);
-    let assets = match control_plane::assets() {
-        Ok(assets) => assets,
-        Err(why) => {
-            eprintln!("at_scale: SKIPPED: {why}");
-            return;
-        }
+    let (n, rounds) = count_and_rounds(50_000, 2);
+    let Some(assets) = assets_or_skip("at_scale") else {
+        return;
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let plane = ControlPlane::start(&assets);
-    plane.kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            "bench-nodeclient",
-            "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-            "--group=system:bootstrappers",
-        ],
-        None,
-    );
-    let dir = tempfile::tempdir().expect("dir");
-    let token_kubeconfig = plane.as_csr_warden(dir.path());
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&plane.admin).expect("kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
-    let client = kube::Client::try_from(config.clone()).expect("client");
-    let mut bootstrap_config = config;
-    bootstrap_config.auth_info.impersonate = Some("system:bootstrap:bench".into());
-    bootstrap_config.auth_info.impersonate_groups = Some(vec!["system:bootstrappers".into()]);
-    let bootstrap: Api<CertificateSigningRequest> =
-        Api::all(kube::Client::try_from(bootstrap_config).expect("bootstrap client"));
+    let cluster = BenchCluster::start(&assets).await;
+    let (plane, token_kubeconfig, client) =
+        (&cluster.plane, &cluster.token_kubeconfig, &cluster.admin);
+    let bootstrap: Api<CertificateSigningRequest> = Api::all(cluster.bootstrap.clone());
     let pem = rcgen_csr("system:node:bench", &["system:nodes"], &[]);
-    let issued = IssuedCount::start(&client);
+    let issued = IssuedCount::start(client);
 
     // The cluster: N issued kubelet client CSRs (issued by csr-warden, not timed) and FOREIGN
     // pending CSRs of a signer nobody here owns.
     let filling = Instant::now();
     {
         let fill_dir = tempfile::tempdir().expect("dir");
-        std::fs::write(
-            fill_dir.path().join("policy.yaml"),
-            "signerNames: [kubernetes.io/kube-apiserver-client-kubelet]\n",
-        )
-        .expect("policy");
-        let filler = ControllerProcess::start_with_kubeconfig(
-            fill_dir.path(),
-            &(plane.ca_cert.clone(), plane.ca_key.clone()),
-            &["--resync-interval-seconds", "3600"],
-            &token_kubeconfig,
-        );
+        let filler = start_csr_warden(plane, token_kubeconfig, fill_dir.path(), 3600);
         filler.wait_synced().await;
         let finished: Vec<_> = (0..n)
             .map(|i| kubelet_csr(&format!("issued-{i:06}"), &pem))
@@ -512,10 +426,10 @@ async fn main() {
     );
 
     let bench = Bench {
-        plane: &plane,
+        plane,
         bootstrap: &bootstrap,
         issued: &issued,
-        token_kubeconfig: &token_kubeconfig,
+        token_kubeconfig,
         pem: &pem,
     };
     let mut runs = Vec::new();
@@ -533,7 +447,7 @@ async fn main() {
         SETTLE.as_secs(),
         WINDOW.as_secs()
     );
-    let costs = list_costs(&client, KUBELET_CLIENT_SIGNER).await;
+    let costs = list_costs(client, KUBELET_CLIENT_SIGNER).await;
     for who in [Who::ControllerManager, Who::CsrWarden] {
         let these: Vec<&Run> = runs.iter().filter(|r| r.who == who).collect();
         let m = |f: &dyn Fn(&Run) -> f64| median(these.iter().map(|r| f(r)).collect());

@@ -32,11 +32,10 @@ use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use support::control_plane::{self, ControlPlane, Guarded};
+use support::bench::*;
+use support::control_plane::ControlPlane;
 use support::procfs::*;
 use support::*;
-
-const CSR_WARDEN_USER: &str = "system:serviceaccount:csr-warden:csr-warden";
 
 /// A trickle: this many CSRs, one every 1/TRICKLE_PER_SECOND s.
 const TRICKLE_CSRS: usize = 600;
@@ -201,36 +200,13 @@ async fn delete_every_csr(client: &kube::Client) {
 
 /// Requests the controller made for this run's CSRs (not lists or watches), from the audit log.
 fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
-    let mut by_kind: std::collections::BTreeMap<String, usize> = Default::default();
-    let count = plane
-        .audit_events()
-        .into_iter()
-        .skip(since_line)
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| !matches!(e["verb"].as_str(), Some("list" | "watch")))
-        .filter(|e| match who {
-            Who::CsrWarden => e["user"]["username"] == CSR_WARDEN_USER,
-            Who::ControllerManager | Who::ControllerManagerSa => e["userAgent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("kube-controller-manager")),
-        })
-        .filter(|e| e["objectRef"]["resource"] != "leases")
-        .inspect(|e| {
-            let kind = format!(
-                "{} {}{} {}",
-                e["verb"].as_str().unwrap_or("?"),
-                e["objectRef"]["resource"].as_str().unwrap_or("?"),
-                e["objectRef"]["subresource"]
-                    .as_str()
-                    .map(|s| format!("/{s}"))
-                    .unwrap_or_default(),
-                e["responseStatus"]["code"]
-            );
-            *by_kind.entry(kind).or_default() += 1;
-        })
-        .count();
+    let made = |event: &Value| match who {
+        Who::CsrWarden => by_csr_warden(event),
+        Who::ControllerManager | Who::ControllerManagerSa => by_controller_manager(event),
+    };
+    let by_kind = requests_by_kind(&plane.audit_events_from(since_line), made);
     eprintln!("{who:?} requests: {by_kind:?}");
-    count
+    count_verbs(&by_kind, &["list", "watch"], false)
 }
 
 /// What every run shares: the control plane, the admin's client, the bootstrap identity's (for
@@ -288,7 +264,7 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
             }
         })
     };
-    let audit_before = plane.audit_events().len();
+    let audit_before = plane.audit_len();
     if backlog {
         *created_at.lock().expect("created") = Some(Instant::now());
         create_batch(plane, dir.path(), &names);
@@ -301,17 +277,7 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
     let started = Instant::now();
     let (pid, _process): (u32, Box<dyn std::any::Any>) = match who {
         Who::CsrWarden => {
-            std::fs::write(
-                dir.path().join("policy.yaml"),
-                "signerNames: [kubernetes.io/kube-apiserver-client-kubelet]\n",
-            )
-            .expect("policy");
-            let process = ControllerProcess::start_with_kubeconfig(
-                dir.path(),
-                &(plane.ca_cert.clone(), plane.ca_key.clone()),
-                &["--resync-interval-seconds", "3600"],
-                token_kubeconfig,
-            );
+            let process = start_csr_warden(plane, token_kubeconfig, dir.path(), 3600);
             (process.pid().expect("pid"), Box::new(process))
         }
         Who::ControllerManager | Who::ControllerManagerSa => {
@@ -320,16 +286,8 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
             } else {
                 &[]
             };
-            let guard: Guarded = plane
-                .controller_manager_with("csrapproving,csrsigning", extra)
-                .expect("kube-controller-manager in KUBEBUILDER_ASSETS");
-            let sh = guard.pid();
-            let mut pid = None;
-            control_plane::wait_until("kube-controller-manager started", || {
-                pid = child_pid(sh);
-                pid.is_some()
-            });
-            (pid.expect("pid"), Box::new(guard))
+            let (pid, guard) = start_controller_manager(plane, "csrapproving,csrsigning", extra);
+            (pid, Box::new(guard))
         }
     };
     // Sampled on a thread of its own: the burst's create blocks this task for its whole length.
@@ -465,19 +423,9 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let n = args.first().copied().unwrap_or(2000);
-    let rounds = args.get(1).copied().unwrap_or(3);
+    let (n, rounds) = count_and_rounds(2000, 3);
     // Optional words narrow a run while investigating: `burst`, `backlog` or `trickle`;
     // `csr-warden` or `kcm`. `kcm-sa` runs kube-controller-manager with ServiceAccount
     // credentials (name `kcm` and `csr-warden` too, to run them beside it). The figures for
@@ -504,49 +452,22 @@ async fn main() {
         _ => wanted(who.word(), &["csr-warden", "kcm", "kcm-sa"]),
     })
     .collect();
-    let assets = match control_plane::assets() {
-        Ok(assets) => assets,
-        Err(why) => {
-            eprintln!("vs_controller_manager: SKIPPED: {why}");
-            return;
-        }
+    let Some(assets) = assets_or_skip("vs_controller_manager") else {
+        return;
     };
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let plane = ControlPlane::start(&assets);
     // What kubeadm binds for bootstrap tokens; csr-warden as its ServiceAccount with the
-    // manifests' RBAC.
-    plane.kubectl(
-        &[
-            "create",
-            "clusterrolebinding",
-            "bench-nodeclient",
-            "--clusterrole=system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-            "--group=system:bootstrappers",
-        ],
-        None,
-    );
-    let dir = tempfile::tempdir().expect("dir");
-    let token_kubeconfig = plane.as_csr_warden(dir.path());
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&plane.admin).expect("kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
-    let client = kube::Client::try_from(config.clone()).expect("client");
-    // The trickle's creator: the admin, impersonating the bootstrap identity as kubectl's --as
-    // does for the burst.
-    let mut bootstrap_config = config;
-    bootstrap_config.auth_info.impersonate = Some("system:bootstrap:bench".into());
-    bootstrap_config.auth_info.impersonate_groups = Some(vec!["system:bootstrappers".into()]);
-    let bootstrap = kube::Client::try_from(bootstrap_config).expect("bootstrap client");
+    // manifests' RBAC; the trickle's creator is the admin impersonating the bootstrap identity,
+    // as kubectl's --as does for the burst.
+    let cluster = BenchCluster::start(&assets).await;
+    let (plane, token_kubeconfig) = (&cluster.plane, &cluster.token_kubeconfig);
+    let (client, bootstrap) = (&cluster.admin, &cluster.bootstrap);
 
     if words.iter().any(|w| w == "baseline") {
         // The most a burst can show: how fast kubectl creates the CSRs with no controller at all.
         let dir = tempfile::tempdir().expect("dir");
         let names: Vec<String> = (0..n).map(|i| format!("baseline-{i:05}")).collect();
         let creating = Instant::now();
-        create_batch(&plane, dir.path(), &names);
+        create_batch(plane, dir.path(), &names);
         eprintln!(
             "baseline: kubectl created {n} CSRs at {:.0}/s with no controller running",
             n as f64 / creating.elapsed().as_secs_f64()
@@ -559,10 +480,10 @@ async fn main() {
         );
     }
     let bench = Bench {
-        plane: &plane,
-        client: &client,
-        bootstrap: &bootstrap,
-        token_kubeconfig: &token_kubeconfig,
+        plane,
+        client,
+        bootstrap,
+        token_kubeconfig,
     };
     let mut runs = Vec::new();
     for round in 0..rounds {
@@ -574,7 +495,7 @@ async fn main() {
                 // Every run starts from the same empty cluster, as kube-controller-manager's
                 // csrcleaner keeps a real one: left in place, the finished CSRs would grow to
                 // tens of thousands by the last round and each later run would list more.
-                delete_every_csr(&client).await;
+                delete_every_csr(client).await;
             }
         }
     }

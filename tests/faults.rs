@@ -418,6 +418,18 @@ fn is_clean_resync(line: &Value) -> bool {
     line["message"] == "resync: the watch's cache is complete"
 }
 
+/// Two more resyncs that find nothing than have been logged so far.
+async fn two_more_clean_resyncs(controller: &ControllerProcess) {
+    let so_far = controller
+        .lines()
+        .iter()
+        .filter(|l| is_clean_resync(l))
+        .count();
+    controller
+        .wait_for_logs("two more clean resyncs", so_far + 2, is_clean_resync)
+        .await;
+}
+
 /// At 50,000 CSRs what the resync costs is what it reads: our signers' CSRs as names and
 /// resourceVersions only, and, when the watch missed nothing, not one CSR whole, however many
 /// finished ones there are.
@@ -445,46 +457,6 @@ async fn a_resync_reads_names_and_versions_only_and_no_csr_whole_when_nothing_wa
     assert!(reads.metadata_pages >= 2 * 7, "{reads:?}");
 }
 
-/// A cached CSR finished behind the watch's back (a human denies it; the watch never shows
-/// it): the resync reads it once, drops it from the cache and counts it; csr-warden never
-/// approves it, and the next resyncs read nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_csr_finished_behind_the_watchs_back_is_dropped_once() {
-    let h = harness().await;
-    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
-    let controller = h.controller(&["--resync-interval-seconds", "1"]);
-    controller
-        .wait_for_log("bob left pending", |l| {
-            l["csr"] == "bob" && l["decision"] == "leave"
-        })
-        .await;
-    h.server.arm(|f| f.hide_updates = 1);
-    h.server.deny_as_human("bob");
-    controller
-        .wait_for_log("the resync drops bob", |l| {
-            l["csr"] == "bob"
-                && l["message"]
-                    == "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache"
-        })
-        .await;
-    let clean_so_far = controller
-        .lines()
-        .iter()
-        .filter(|l| is_clean_resync(l))
-        .count();
-    controller
-        .wait_for_logs("two clean resyncs since", clean_so_far + 2, is_clean_resync)
-        .await;
-    assert_eq!(h.server.csr_reads().gets, 1, "{:?}", h.server.csr_reads());
-    assert_eq!(condition_types(&csr_state(&h.server, "bob")), ["Denied"]);
-    let (_, metrics) = controller.http_get("/metrics").await;
-    assert_eq!(
-        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
-        Some(1.0),
-        "{metrics}"
-    );
-}
-
 /// A finished CSR changed behind the watch's back (labelled; nothing is left to do for it):
 /// the resync reads it once and counts nothing, and does not read it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,14 +478,7 @@ async fn a_finished_csr_changed_behind_the_watchs_back_is_read_once() {
                 && l["message"] == "the CSR watch missed a change to a CSR with nothing left to do"
         })
         .await;
-    let clean_so_far = controller
-        .lines()
-        .iter()
-        .filter(|l| is_clean_resync(l))
-        .count();
-    controller
-        .wait_for_logs("two clean resyncs since", clean_so_far + 2, is_clean_resync)
-        .await;
+    two_more_clean_resyncs(&controller).await;
     assert_eq!(h.server.csr_reads().gets, 1, "{:?}", h.server.csr_reads());
     let (_, metrics) = controller.http_get("/metrics").await;
     assert_eq!(
@@ -544,33 +509,49 @@ async fn resource_versions_going_back_make_the_watch_relist() {
         .await;
 }
 
-/// The resync replaces: a cached CSR whose deletion the watch never delivered is dropped from
-/// the cache once a fresh list shows it gone, and the pending gauge no longer counts it.
+/// The resync replaces: a cached CSR the watch lost track of (deleted, or denied by a human,
+/// and the watch never showed it) is dropped from the cache once a fresh list shows it, and
+/// counted; the resync reads it once, csr-warden never approves it, and the next resyncs read
+/// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resync_drops_a_csr_whose_deletion_the_watch_missed() {
-    let h = harness().await;
-    h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
-    let controller = h.controller(&["--resync-interval-seconds", "1"]);
-    controller
-        .wait_for_log("bob left pending", |l| {
-            l["csr"] == "bob" && l["decision"] == "leave"
-        })
-        .await;
-    h.server.arm(|f| f.hide_deletions = 1);
-    h.server.delete_csr("bob");
-    controller
-        .wait_for_log("the resync drops bob", |l| {
-            l["csr"] == "bob"
-                && l["message"]
-                    == "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache"
-        })
-        .await;
-    let (_, metrics) = controller.http_get("/metrics").await;
-    assert_eq!(
-        metric_sample(&metrics, "csr_warden_resync_recovered_total"),
-        Some(1.0),
-        "{metrics}"
-    );
+async fn resync_drops_a_csr_deleted_or_finished_behind_the_watchs_back_once() {
+    for deleted in [true, false] {
+        let h = harness().await;
+        h.create_client_csr("bob-token", "bob", "/CN=bob/O=ops");
+        let controller = h.controller(&["--resync-interval-seconds", "1"]);
+        controller
+            .wait_for_log("bob left pending", |l| {
+                l["csr"] == "bob" && l["decision"] == "leave"
+            })
+            .await;
+        if deleted {
+            h.server.arm(|f| f.hide_deletions = 1);
+            h.server.delete_csr("bob");
+        } else {
+            h.server.arm(|f| f.hide_updates = 1);
+            h.server.deny_as_human("bob");
+        }
+        controller
+            .wait_for_log("the resync drops bob", |l| {
+                l["csr"] == "bob"
+                    && l["message"]
+                        == "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache"
+            })
+            .await;
+        two_more_clean_resyncs(&controller).await;
+        let reads = h.server.csr_reads();
+        assert_eq!(reads.gets, 1, "deleted: {deleted}, {reads:?}");
+        match h.server.csr("bob") {
+            Some(bob) => assert_eq!(condition_types(&bob), ["Denied"]),
+            None => assert!(deleted),
+        }
+        let (_, metrics) = controller.http_get("/metrics").await;
+        assert_eq!(
+            metric_sample(&metrics, "csr_warden_resync_recovered_total"),
+            Some(1.0),
+            "deleted: {deleted}, {metrics}"
+        );
+    }
 }
 
 /// A CSR found by the resync (the watch never delivered it) whose first try fails is retried

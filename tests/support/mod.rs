@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod bench;
 pub mod control_plane;
 pub mod procfs;
 
