@@ -96,7 +96,7 @@ impl Finished {
     }
 
     /// A relist is under way: what the watch delivered is being rebuilt.
-    pub fn is_relisting(&self) -> bool {
+    fn is_relisting(&self) -> bool {
         self.lock().relisting.is_some()
     }
 
@@ -452,17 +452,18 @@ async fn resync_once(
             work.offer_fresh(fresh);
             continue;
         }
-        // Nothing left to do for it: what the watch should have shown.
-        known
-            .finished
-            .record(name.clone(), fresh.resource_version().unwrap_or_default());
-        if let Some(cached) = known.cached(&name) {
-            recovered += 1;
-            live.metrics.resync_recovered.inc();
-            tracing::warn!(csr = %name, "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache");
-            let _ = stale.send(cached);
-        } else {
-            tracing::debug!(csr = %name, "the CSR watch missed a change to a CSR with nothing left to do");
+        // Nothing left to do for it.
+        match known.cached(&name) {
+            Some(cached) => {
+                recovered += 1;
+                drop_missed(known, live, stale, cached, Some(&fresh));
+            }
+            None => {
+                known
+                    .finished
+                    .record(name.clone(), fresh.resource_version().unwrap_or_default());
+                tracing::debug!(csr = %name, "the CSR watch missed a change to a CSR with nothing left to do");
+            }
         }
     }
     // The cache holds what the server has with work left, nothing more.
@@ -477,15 +478,28 @@ async fn resync_once(
         if fresh.as_ref().is_some_and(|f| wanted(f, live)) {
             continue;
         }
-        if let Some(fresh) = &fresh {
-            known
-                .finished
-                .record(name.clone(), fresh.resource_version().unwrap_or_default());
-        }
         recovered += 1;
-        live.metrics.resync_recovered.inc();
-        tracing::warn!(csr = %name, "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache");
-        let _ = stale.send(cached);
+        drop_missed(known, live, stale, cached, fresh.as_ref());
     }
     Ok(Some(recovered))
+}
+
+/// A cached CSR whose deletion or finish (`fresh`, when it still exists) the watch missed: out
+/// of the cache (by the watch's task), remembered as finished, counted and logged.
+fn drop_missed(
+    known: Known<'_>,
+    live: &Live,
+    stale: &tokio::sync::mpsc::UnboundedSender<Arc<CertificateSigningRequest>>,
+    cached: Arc<CertificateSigningRequest>,
+    fresh: Option<&CertificateSigningRequest>,
+) {
+    let name = cached.name_any();
+    if let Some(fresh) = fresh {
+        known
+            .finished
+            .record(name.clone(), fresh.resource_version().unwrap_or_default());
+    }
+    live.metrics.resync_recovered.inc();
+    tracing::warn!(csr = %name, "the CSR watch missed that this CSR was deleted or finished; dropping it from the cache");
+    let _ = stale.send(cached);
 }
