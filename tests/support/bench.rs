@@ -84,8 +84,8 @@ impl BenchCluster {
 }
 
 /// csr-warden as the benches run it: deciding and signing kubelet client CSRs only, with the
-/// cluster CA, as its ServiceAccount (`token_kubeconfig`), resyncing every `resync_seconds`;
-/// its policy file in `dir`.
+/// cluster CA, as its ServiceAccount (`token_kubeconfig`), resyncing every `resync_seconds`,
+/// logging at the manifests' level; its policy file and its log (`csr-warden.log`) in `dir`.
 pub fn start_csr_warden(
     plane: &ControlPlane,
     token_kubeconfig: &Path,
@@ -97,11 +97,12 @@ pub fn start_csr_warden(
         format!("signerNames: [{KUBELET_CLIENT_SIGNER}]\n"),
     )
     .expect("policy");
-    ControllerProcess::start_with_kubeconfig(
+    ControllerProcess::start_as_deployed(
         dir,
         &(plane.ca_cert.clone(), plane.ca_key.clone()),
         &["--resync-interval-seconds", &resync_seconds.to_string()],
         token_kubeconfig,
+        &dir.join("csr-warden.log"),
     )
 }
 

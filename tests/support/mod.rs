@@ -535,12 +535,40 @@ impl ControllerProcess {
         Self::spawn(dir, ca, extra, rust_log, &kubeconfig)
     }
 
+    /// csr-warden as the manifests run it (`RUST_LOG=info`), its log written to `log` the way
+    /// a container runtime keeps it, not read by this process: for the benches, where reading
+    /// and parsing every line would cost the machine CPU that kube-controller-manager's log
+    /// (also a file) does not. [`ControllerProcess::lines`] stays empty.
+    pub fn start_as_deployed(
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        extra: &[&str],
+        kubeconfig: &Path,
+        log: &Path,
+    ) -> ControllerProcess {
+        let file = std::fs::File::create(log).expect("csr-warden's log file");
+        Self::spawn_with_output(dir, ca, extra, "info", kubeconfig, Some(file))
+    }
+
     fn spawn(
         dir: &Path,
         ca: &(PathBuf, PathBuf),
         extra: &[&str],
         rust_log: &str,
         kubeconfig: &Path,
+    ) -> ControllerProcess {
+        Self::spawn_with_output(dir, ca, extra, rust_log, kubeconfig, None)
+    }
+
+    /// Started with its stdout read line by line into [`ControllerProcess::lines`], or written
+    /// to `log_file`.
+    fn spawn_with_output(
+        dir: &Path,
+        ca: &(PathBuf, PathBuf),
+        extra: &[&str],
+        rust_log: &str,
+        kubeconfig: &Path,
+        log_file: Option<std::fs::File>,
     ) -> ControllerProcess {
         let policy = dir.join("policy.yaml");
         if !policy.exists() {
@@ -559,14 +587,21 @@ impl ControllerProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", rust_log)
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        command.stdout(log_file.map_or_else(Stdio::piped, Stdio::from));
         let mut child = command.spawn().expect("start csr-warden");
-        let stdout = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, changes) = watch::channel(0usize);
+        // None when it goes to a file.
+        let Some(stdout) = child.stdout.take() else {
+            return ControllerProcess {
+                child,
+                lines,
+                changes,
+            };
+        };
         let sink = lines.clone();
         tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(stdout).lines();
