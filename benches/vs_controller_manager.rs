@@ -14,10 +14,12 @@
 //! connections held to the API server, CPU per CSR of the controller, of kube-apiserver + etcd
 //! and of this bench, how busy the machine was, and how fast the CSRs were created. `baseline`
 //! first times kubectl creating N CSRs with no controller running (the most a burst can show);
-//! `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
+//! `floor` adds a yardstick: a controller that makes only the two writes every issued CSR
+//! needs (its approval, then a fixed certificate) and nothing else, the most any controller
+//! could reach on this machine. `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
 //! installed, the controller's) during each run.
 //!
-//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog|trickle] [csr-warden|kcm|kcm-sa]`
+//! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog|trickle] [csr-warden|kcm|kcm-sa|floor]`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -66,6 +68,10 @@ enum Who {
     /// token (`--use-service-account-credentials`), not the admin's client certificate, which
     /// the server verifies on every request. Only when named (`kcm-sa`).
     ControllerManagerSa,
+    /// The floor: a controller that makes only the two writes every issued CSR needs, and
+    /// nothing else (see [`floor_controller`]). What any controller could reach on this
+    /// machine. Only when named (`floor`).
+    Floor,
 }
 
 impl Who {
@@ -74,6 +80,7 @@ impl Who {
             Who::CsrWarden => "csr-warden",
             Who::ControllerManager => "kcm",
             Who::ControllerManagerSa => "kcm-sa",
+            Who::Floor => "floor",
         }
     }
 
@@ -82,6 +89,7 @@ impl Who {
             Who::CsrWarden => "csr-warden",
             Who::ControllerManager => "kube-controller-manager",
             Who::ControllerManagerSa => "kube-controller-manager (ServiceAccount credentials)",
+            Who::Floor => "floor (the two writes only)",
         }
     }
 }
@@ -198,10 +206,120 @@ async fn delete_every_csr(client: &kube::Client) {
     }
 }
 
+/// This bench, re-executed with these set, is the floor controller.
+const FLOOR_KUBECONFIG: &str = "VS_FLOOR_KUBECONFIG";
+const FLOOR_CERTIFICATE: &str = "VS_FLOOR_CERTIFICATE";
+/// CSRs the floor works at once: csr-warden's default concurrency.
+const FLOOR_CONCURRENCY: usize = 8;
+
+/// The floor controller as a process of its own (this bench, re-executed), so that its CPU,
+/// memory and connections are measured as a controller's are; killed when dropped.
+struct FloorProcess(std::process::Child);
+
+impl FloorProcess {
+    fn start(kubeconfig: &std::path::Path, certificate: &std::path::Path) -> FloorProcess {
+        let child = std::process::Command::new(std::env::current_exe().expect("this bench"))
+            .env(FLOOR_KUBECONFIG, kubeconfig)
+            .env(FLOOR_CERTIFICATE, certificate)
+            .spawn()
+            .expect("the floor controller");
+        FloorProcess(child)
+    }
+}
+
+impl Drop for FloorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What any controller could reach here: with csr-warden's client stack (kube-client, rustls,
+/// HTTP/1.1), its credentials and its concurrency, each new CSR gets its approval and then one
+/// fixed certificate (the server checks that status.certificate is PEM certificates, not whose
+/// key they hold), and nothing else: no decoding, policy, review, signature, log line or Event.
+/// A bench's yardstick only: it would approve anything.
+async fn floor_controller(kubeconfig: std::path::PathBuf, certificate: Vec<u8>) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config");
+    let api: Api<CertificateSigningRequest> =
+        Api::all(kube::Client::try_from(config).expect("client"));
+    let started: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(FLOOR_CONCURRENCY));
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    while let Some(Ok(csr)) = events.next().await {
+        let name = csr.metadata.name.clone().unwrap_or_default();
+        let done = csr.status.as_ref().is_some_and(|s| s.certificate.is_some());
+        if done || !started.lock().expect("started").insert(name.clone()) {
+            continue;
+        }
+        let slot = slots.clone().acquire_owned().await.expect("slots");
+        let (api, certificate) = (api.clone(), certificate.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            floor_issue(&api, csr, certificate).await;
+        });
+    }
+}
+
+/// Approve `csr`, then write `certificate` into its status; on a conflict, read it afresh.
+async fn floor_issue(
+    api: &Api<CertificateSigningRequest>,
+    mut csr: CertificateSigningRequest,
+    certificate: Vec<u8>,
+) {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequestCondition;
+    let name = csr.metadata.name.clone().unwrap_or_default();
+    let pp = PostParams::default();
+    for _attempt in 0..5 {
+        // As csr-warden sends them: the server keeps its managedFields either way.
+        csr.metadata.managed_fields = None;
+        let status = csr.status.get_or_insert_with(Default::default);
+        let conditions = status.conditions.get_or_insert_with(Vec::new);
+        if !conditions.iter().any(|c| c.type_ == "Approved") {
+            conditions.push(CertificateSigningRequestCondition {
+                type_: "Approved".into(),
+                status: "True".into(),
+                reason: Some("Floor".into()),
+                ..Default::default()
+            });
+            match api.replace_subresource("approval", &name, &pp, &csr).await {
+                Ok(approved) => csr = approved,
+                Err(_) => {
+                    csr = api
+                        .get(&name)
+                        .await
+                        .expect("floor: read after a failed approval");
+                    continue;
+                }
+            }
+        }
+        csr.status.get_or_insert_with(Default::default).certificate =
+            Some(k8s_openapi::ByteString(certificate.clone()));
+        match api.replace_status(&name, &pp, &csr).await {
+            Ok(_) => return,
+            Err(_) => {
+                csr = api
+                    .get(&name)
+                    .await
+                    .expect("floor: read after a failed status")
+            }
+        }
+    }
+    panic!("floor: {name} not issued in 5 attempts");
+}
+
 /// Requests the controller made for this run's CSRs (not lists or watches), from the audit log.
 fn requests(plane: &ControlPlane, who: Who, since_line: usize) -> usize {
     let made = |event: &Value| match who {
-        Who::CsrWarden => by_csr_warden(event),
+        Who::CsrWarden | Who::Floor => by_csr_warden(event),
         Who::ControllerManager | Who::ControllerManagerSa => by_controller_manager(event),
     };
     let by_kind = requests_by_kind(&plane.audit_events_from(since_line), made);
@@ -288,6 +406,10 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
             };
             let (pid, guard) = start_controller_manager(plane, "csrapproving,csrsigning", extra);
             (pid, Box::new(guard))
+        }
+        Who::Floor => {
+            let floor = FloorProcess::start(token_kubeconfig, &plane.ca_cert);
+            (floor.0.id(), Box::new(floor))
         }
     };
     // Sampled on a thread of its own: the burst's create blocks this task for its whole length.
@@ -425,6 +547,14 @@ async fn run_once(bench: &Bench<'_>, who: Who, mode: Mode, n: usize, round: usiz
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if let (Some(kubeconfig), Some(certificate)) = (
+        std::env::var_os(FLOOR_KUBECONFIG),
+        std::env::var_os(FLOOR_CERTIFICATE),
+    ) {
+        let certificate = std::fs::read(certificate).expect("the floor's certificate");
+        floor_controller(kubeconfig.into(), certificate).await;
+        return;
+    }
     let (n, rounds) = count_and_rounds(2000, 3);
     // Optional words narrow a run while investigating: `burst`, `backlog` or `trickle`;
     // `csr-warden` or `kcm`. `kcm-sa` runs kube-controller-manager with ServiceAccount
@@ -447,8 +577,9 @@ async fn main() {
         Who::CsrWarden,
     ]
     .into_iter()
+    .chain([Who::Floor])
     .filter(|&who| match who {
-        Who::ControllerManagerSa => words.iter().any(|w| w == who.word()),
+        Who::ControllerManagerSa | Who::Floor => words.iter().any(|w| w == who.word()),
         _ => wanted(who.word(), &["csr-warden", "kcm", "kcm-sa"]),
     })
     .collect();
