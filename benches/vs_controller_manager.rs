@@ -16,8 +16,8 @@
 //! first times kubectl creating N CSRs with no controller running (the most a burst can show);
 //! `floor` adds a yardstick: a controller that makes only the two writes every issued CSR
 //! needs (its approval, then a fixed certificate) and nothing else, the most any controller
-//! could reach on this machine. `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile (and, with `perf`
-//! installed, the controller's) during each run.
+//! could reach on this machine. `VS_PROFILE_DIR=DIR` takes kube-apiserver's pprof profile
+//! (and, with `perf` installed, the controller's) during each run.
 //!
 //! `KUBEBUILDER_ASSETS=$(../shared/kubernetes/unpack) cargo bench --bench vs_controller_manager -- [N] [ROUNDS] [baseline] [burst|backlog|trickle] [csr-warden|kcm|kcm-sa|floor]`
 
@@ -241,12 +241,7 @@ impl Drop for FloorProcess {
 /// A bench's yardstick only: it would approve anything.
 async fn floor_controller(kubeconfig: std::path::PathBuf, certificate: Vec<u8>) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig).expect("kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
+    let config = config_from(&kubeconfig).await;
     let api: Api<CertificateSigningRequest> =
         Api::all(kube::Client::try_from(config).expect("client"));
     let started: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();

@@ -62,12 +62,7 @@ impl BenchCluster {
         );
         let dir = tempfile::tempdir().expect("dir");
         let token_kubeconfig = plane.as_csr_warden(dir.path());
-        let config = kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&plane.admin).expect("kubeconfig"),
-            &Default::default(),
-        )
-        .await
-        .expect("config");
+        let config = config_from(&plane.admin).await;
         let admin = kube::Client::try_from(config.clone()).expect("client");
         let mut bootstrap_config = config;
         bootstrap_config.auth_info.impersonate = Some("system:bootstrap:bench".into());
@@ -81,6 +76,16 @@ impl BenchCluster {
             _dir: dir,
         }
     }
+}
+
+/// The client configuration a kubeconfig file gives.
+pub async fn config_from(kubeconfig: &Path) -> kube::Config {
+    kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig"),
+        &Default::default(),
+    )
+    .await
+    .expect("config")
 }
 
 /// csr-warden as the benches run it: deciding and signing kubelet client CSRs only, with the
