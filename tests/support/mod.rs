@@ -520,7 +520,7 @@ impl ControllerProcess {
         extra: &[&str],
         kubeconfig: &Path,
     ) -> ControllerProcess {
-        Self::spawn(dir, ca, extra, "csr_warden=debug,info", kubeconfig)
+        Self::spawn(dir, ca, extra, "csr_warden=debug,info", kubeconfig, None)
     }
 
     /// `start`, with the controller's RUST_LOG given explicitly.
@@ -532,7 +532,7 @@ impl ControllerProcess {
         rust_log: &str,
     ) -> ControllerProcess {
         let kubeconfig = server.kubeconfig(dir, apiserver::CONTROLLER_TOKEN);
-        Self::spawn(dir, ca, extra, rust_log, &kubeconfig)
+        Self::spawn(dir, ca, extra, rust_log, &kubeconfig, None)
     }
 
     /// csr-warden as the manifests run it (`RUST_LOG=info`), its log written to `log` the way
@@ -547,22 +547,12 @@ impl ControllerProcess {
         log: &Path,
     ) -> ControllerProcess {
         let file = std::fs::File::create(log).expect("csr-warden's log file");
-        Self::spawn_with_output(dir, ca, extra, "info", kubeconfig, Some(file))
-    }
-
-    fn spawn(
-        dir: &Path,
-        ca: &(PathBuf, PathBuf),
-        extra: &[&str],
-        rust_log: &str,
-        kubeconfig: &Path,
-    ) -> ControllerProcess {
-        Self::spawn_with_output(dir, ca, extra, rust_log, kubeconfig, None)
+        Self::spawn(dir, ca, extra, "info", kubeconfig, Some(file))
     }
 
     /// Started with its stdout read line by line into [`ControllerProcess::lines`], or written
     /// to `log_file`.
-    fn spawn_with_output(
+    fn spawn(
         dir: &Path,
         ca: &(PathBuf, PathBuf),
         extra: &[&str],
