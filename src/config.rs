@@ -177,6 +177,9 @@ struct AllowRuleFile {
     common_name_pattern: Option<String>,
     #[serde(default)]
     groups: Vec<String>,
+    /// The subject UID values (OID 0.9.2342.19200300.100.1.1) this CN may carry; none by default.
+    #[serde(default)]
+    uids: Vec<String>,
     #[serde(default)]
     requesters: RequestersFile,
 }
@@ -324,10 +327,18 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
                 );
             }
         }
+        if spec.uids.iter().any(String::is_empty) {
+            problem(
+                line,
+                "allowList uids include an empty string; kube-apiserver refuses an empty UID"
+                    .into(),
+            );
+        }
         if let Some(common_name) = common_name {
             allow_list.push(AllowRule {
                 common_name,
                 groups: spec.groups,
+                uids: spec.uids,
                 requester_users: spec.requesters.users,
                 requester_groups: spec.requesters.groups,
             });

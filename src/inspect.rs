@@ -2,19 +2,35 @@
 //!
 //! Everything here is self-reported by the requester. The policy must never trust it on its own;
 //! who asked comes from `spec.username`/`spec.groups`, which the API server sets.
+//!
+//! ## One strict reading
+//! Everything that acts on a request after csr-warden (kube-apiserver's validation and its x509
+//! authenticator, kube-controller-manager's signer, kubelets, every TLS client) is Go, reading
+//! the same bytes with `encoding/asn1` and `crypto/x509`. A lenient reader that stops early, skips
+//! an element or compares tags without their class reads one request where Go reads another, and
+//! csr-warden would then decide on an identity the certificate does not carry. So the request is
+//! read once, strictly, and only in the shapes where Go's reading is known to be the same:
+//! - it must be DER as X.690 defines it: decoded by the `der`/`x509-cert` crates (definite
+//!   minimal lengths, tag class and number, canonical INTEGERs and BOOLEANs) and re-encoded to
+//!   exactly its own bytes, at every level csr-warden looks into (the request, each
+//!   extensionRequest, each extension it reads, the key);
+//! - subject values only as UTF8String, PrintableString or IA5String (character sets checked),
+//!   one attribute per RDN, at most one CN and one UID (Go keeps the last CN, kube-apiserver
+//!   refuses two UIDs);
+//! - exactly one extensionRequest with one value (Go merges several and skips broken ones), each
+//!   extension once, no unknown critical extension, SANs only as DNS, IP, e-mail or URI;
+//! - keys and signature algorithms in their one canonical encoding.
+//!
+//! Anything else is an [`InspectError`]: a Deny, never an approval. The certificate is later
+//! built from the values decoded here, re-encoded, never from slices of the request.
 
 use std::net::IpAddr;
 
-use x509_parser::certification_request::X509CertificationRequest;
-use x509_parser::extensions::{GeneralName, ParsedExtension};
-use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
-    OID_SIG_ED25519, OID_X509_COMMON_NAME, OID_X509_ORGANIZATION_NAME,
-    OID_X509_ORGANIZATIONAL_UNIT,
-};
-use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey;
+use der::asn1::{Any, BitString, ObjectIdentifier, OctetString, UintRef};
+use der::{Decode, Encode, Tag, Tagged};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::request::CertReq;
 
 /// The largest PEM we look at. Real requests are a few KiB; anything far larger is an attack on
 /// our memory, not a certificate request.
@@ -27,8 +43,47 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// RSA keys above this are refused: signature verification cost grows fast and nothing needs them.
 pub const MAX_RSA_BITS: usize = 8192;
 
+/// The PEM label kube-apiserver requires (`pem.Decode`, then `Type == "CERTIFICATE REQUEST"`).
+const PEM_LABEL: &str = "CERTIFICATE REQUEST";
+
+/// Subject attribute types csr-warden names in messages, and the two Kubernetes reads besides O.
+pub const OID_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+pub const OID_ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
+pub const OID_ORGANIZATIONAL_UNIT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
+/// The UID attribute (RFC 4519 `uid`): kube-apiserver's x509 authenticator reads it as the
+/// user's UID since Kubernetes 1.33 (feature AllowParsingUserUIDFromCertAuth, on by default).
+pub const OID_USER_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("0.9.2342.19200300.100.1.1");
+
+const OID_EXTENSION_REQUEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
+const OID_SUBJECT_ALT_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
+/// Extensions a request may carry and csr-warden reads past: the certificate's own come from
+/// spec.usages and csr-warden's rules, never from the request (Go's signer does the same).
+const IGNORED_EXTENSIONS: &[ObjectIdentifier] = &[
+    ObjectIdentifier::new_unwrap("2.5.29.14"), // subjectKeyIdentifier
+    ObjectIdentifier::new_unwrap("2.5.29.15"), // keyUsage
+    ObjectIdentifier::new_unwrap("2.5.29.19"), // basicConstraints
+    ObjectIdentifier::new_unwrap("2.5.29.37"), // extKeyUsage
+];
+
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+
+const OID_SHA1_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5");
+const OID_SHA1_WITH_RSA_OIW: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.29");
+const OID_ECDSA_WITH_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.1");
+const OID_SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+const OID_SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
+const OID_SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+const OID_ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const OID_ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+
 /// Why a request could not be read. Each maps to a Deny with reason `InvalidRequest`, except
-/// `WeakKey` and `UnsupportedKey`, which have their own reason codes.
+/// `WeakKey` and `UnsupportedKey` (their own reason codes) and `MultiValuedRdn` and
+/// `UnsupportedString` (`UnsupportedSubject`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InspectError {
     #[error("spec.request is {0} bytes; the limit is {MAX_REQUEST_BYTES}")]
@@ -41,7 +96,11 @@ pub enum InspectError {
     TrailingData,
     #[error("spec.request is a PEM {0:?} block; expected \"CERTIFICATE REQUEST\"")]
     WrongPemType(String),
-    #[error("the CERTIFICATE REQUEST is not valid DER: {0}")]
+    #[error(
+        "the CERTIFICATE REQUEST is not valid DER: {0}; csr-warden reads requests exactly as \
+         DER defines them (as Go, which every Kubernetes component uses, reads them): make it \
+         with openssl req, Go's x509.CreateCertificateRequest or another standard tool"
+    )]
     BadDer(String),
     #[error("the CSR's subject is malformed: {0}")]
     BadSubject(String),
@@ -49,6 +108,10 @@ pub enum InspectError {
         "the CSR's subject joins several attributes in one RDN ({0}); csr-warden does not issue multi-valued RDNs: give each attribute its own RDN, e.g. /CN=maria/O=developers/O=ops"
     )]
     MultiValuedRdn(String),
+    #[error(
+        "the CSR's subject attribute {attribute} is a {found}; csr-warden reads subject values only as UTF8String, PrintableString or IA5String, the types every Kubernetes component reads alike (openssl req writes UTF8String by default)"
+    )]
+    UnsupportedString { attribute: String, found: String },
     #[error("the CSR's extensions are malformed or unsupported: {0}")]
     BadExtension(String),
     #[error(
@@ -85,12 +148,31 @@ impl std::fmt::Display for KeyAlgorithm {
     }
 }
 
+/// The ASN.1 string type a subject value came in: the certificate carries it in the same type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringType {
+    Utf8,
+    Printable,
+    Ia5,
+}
+
+impl StringType {
+    pub fn tag(self) -> Tag {
+        match self {
+            StringType::Utf8 => Tag::Utf8String,
+            StringType::Printable => Tag::PrintableString,
+            StringType::Ia5 => Tag::Ia5String,
+        }
+    }
+}
+
 /// One attribute of the subject, in the order the CSR gave them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubjectAttribute {
-    /// Dotted OID, e.g. "2.5.4.3" for CN.
-    pub oid: Vec<u64>,
+    /// The attribute type, e.g. 2.5.4.3 for CN (its `Display` is the dotted form).
+    pub oid: ObjectIdentifier,
     pub value: String,
+    pub string_type: StringType,
 }
 
 /// What a certificate request asks for, decoded and with its signature verified.
@@ -100,16 +182,16 @@ pub struct CertificateRequest {
     /// Subject O values: in Kubernetes these become the certificate holder's groups.
     pub organizations: Vec<String>,
     pub organizational_units: Vec<String>,
-    /// The full subject in order, for the policy and for messages.
+    /// The subject UID attribute: kube-apiserver's user UID for the certificate's holder.
+    pub uid: Option<String>,
+    /// The full subject in order: the policy's messages and the issued certificate's subject.
     pub subject: Vec<SubjectAttribute>,
-    /// The subject Name exactly as the CSR encodes it: the issued certificate carries these bytes.
-    pub subject_der: Vec<u8>,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub email_addresses: Vec<String>,
     pub uris: Vec<String>,
     pub key: KeyAlgorithm,
-    /// DER SubjectPublicKeyInfo, copied into the certificate as-is.
+    /// DER SubjectPublicKeyInfo, encoded from the decoded key: what the certificate carries.
     pub public_key_der: Vec<u8>,
     /// The subjectPublicKey bits alone (what the certificate's SKI is derived from).
     pub subject_public_key: Vec<u8>,
@@ -134,20 +216,18 @@ impl CertificateRequest {
     }
 }
 
-fn short_attribute_name(oid: &[u64]) -> String {
-    match oid {
-        [2, 5, 4, 3] => "CN".into(),
-        [2, 5, 4, 10] => "O".into(),
-        [2, 5, 4, 11] => "OU".into(),
-        [2, 5, 4, 6] => "C".into(),
-        [2, 5, 4, 7] => "L".into(),
-        [2, 5, 4, 8] => "ST".into(),
-        other => other
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join("."),
-    }
+fn short_attribute_name(oid: &ObjectIdentifier) -> String {
+    let short = match oid.to_string().as_str() {
+        "2.5.4.3" => "CN",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        other => return other.to_owned(),
+    };
+    short.to_owned()
 }
 
 /// Decode and verify `spec.request`.
@@ -164,40 +244,65 @@ pub fn inspect_der(der: &[u8]) -> Result<CertificateRequest, InspectError> {
     if der.len() > MAX_REQUEST_BYTES {
         return Err(InspectError::TooLarge(der.len()));
     }
-    let (rest, csr) =
-        X509CertificationRequest::from_der(der).map_err(|e| InspectError::BadDer(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(InspectError::BadDer(format!(
-            "{} bytes after the request",
-            rest.len()
-        )));
-    }
+    // `from_der` refuses trailing bytes; the re-encoding catches everything DER forbids that a
+    // decoder lets through (unsorted SETs, a DEFAULT value written out, ...).
+    let csr = CertReq::from_der(der).map_err(der_error("the request"))?;
+    let info = csr.info.to_der().map_err(der_error("the request"))?;
+    same_encoding(&csr, der, "the request")?;
 
-    let info = &csr.certification_request_info;
     // Key first: a weak key is its own, clearer reason, and the verifier refuses small RSA anyway.
-    let key = key_algorithm(&info.subject_pki)?;
-    check_signature(&csr, &key)?;
+    let key = read_key(&csr.info.public_key)?;
+    check_signature(&csr, &info, &key)?;
 
     let mut request = CertificateRequest {
         common_name: None,
         organizations: Vec::new(),
         organizational_units: Vec::new(),
+        uid: None,
         subject: Vec::new(),
-        subject_der: info.subject.as_raw().to_vec(),
         dns_names: Vec::new(),
         ip_addresses: Vec::new(),
         email_addresses: Vec::new(),
         uris: Vec::new(),
-        key,
-        public_key_der: info.subject_pki.raw.to_vec(),
-        subject_public_key: info.subject_pki.subject_public_key.data.to_vec(),
+        key: key.algorithm,
+        public_key_der: key.spki_der,
+        subject_public_key: key.bits,
     };
-    read_subject(&csr, &mut request)?;
-    read_sans(&csr, &mut request)?;
+    read_subject(&csr.info.subject, &mut request)?;
+    read_extensions(&csr.info.attributes, &mut request)?;
     Ok(request)
 }
 
+fn der_error(what: &'static str) -> impl Fn(der::Error) -> InspectError {
+    move |error| InspectError::BadDer(format!("{what}: {error}"))
+}
+
+/// `value`'s DER must be exactly `bytes`: a value a decoder accepted from something else (BER,
+/// a SET out of order, a DEFAULT written out) is not DER.
+fn same_encoding(value: &impl Encode, bytes: &[u8], what: &str) -> Result<(), InspectError> {
+    let encoded = value
+        .to_der()
+        .map_err(|e| InspectError::BadDer(format!("{what}: {e}")))?;
+    if encoded != bytes {
+        return Err(InspectError::BadDer(format!(
+            "{what} is not in its one DER encoding (DER re-encodes it to other bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Decode `bytes` as exactly one `T` in DER, nothing after it.
+fn strict<'a, T: Decode<'a> + Encode>(bytes: &'a [u8], what: &str) -> Result<T, InspectError> {
+    let value = T::from_der(bytes).map_err(|e| InspectError::BadDer(format!("{what}: {e}")))?;
+    same_encoding(&value, bytes, what)?;
+    Ok(value)
+}
+
+/// The one PEM block, read as strictly as its DER: the BEGIN line, base64 lines, the END line,
+/// nothing but whitespace around them. Go's `pem.Decode` skips text before a block, headers and
+/// stray spaces; a request that needs any of that is refused rather than read two ways.
 fn single_pem_block(pem_bytes: &[u8]) -> Result<Vec<u8>, InspectError> {
+    use base64::Engine;
     let text = std::str::from_utf8(pem_bytes)
         .map_err(|_| InspectError::NotPem("it is not UTF-8 text".into()))?;
     let blocks = text.matches("-----BEGIN ").count();
@@ -207,109 +312,258 @@ fn single_pem_block(pem_bytes: &[u8]) -> Result<Vec<u8>, InspectError> {
     if blocks > 1 {
         return Err(InspectError::BlockCount(blocks));
     }
-    let (rest, pem) = x509_parser::pem::parse_x509_pem(pem_bytes)
-        .map_err(|e| InspectError::NotPem(e.to_string()))?;
-    if !rest.iter().all(u8::is_ascii_whitespace) {
+    let mut lines = text.trim_start().lines().map(|l| l.trim_end_matches('\r'));
+    let label = lines
+        .next()
+        .and_then(|l| l.strip_prefix("-----BEGIN "))
+        .and_then(|l| l.strip_suffix("-----"))
+        .ok_or_else(|| InspectError::NotPem("text before the \"-----BEGIN\" line".into()))?;
+    if label != PEM_LABEL {
+        return Err(InspectError::WrongPemType(label.to_owned()));
+    }
+    let end = format!("-----END {PEM_LABEL}-----");
+    let mut body = String::new();
+    let mut ended = false;
+    for line in lines.by_ref() {
+        if line == end {
+            ended = true;
+            break;
+        }
+        if !line
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+        {
+            return Err(InspectError::NotPem(
+                "a line inside the block is not base64 (PEM headers are not accepted)".into(),
+            ));
+        }
+        body.push_str(line);
+    }
+    if !ended {
+        return Err(InspectError::NotPem(format!("no {end:?} line")));
+    }
+    if !lines.all(|l| l.trim().is_empty()) {
         return Err(InspectError::TrailingData);
     }
-    if pem.label != "CERTIFICATE REQUEST" && pem.label != "NEW CERTIFICATE REQUEST" {
-        return Err(InspectError::WrongPemType(pem.label));
-    }
-    Ok(pem.contents)
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| InspectError::NotPem(format!("the base64 inside the block: {e}")))
 }
 
-fn key_algorithm(
-    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
-) -> Result<KeyAlgorithm, InspectError> {
-    let algorithm = &spki.algorithm.algorithm;
-    if *algorithm == OID_PKCS1_RSAENCRYPTION {
-        let parsed = spki
-            .parsed()
-            .map_err(|e| InspectError::UnsupportedKey(format!("unreadable RSA key: {e}")))?;
-        let PublicKey::RSA(rsa) = parsed else {
-            return Err(InspectError::UnsupportedKey("unreadable RSA key".into()));
-        };
-        let bits = rsa.key_size();
-        if bits < MIN_RSA_BITS {
-            return Err(InspectError::WeakKey { bits });
+/// A public key as decoded: what it is, its bits, and its SubjectPublicKeyInfo re-encoded.
+struct DecodedKey {
+    algorithm: KeyAlgorithm,
+    bits: Vec<u8>,
+    spki_der: Vec<u8>,
+}
+
+/// RFC 8017's RSAPublicKey.
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    modulus: UintRef<'a>,
+    public_exponent: UintRef<'a>,
+}
+
+fn read_key(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<DecodedKey, InspectError> {
+    let algorithm = &spki.algorithm.oid;
+    let parameters = spki.algorithm.parameters.as_ref();
+    let bits = whole_bytes(&spki.subject_public_key, "the public key")?;
+    let key = if *algorithm == OID_RSA_ENCRYPTION {
+        // RFC 3279: NULL parameters, and Go refuses the key without them.
+        if !parameters.is_some_and(Any::is_null) {
+            return Err(InspectError::UnsupportedKey(
+                "RSA key without its NULL parameters".into(),
+            ));
         }
-        if bits > MAX_RSA_BITS {
+        let rsa: RsaPublicKey<'_> = strict(bits, "the RSA public key")
+            .map_err(|e| InspectError::UnsupportedKey(format!("unreadable RSA key: {e}")))?;
+        let modulus = rsa.modulus.as_bytes();
+        let size = modulus.len() * 8
+            - modulus
+                .first()
+                .map_or(0, |top| top.leading_zeros() as usize);
+        if size < MIN_RSA_BITS {
+            return Err(InspectError::WeakKey { bits: size });
+        }
+        if size > MAX_RSA_BITS {
             return Err(InspectError::UnsupportedKey(format!(
-                "RSA key of {bits} bits is larger than {MAX_RSA_BITS}"
+                "RSA key of {size} bits is larger than {MAX_RSA_BITS}"
             )));
         }
-        return Ok(KeyAlgorithm::Rsa { bits });
-    }
-    if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.as_oid().ok())
+        let exponent = rsa.public_exponent.as_bytes();
+        // Odd, at least 3, below 2^31: what Go and aws-lc both verify with.
+        let exponent_ok = exponent.len() <= 4
+            && exponent.last().is_some_and(|low| low & 1 == 1)
+            && exponent
+                .iter()
+                .fold(0u64, |e, b| (e << 8) | u64::from(*b))
+                .checked_sub(3)
+                .is_some_and(|e| e < (1 << 31) - 3);
+        if !exponent_ok {
+            return Err(InspectError::UnsupportedKey(
+                "RSA public exponent must be odd, at least 3 and below 2^31".into(),
+            ));
+        }
+        KeyAlgorithm::Rsa { bits: size }
+    } else if *algorithm == OID_EC_PUBLIC_KEY {
+        let curve = parameters
+            .filter(|p| p.tag() == Tag::ObjectIdentifier)
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
             .ok_or_else(|| InspectError::UnsupportedKey("EC key without a named curve".into()))?;
-        return if curve == OID_EC_P256 {
-            Ok(KeyAlgorithm::EcdsaP256)
-        } else if curve == OID_NIST_EC_P384 {
-            Ok(KeyAlgorithm::EcdsaP384)
+        let (algorithm, point_len) = if curve == OID_P256 {
+            (KeyAlgorithm::EcdsaP256, 65)
+        } else if curve == OID_P384 {
+            (KeyAlgorithm::EcdsaP384, 97)
         } else {
-            Err(InspectError::UnsupportedKey(format!("EC curve {curve}")))
+            return Err(InspectError::UnsupportedKey(format!("EC curve {curve}")));
         };
-    }
-    if *algorithm == OID_SIG_ED25519 {
-        return Ok(KeyAlgorithm::Ed25519);
-    }
-    Err(InspectError::UnsupportedKey(format!(
-        "key algorithm {algorithm}"
-    )))
+        // Uncompressed points only: Go parses nothing else.
+        if bits.len() != point_len || bits.first() != Some(&4) {
+            return Err(InspectError::UnsupportedKey(format!(
+                "{algorithm} key is not an uncompressed point of {point_len} bytes"
+            )));
+        }
+        algorithm
+    } else if *algorithm == OID_ED25519 {
+        if parameters.is_some() {
+            return Err(InspectError::UnsupportedKey(
+                "Ed25519 key with parameters".into(),
+            ));
+        }
+        if bits.len() != 32 {
+            return Err(InspectError::UnsupportedKey(format!(
+                "Ed25519 key of {} bytes",
+                bits.len()
+            )));
+        }
+        KeyAlgorithm::Ed25519
+    } else {
+        return Err(InspectError::UnsupportedKey(format!(
+            "key algorithm {algorithm}"
+        )));
+    };
+    let spki_der = encode_public_key(&key, bits)
+        .map_err(|e| InspectError::BadDer(format!("re-encoding the public key: {e}")))?;
+    Ok(DecodedKey {
+        algorithm: key,
+        bits: bits.to_vec(),
+        spki_der,
+    })
 }
 
-fn check_signature(
-    csr: &X509CertificationRequest<'_>,
-    key: &KeyAlgorithm,
-) -> Result<(), InspectError> {
-    let signature_algorithm = &csr.signature_algorithm.algorithm;
-    if *signature_algorithm == OID_PKCS1_SHA1WITHRSA || *signature_algorithm == OID_SHA1_WITH_RSA {
+/// The SubjectPublicKeyInfo of a decoded key, in its one canonical encoding.
+pub fn encode_public_key(key: &KeyAlgorithm, bits: &[u8]) -> der::Result<Vec<u8>> {
+    let (oid, parameters) = match key {
+        KeyAlgorithm::Rsa { .. } => (OID_RSA_ENCRYPTION, Some(Any::null())),
+        KeyAlgorithm::EcdsaP256 => (OID_EC_PUBLIC_KEY, Some(Any::encode_from(&OID_P256)?)),
+        KeyAlgorithm::EcdsaP384 => (OID_EC_PUBLIC_KEY, Some(Any::encode_from(&OID_P384)?)),
+        KeyAlgorithm::Ed25519 => (OID_ED25519, None),
+    };
+    x509_cert::spki::SubjectPublicKeyInfoOwned {
+        algorithm: x509_cert::spki::AlgorithmIdentifierOwned { oid, parameters },
+        subject_public_key: BitString::from_bytes(bits)?,
+    }
+    .to_der()
+}
+
+/// A BIT STRING's bytes, which must be whole: keys and signatures are octet strings.
+fn whole_bytes<'a>(bits: &'a BitString, what: &str) -> Result<&'a [u8], InspectError> {
+    bits.as_bytes()
+        .ok_or_else(|| InspectError::BadDer(format!("{what} is not a whole number of bytes")))
+}
+
+fn check_signature(csr: &CertReq, info: &[u8], key: &DecodedKey) -> Result<(), InspectError> {
+    use aws_lc_rs::signature;
+    let algorithm = &csr.algorithm.oid;
+    let parameters = csr.algorithm.parameters.as_ref();
+    if [
+        OID_SHA1_WITH_RSA,
+        OID_SHA1_WITH_RSA_OIW,
+        OID_ECDSA_WITH_SHA1,
+    ]
+    .contains(algorithm)
+    {
         return Err(InspectError::Sha1Signature);
     }
+    type Verifier = &'static dyn signature::VerificationAlgorithm;
+    let rsa = |verifier: Verifier| {
+        // RFC 4055: NULL parameters for the PKCS #1 v1.5 signatures.
+        if parameters.is_some_and(Any::is_null) {
+            Ok(verifier)
+        } else {
+            Err(InspectError::BadDer(format!(
+                "signature algorithm {algorithm} without its NULL parameters"
+            )))
+        }
+    };
+    let absent = |verifier: Verifier| match parameters {
+        None => Ok(verifier),
+        Some(_) => Err(InspectError::BadDer(format!(
+            "signature algorithm {algorithm} with parameters"
+        ))),
+    };
+    let key_algorithm = &key.algorithm;
     // A P-384 key signed with ecdsa-with-SHA256 (or P-256 with SHA384) verifies, but certificate
     // builders that infer the curve from the signature algorithm get it wrong (rcgen#448). Such
     // CSRs come from nowhere legitimate; refuse them outright.
-    let curve_hash_mismatch = match key {
-        KeyAlgorithm::EcdsaP256 => *signature_algorithm != OID_SIG_ECDSA_WITH_SHA256,
-        KeyAlgorithm::EcdsaP384 => *signature_algorithm != OID_SIG_ECDSA_WITH_SHA384,
-        _ => false,
+    let verifier: Verifier = match key_algorithm {
+        KeyAlgorithm::Rsa { .. } if *algorithm == OID_SHA256_WITH_RSA => {
+            rsa(&signature::RSA_PKCS1_2048_8192_SHA256)?
+        }
+        KeyAlgorithm::Rsa { .. } if *algorithm == OID_SHA384_WITH_RSA => {
+            rsa(&signature::RSA_PKCS1_2048_8192_SHA384)?
+        }
+        KeyAlgorithm::Rsa { .. } if *algorithm == OID_SHA512_WITH_RSA => {
+            rsa(&signature::RSA_PKCS1_2048_8192_SHA512)?
+        }
+        KeyAlgorithm::EcdsaP256 if *algorithm == OID_ECDSA_WITH_SHA256 => {
+            absent(&signature::ECDSA_P256_SHA256_ASN1)?
+        }
+        KeyAlgorithm::EcdsaP384 if *algorithm == OID_ECDSA_WITH_SHA384 => {
+            absent(&signature::ECDSA_P384_SHA384_ASN1)?
+        }
+        KeyAlgorithm::Ed25519 if *algorithm == OID_ED25519 => absent(&signature::ED25519)?,
+        KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
+            return Err(InspectError::UnsupportedKey(format!(
+                "{key_algorithm} key signed with {algorithm}; sign a P-256 key with \
+                 ecdsa-with-SHA256 and a P-384 key with ecdsa-with-SHA384"
+            )));
+        }
+        _ => {
+            return Err(InspectError::UnsupportedKey(format!(
+                "{key_algorithm} key signed with {algorithm}; use sha256/384/512WithRSAEncryption \
+                 for RSA, ECDSA with the curve's hash, or Ed25519"
+            )));
+        }
     };
-    if curve_hash_mismatch {
-        return Err(InspectError::UnsupportedKey(format!(
-            "{key} key signed with {signature_algorithm}; sign a P-256 key with ecdsa-with-SHA256 \
-             and a P-384 key with ecdsa-with-SHA384"
-        )));
-    }
-    csr.verify_signature()
+    let signature = whole_bytes(&csr.signature, "the signature")?;
+    signature::UnparsedPublicKey::new(verifier, &key.bits)
+        .verify(info, signature)
         .map_err(|_| InspectError::BadSignature)
 }
 
 fn read_subject(
-    csr: &X509CertificationRequest<'_>,
+    subject: &x509_cert::name::Name,
     request: &mut CertificateRequest,
 ) -> Result<(), InspectError> {
-    for rdn in csr.certification_request_info.subject.iter_rdn() {
-        let attributes: Vec<_> = rdn.iter().collect();
-        // O=a+OU=b in one SET: denied rather than carried over. Nothing Kubernetes reads needs
-        // it, and DER would reorder the SET's members.
-        if attributes.len() != 1 {
+    for rdn in &subject.0 {
+        let attributes = rdn.0.as_slice();
+        // O=a+OU=b in one SET (or an empty SET): denied rather than carried over. Nothing
+        // Kubernetes reads needs it, and Go flattens what a certificate keeps apart.
+        let [attribute] = attributes else {
             let joined = attributes
                 .iter()
-                .map(|a| a.attr_type().to_id_string())
+                .map(|a| a.oid.to_string())
                 .collect::<Vec<_>>()
                 .join("+");
-            return Err(InspectError::MultiValuedRdn(joined));
-        }
-        let attribute = attributes[0];
-        let oid = attribute.attr_type();
-        let value = attribute
-            .as_str()
-            .map_err(|_| InspectError::BadSubject(format!("attribute {oid} is not a string")))?;
+            return Err(if attributes.is_empty() {
+                InspectError::BadSubject("an RDN with no attribute".into())
+            } else {
+                InspectError::MultiValuedRdn(joined)
+            });
+        };
+        let oid = attribute.oid;
+        let (value, string_type) = subject_string(&oid, &attribute.value)?;
         if value.chars().count() > MAX_ATTRIBUTE_CHARS {
             return Err(InspectError::BadSubject(format!(
                 "attribute {oid} is {} characters long; the limit is {MAX_ATTRIBUTE_CHARS}",
@@ -321,67 +575,211 @@ fn read_subject(
                 "attribute {oid} contains control characters: {value:?}"
             )));
         }
-        let arcs: Vec<u64> = oid.iter().map(|arcs| arcs.collect()).ok_or_else(|| {
-            InspectError::BadSubject(format!("attribute type {oid} is too large"))
-        })?;
-        if *oid == OID_X509_COMMON_NAME {
+        if oid == OID_COMMON_NAME {
+            // Go keeps the last CN; a reader that kept the first would decide on another user.
             if request.common_name.is_some() {
                 return Err(InspectError::BadSubject("more than one CN".into()));
             }
-            request.common_name = Some(value.to_owned());
-        } else if *oid == OID_X509_ORGANIZATION_NAME {
-            request.organizations.push(value.to_owned());
-        } else if *oid == OID_X509_ORGANIZATIONAL_UNIT {
-            request.organizational_units.push(value.to_owned());
+            request.common_name = Some(value.clone());
+        } else if oid == OID_ORGANIZATION {
+            request.organizations.push(value.clone());
+        } else if oid == OID_ORGANIZATIONAL_UNIT {
+            request.organizational_units.push(value.clone());
+        } else if oid == OID_USER_ID {
+            // kube-apiserver refuses a certificate with two UIDs or an empty one.
+            if request.uid.is_some() {
+                return Err(InspectError::BadSubject("more than one UID".into()));
+            }
+            if value.is_empty() {
+                return Err(InspectError::BadSubject("an empty UID".into()));
+            }
+            request.uid = Some(value.clone());
         }
         request.subject.push(SubjectAttribute {
-            oid: arcs,
-            value: value.to_owned(),
+            oid,
+            value,
+            string_type,
         });
     }
     Ok(())
 }
 
-fn read_sans(
-    csr: &X509CertificationRequest<'_>,
+/// A subject value in one of the three string types Go reads the same way in a request and in a
+/// certificate, with its character set checked as Go checks it (or more strictly).
+fn subject_string(
+    oid: &ObjectIdentifier,
+    value: &Any,
+) -> Result<(String, StringType), InspectError> {
+    let bytes = value.value();
+    let bad = |why: &str| InspectError::BadSubject(format!("attribute {oid}: {why}"));
+    let string_type = match value.tag() {
+        Tag::Utf8String => StringType::Utf8,
+        Tag::PrintableString => {
+            // X.680's PrintableString; Go also lets '*' and '&' through, csr-warden does not.
+            let printable = |b: &u8| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(b);
+            if !bytes.iter().all(printable) {
+                return Err(bad("a PrintableString with characters outside its set"));
+            }
+            StringType::Printable
+        }
+        Tag::Ia5String => {
+            if !bytes.is_ascii() {
+                return Err(bad("an IA5String with non-ASCII bytes"));
+            }
+            StringType::Ia5
+        }
+        other => {
+            return Err(InspectError::UnsupportedString {
+                attribute: short_attribute_name(oid),
+                found: tag_name(other),
+            });
+        }
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("a UTF8String that is not UTF-8"))?;
+    Ok((text.to_owned(), string_type))
+}
+
+fn tag_name(tag: Tag) -> String {
+    match tag {
+        Tag::TeletexString => "T61String".into(),
+        Tag::BmpString => "BMPString".into(),
+        Tag::VisibleString => "VisibleString".into(),
+        Tag::OctetString => "OCTET STRING".into(),
+        Tag::Integer => "INTEGER".into(),
+        Tag::Sequence => "SEQUENCE".into(),
+        Tag::Set => "SET".into(),
+        other => format!("value tagged {other}"),
+    }
+}
+
+/// The request's attributes: exactly one extensionRequest with one value (Go merges several and
+/// skips the ones it cannot read), each extension at most once, SANs read strictly.
+fn read_extensions(
+    attributes: &x509_cert::attr::Attributes,
     request: &mut CertificateRequest,
 ) -> Result<(), InspectError> {
-    // Extensions other than SANs (KeyUsage, BasicConstraints CA:TRUE, ...) are read and ignored:
-    // the issued certificate's extensions come from spec.usages and our own rules, never the CSR.
-    let Some(extensions) = csr.requested_extensions() else {
+    let mut extension_requests = attributes
+        .iter()
+        .filter(|attribute| attribute.oid == OID_EXTENSION_REQUEST);
+    let Some(extension_request) = extension_requests.next() else {
         return Ok(());
     };
-    for extension in extensions {
-        match extension {
-            ParsedExtension::SubjectAlternativeName(san) => {
-                for name in &san.general_names {
-                    match name {
-                        GeneralName::DNSName(dns) => request.dns_names.push((*dns).to_owned()),
-                        GeneralName::RFC822Name(email) => {
-                            request.email_addresses.push((*email).to_owned())
-                        }
-                        GeneralName::URI(uri) => request.uris.push((*uri).to_owned()),
-                        GeneralName::IPAddress(bytes) => {
-                            request.ip_addresses.push(ip_from_bytes(bytes)?)
-                        }
-                        other => {
-                            return Err(InspectError::BadExtension(format!(
-                                "unsupported subject alternative name {other:?}"
-                            )));
-                        }
-                    }
-                }
-            }
-            ParsedExtension::ParseError { error } => {
-                return Err(InspectError::BadExtension(error.to_string()));
-            }
-            _ => {}
+    if extension_requests.next().is_some() {
+        return Err(InspectError::BadExtension(
+            "more than one extensionRequest attribute".into(),
+        ));
+    }
+    let [value] = extension_request.values.as_slice() else {
+        return Err(InspectError::BadExtension(format!(
+            "the extensionRequest attribute holds {} values; it must hold exactly one",
+            extension_request.values.len()
+        )));
+    };
+    let encoded = value
+        .to_der()
+        .map_err(|e| InspectError::BadDer(format!("the extensionRequest: {e}")))?;
+    let extensions: Vec<x509_cert::ext::Extension> =
+        strict(&encoded, "the extensionRequest").map_err(extension_error)?;
+    let mut seen = Vec::with_capacity(extensions.len());
+    for extension in &extensions {
+        let oid = extension.extn_id;
+        if seen.contains(&oid) {
+            return Err(InspectError::BadExtension(format!(
+                "extension {oid} is requested twice"
+            )));
+        }
+        seen.push(oid);
+        if oid == OID_SUBJECT_ALT_NAME {
+            read_sans(extension.extn_value.as_bytes(), request)?;
+        } else if extension.critical && !IGNORED_EXTENSIONS.contains(&oid) {
+            return Err(InspectError::BadExtension(format!(
+                "extension {oid} is marked critical and csr-warden does not know it"
+            )));
         }
     }
     Ok(())
 }
 
-fn ip_from_bytes(bytes: &[u8]) -> Result<IpAddr, InspectError> {
+fn extension_error(error: InspectError) -> InspectError {
+    match error {
+        InspectError::BadDer(message) => InspectError::BadExtension(message),
+        other => other,
+    }
+}
+
+fn read_sans(value: &[u8], request: &mut CertificateRequest) -> Result<(), InspectError> {
+    let san: SubjectAltName =
+        strict(value, "the subjectAltName extension").map_err(extension_error)?;
+    for name in &san.0 {
+        match name {
+            GeneralName::DnsName(dns) => request.dns_names.push(dns.to_string()),
+            GeneralName::Rfc822Name(email) => request.email_addresses.push(email.to_string()),
+            GeneralName::UniformResourceIdentifier(uri) => {
+                let uri = uri.to_string();
+                check_uri(&uri)?;
+                request.uris.push(uri);
+            }
+            GeneralName::IpAddress(bytes) => request.ip_addresses.push(ip_from_bytes(bytes)?),
+            other => {
+                return Err(InspectError::BadExtension(format!(
+                    "unsupported subject alternative name {}",
+                    general_name_kind(other)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn general_name_kind(name: &GeneralName) -> &'static str {
+    match name {
+        GeneralName::OtherName(_) => "otherName",
+        GeneralName::DirectoryName(_) => "directoryName",
+        GeneralName::EdiPartyName(_) => "ediPartyName",
+        GeneralName::RegisteredId(_) => "registeredID",
+        GeneralName::DnsName(_) => "dNSName",
+        GeneralName::Rfc822Name(_) => "rfc822Name",
+        GeneralName::UniformResourceIdentifier(_) => "uniformResourceIdentifier",
+        GeneralName::IpAddress(_) => "iPAddress",
+    }
+}
+
+/// A URI SAN that Go re-renders as the same text (kube-controller-manager issues `url.String()`
+/// of what Go parsed): RFC 3986 characters only, a scheme, percent signs only before two hex
+/// digits, no spaces or quotes.
+fn check_uri(uri: &str) -> Result<(), InspectError> {
+    let bad = |why: &str| InspectError::BadExtension(format!("URI SAN {uri:?}: {why}"));
+    let Some((scheme, _)) = uri.split_once(':') else {
+        return Err(bad("no scheme"));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok {
+        return Err(bad(
+            "the scheme must be lower-case letters, digits, '+', '-' or '.'",
+        ));
+    }
+    let bytes = uri.as_bytes();
+    for (at, byte) in bytes.iter().enumerate() {
+        let allowed = byte.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(byte);
+        if !allowed {
+            return Err(bad("a character outside RFC 3986"));
+        }
+        if *byte == b'%'
+            && !bytes
+                .get(at + 1..at + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        {
+            return Err(bad("a '%' not followed by two hex digits"));
+        }
+    }
+    Ok(())
+}
+
+fn ip_from_bytes(bytes: &OctetString) -> Result<IpAddr, InspectError> {
+    let bytes = bytes.as_bytes();
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         return Ok(IpAddr::from(v4));
     }

@@ -6,7 +6,8 @@
 //! Rules run in this order and the first that decides wins:
 //! 1. signerName not ours, or ours only to sign (`role: sign`) → Leave (we do not touch it)
 //! 2. malformed request, bad signature, weak key, bad usages/expiration → Deny
-//! 3. any subject O in `forbiddenGroups` (system:masters always) → Deny `ForbiddenGroup`
+//! 3. any subject O in `forbiddenGroups` (system:masters always) → Deny `ForbiddenGroup`; a
+//!    subject UID that no allow-list rule for its CN names → Deny `DisallowedUID`
 //! 4. kubelet client certificates → Approve after a SubjectAccessReview, Deny on a wrong shape
 //! 5. kubelet serving certificates → Approve when the node itself asks and every SAN is its own
 //!    Node's address, of no other Node, not the API server's, not in-cluster or localhost, and
@@ -231,6 +232,9 @@ pub struct AllowRule {
     pub common_name: CommonNameMatch,
     /// The O values a certificate for this subject may carry.
     pub groups: Vec<String>,
+    /// The subject UIDs this CN may carry (kube-apiserver reads the UID attribute as the user's
+    /// UID since 1.33); empty: none.
+    pub uids: Vec<String>,
     /// Who may ask besides the subject itself.
     pub requester_users: Vec<String>,
     pub requester_groups: Vec<String>,
@@ -362,6 +366,7 @@ pub enum Reason {
     OutsideServingAddresses,
     AutoApprovedAllowList,
     DisallowedGroups,
+    DisallowedUid,
     RequesterNotAllowed,
     NoMatchingRule,
     NotAllowListed,
@@ -395,6 +400,7 @@ impl Reason {
             Reason::OutsideServingAddresses => "OutsideServingAddresses",
             Reason::AutoApprovedAllowList => "AutoApprovedAllowList",
             Reason::DisallowedGroups => "DisallowedGroups",
+            Reason::DisallowedUid => "DisallowedUID",
             Reason::RequesterNotAllowed => "RequesterNotAllowed",
             Reason::NoMatchingRule => "NoMatchingRule",
             Reason::NotAllowListed => "NotAllowListed",
@@ -524,6 +530,7 @@ impl Trace {
 const RULE_SIGNER: &str = "signerName";
 const RULE_WELL_FORMED: &str = "well-formed request";
 const RULE_FORBIDDEN: &str = "forbiddenGroups";
+const RULE_UID: &str = "subject UID";
 const RULE_KUBELET_CLIENT: &str = "kubelet client";
 const RULE_KUBELET_SERVING: &str = "kubelet serving";
 const RULE_SERVING_REQUESTER: &str = "serving: requester is the node";
@@ -637,6 +644,15 @@ pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
         return trace.decide(RULE_FORBIDDEN, deny(Reason::ForbiddenGroup, message));
     }
     trace.pass(RULE_FORBIDDEN, "no forbidden group requested");
+    match (&request.uid, uid_problem(csr, request, policy)) {
+        (_, Some(message)) => return trace.decide(RULE_UID, deny(Reason::DisallowedUid, message)),
+        (Some(uid), None) => trace.pass(
+            RULE_UID,
+            format!("UID {uid:?} is named by an allowList rule for this CN"),
+        ),
+        // No UID: nothing to show (most requests).
+        (None, None) => {}
+    }
 
     // 4 and 5. The kubelet signers have fixed shapes.
     if csr.signer_name == SIGNER_KUBELET_CLIENT {
@@ -677,8 +693,31 @@ pub fn signing_refusal(csr: &CsrView, policy: &Policy) -> Option<(Reason, String
         Ok(request) => request,
         Err(refusal) => return Some(refusal),
     };
-    forbidden_group(request, &policy.forbidden_groups)
-        .map(|message| (Reason::ForbiddenGroup, message))
+    if let Some(message) = forbidden_group(request, &policy.forbidden_groups) {
+        return Some((Reason::ForbiddenGroup, message));
+    }
+    uid_problem(csr, request, policy).map(|message| (Reason::DisallowedUid, message))
+}
+
+/// A subject UID is an identity of its own: kube-apiserver's x509 authenticator reads it as the
+/// user's UID (Kubernetes ≥ 1.33), and a UID can stand in RBAC-adjacent checks (impersonation
+/// of uids, admission webhooks) for another user's. So it is refused on every signer unless an
+/// allow-list rule for the request's CN names that very UID; the kubelet signers never carry one.
+fn uid_problem(csr: &CsrView, request: &CertificateRequest, policy: &Policy) -> Option<String> {
+    let uid = request.uid.as_deref()?;
+    let common_name = request.common_name.as_deref().unwrap_or_default();
+    let named = csr.signer_name != SIGNER_KUBELET_CLIENT
+        && csr.signer_name != SIGNER_KUBELET_SERVING
+        && policy.allow_list.iter().any(|rule| {
+            rule.common_name.matches(common_name) && rule.uids.iter().any(|u| u == uid)
+        });
+    (!named).then(|| {
+        format!(
+            "the subject carries UID={uid:?}, which kube-apiserver reads as the user's UID; no \
+             allowList rule for CN {common_name:?} names it (a rule's uids list does), so \
+             csr-warden neither approves nor signs it"
+        )
+    })
 }
 
 fn well_formed(csr: &CsrView) -> Result<&CertificateRequest, (Reason, String)> {
@@ -688,7 +727,9 @@ fn well_formed(csr: &CsrView) -> Result<&CertificateRequest, (Reason, String)> {
             let reason = match error {
                 InspectError::WeakKey { .. } => Reason::WeakKey,
                 InspectError::UnsupportedKey(_) => Reason::UnsupportedKey,
-                InspectError::MultiValuedRdn(_) => Reason::UnsupportedSubject,
+                InspectError::MultiValuedRdn(_) | InspectError::UnsupportedString { .. } => {
+                    Reason::UnsupportedSubject
+                }
                 _ => Reason::InvalidRequest,
             };
             return Err((reason, error.to_string()));
@@ -1474,6 +1515,17 @@ fn allow_rule_problem(
             format!(
                 "group O={group} is not allowed for CN {common_name:?} (allowed: [{}])",
                 rule.groups.join(", ")
+            ),
+        ));
+    }
+    if let Some(uid) = &request.uid
+        && !rule.uids.contains(uid)
+    {
+        return Some((
+            Reason::DisallowedUid,
+            format!(
+                "UID {uid:?} is not allowed for CN {common_name:?} by this rule (allowed: [{}])",
+                rule.uids.join(", ")
             ),
         ));
     }

@@ -35,9 +35,9 @@ macro_rules! sequence {
     };
 }
 
-/// RFC 5280's TBSCertificate, borrowing everything it carries over: the issuer and subject
-/// Names and the public key as the DER they arrived in (the CA certificate's subject; the CSR's
-/// subject and key), never decoded and re-encoded. Encoded in one pass by the `der` crate.
+/// RFC 5280's TBSCertificate, borrowing what is encoded already: the issuer (the CA
+/// certificate's subject), and the subject and key, which `issue` encoded from the request's
+/// decoded values. Encoded in one pass by the `der` crate.
 pub(super) struct TbsCertificate<'a> {
     pub serial_number: UintRef<'a>,
     pub signature: AlgorithmIdentifierRef<'a>,
@@ -141,9 +141,9 @@ impl<T> FixedTag for ContentsOfOctetString<'_, T> {
     const TAG: Tag = Tag::OctetString;
 }
 
-/// A value that is DER already, written as it is: the CA certificate's subject, the CSR's
-/// subject and key (as x509-parser found them), an extension the CA encoded once, the signed
-/// TBSCertificate.
+/// A value that is DER already, written as it is: the CA certificate's subject, the subject
+/// and key encoded from the request's decoded values, an extension the CA encoded once, the
+/// signed TBSCertificate.
 pub(super) struct Encoded<'a>(pub &'a [u8]);
 
 impl Encode for Encoded<'_> {

@@ -30,7 +30,7 @@ use encoding::{
 };
 
 use crate::ca::{CertificateAuthority, key_identifier};
-use crate::inspect::CertificateRequest;
+use crate::inspect::{CertificateRequest, SubjectAttribute};
 use crate::policy::{SigningLimits, signer_shape_problem};
 
 /// Certificates start this far in the past, so clocks that lag a little still accept them.
@@ -97,10 +97,11 @@ pub fn issue(
         validity(approved.expiration_seconds, limits, now, ca.not_after())?;
     let request = approved.request;
     let (key_usages, extended_key_usages) = usages(approved.usages);
+    let subject_der = encode_subject(&request.subject)?;
     sign_leaf(
         ca,
         Leaf {
-            subject_der: &request.subject_der,
+            subject_der: &subject_der,
             subject_is_empty: request.subject.is_empty(),
             request,
             sans: sans(request)?,
@@ -111,6 +112,30 @@ pub fn issue(
         },
         serial,
     )
+}
+
+/// The subject Name, encoded from the attributes the request was read as: one attribute per
+/// RDN, in the request's order, each in the string type it came in. Never the request's own
+/// bytes, so the certificate says exactly what was decided on.
+fn encode_subject(subject: &[SubjectAttribute]) -> Result<Vec<u8>, IssueError> {
+    use x509_cert::attr::AttributeTypeAndValue;
+    use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
+    let rdns = subject
+        .iter()
+        .map(|attribute| {
+            let value = der::asn1::Any::new(
+                attribute.string_type.tag(),
+                attribute.value.as_bytes().to_vec(),
+            )?;
+            let rdn = der::asn1::SetOfVec::try_from(vec![AttributeTypeAndValue {
+                oid: attribute.oid,
+                value,
+            }])?;
+            Ok(RelativeDistinguishedName(rdn))
+        })
+        .collect::<der::Result<Vec<_>>>()
+        .map_err(build_error("the subject"))?;
+    encode(&RdnSequence(rdns)).map_err(build_error("the subject"))
 }
 
 /// The empty Name: a pod certificate's only identity is its SPIFFE URI SAN.
