@@ -1007,3 +1007,124 @@ fn signing_refusal_repeats_the_safety_rules_for_hand_approved_requests() {
     );
     assert_eq!(signing_refusal(&bob, &policy), None);
 }
+
+// Rule 3: the subject UID ------------------------------------------------------------------
+
+/// kube-apiserver (≥ 1.33) reads the subject's UID attribute as the user's UID: a request that
+/// carries one is refused on every signer unless an allow-list rule for its CN names that UID,
+/// by the approver and again by the signer (a human may approve it).
+#[test]
+fn a_subject_uid_is_refused_unless_an_allow_list_rule_names_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let with_uid_rule = policy(&POLICY.replace(
+        "    groups: [developers]\n",
+        "    groups: [developers]\n    uids: [\"1234\"]\n",
+    ));
+    let csr = |name: &str, subject: &str| {
+        openssl_csr(dir.path(), name, KeyKind::P256, subject, None, &[])
+    };
+    let jane_1234 = csr("jane1234", "/CN=jane/O=developers/UID=1234");
+    let jane_9 = csr("jane9", "/CN=jane/O=developers/UID=9");
+    let node = csr("node", "/CN=system:node:n1/O=system:nodes/UID=1234");
+    let bob = csr("bob", "/CN=bob/UID=1234");
+    // (what, signer, usages, requester, pem, policy, decision reason, signer's refusal)
+    let cases: [(
+        &str,
+        &str,
+        &[&str],
+        &str,
+        &str,
+        &Policy,
+        Reason,
+        Option<Reason>,
+    ); 6] = [
+        (
+            "no rule names UIDs",
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "jane",
+            &jane_1234,
+            &default_policy(),
+            Reason::DisallowedUid,
+            Some(Reason::DisallowedUid),
+        ),
+        (
+            "the rule names this UID",
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "jane",
+            &jane_1234,
+            &with_uid_rule,
+            Reason::AutoApprovedAllowList,
+            None,
+        ),
+        (
+            "the rule names another UID",
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "jane",
+            &jane_9,
+            &with_uid_rule,
+            Reason::DisallowedUid,
+            Some(Reason::DisallowedUid),
+        ),
+        (
+            "no rule for the CN (a human would be asked otherwise)",
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "bob",
+            &bob,
+            &with_uid_rule,
+            Reason::DisallowedUid,
+            Some(Reason::DisallowedUid),
+        ),
+        (
+            "a kubelet never carries a UID",
+            SIGNER_KUBELET_CLIENT,
+            &["digital signature", "client auth"],
+            "system:node:n1",
+            &node,
+            &with_uid_rule,
+            Reason::DisallowedUid,
+            Some(Reason::DisallowedUid),
+        ),
+        (
+            "no UID: the rule approves as before",
+            SIGNER_KUBE_APISERVER_CLIENT,
+            CLIENT,
+            "jane",
+            &rcgen_csr("jane", &["developers"], &[]),
+            &with_uid_rule,
+            Reason::AutoApprovedAllowList,
+            None,
+        ),
+    ];
+    for (what, signer, usages, requester, pem, policy, decided, refused) in cases {
+        let csr = view(signer, usages, requester, &[], pem);
+        let verdict = decide(&csr, &ClusterFacts::default(), policy);
+        assert_eq!(verdict.decision.reason(), decided, "{what}: {verdict:?}");
+        assert_eq!(
+            signing_refusal(&csr, policy).map(|r| r.0),
+            refused,
+            "{what}: the signer"
+        );
+        if csr.request.as_ref().is_ok_and(|r| r.uid.is_some()) {
+            assert!(
+                verdict.steps.iter().any(|s| s.rule == "subject UID"),
+                "{what}: the trace shows the UID step: {:?}",
+                verdict.steps
+            );
+        }
+    }
+    let denied = decide(
+        &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &jane_9),
+        &ClusterFacts::default(),
+        &default_policy(),
+    )
+    .decision;
+    assert!(
+        denied.message().contains("UID=\"9\""),
+        "the message names the UID: {}",
+        denied.message()
+    );
+}
