@@ -15,10 +15,11 @@ use crate::pod_certificates::{
     check_trust_domain,
 };
 use crate::policy::{
-    AllowRule, CaPaths, CommonNameMatch, IpRange, MIN_EXPIRATION_SECONDS, Policy,
-    SIGNER_KUBE_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING,
-    SIGNER_PREFIX_KUBERNETES, SYSTEM_MASTERS, ServingAddresses, SignerConfig, SignerRole,
-    SigningLimits, Unmatched, normalize_dns, normalize_group,
+    AllowRule, CaPaths, CommonNameMatch, DEFAULT_RESERVED_USERS, IpRange, MIN_EXPIRATION_SECONDS,
+    Policy, PrivilegeCheck, SIGNER_KUBE_APISERVER_CLIENT, SIGNER_KUBELET_CLIENT,
+    SIGNER_KUBELET_SERVING, SIGNER_PREFIX_KUBERNETES, SYSTEM_MASTERS, ServingAddresses,
+    SignerConfig, SignerRole, SigningLimits, Unmatched, default_privilege_checks, normalize_dns,
+    normalize_group,
 };
 
 /// The largest policy file we read; a real one is a few KiB.
@@ -84,6 +85,34 @@ struct PolicyFile {
     /// Pod-certificate signers (PodCertificateRequests).
     #[serde(default)]
     pod_certificates: Vec<Spanned<PodCertificatesFile>>,
+    /// CNs refused on every signer but the kubelet ones, besides the defaults.
+    #[serde(default)]
+    reserved_users: Vec<Spanned<String>>,
+    #[serde(default)]
+    privilege_ceiling: PrivilegeCeilingFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivilegeCeilingFile {
+    /// Checks asked besides the defaults.
+    #[serde(default)]
+    checks: Vec<Spanned<PrivilegeCheckFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivilegeCheckFile {
+    name: String,
+    verb: String,
+    #[serde(default)]
+    group: String,
+    resource: String,
+    #[serde(default)]
+    subresource: String,
+    /// Absent: all namespaces (and cluster-scoped resources).
+    #[serde(default)]
+    namespace: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +209,9 @@ struct AllowRuleFile {
     /// The subject UID values (OID 0.9.2342.19200300.100.1.1) this CN may carry; none by default.
     #[serde(default)]
     uids: Vec<String>,
+    /// Privilege checks this identity may pass (by name); none by default.
+    #[serde(default)]
+    accept_checks: Vec<String>,
     #[serde(default)]
     requesters: RequestersFile,
 }
@@ -284,9 +316,12 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
     }
 
     let mut allow_list = Vec::new();
+    // (line, acceptChecks) of each rule: checked once every privilege check is known.
+    let mut allow_list_lines = Vec::new();
     for rule in file.allow_list {
         let line = rule.referenced.line();
         let spec = rule.value;
+        allow_list_lines.push((line, spec.accept_checks.clone()));
         let common_name = match (spec.common_name, spec.common_name_pattern) {
             (Some(name), None) if !name.is_empty() => Some(CommonNameMatch::Exact(name)),
             (None, Some(pattern)) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
@@ -339,6 +374,7 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
                 common_name,
                 groups: spec.groups,
                 uids: spec.uids,
+                accept_checks: spec.accept_checks,
                 requester_users: spec.requesters.users,
                 requester_groups: spec.requesters.groups,
             });
@@ -397,6 +433,66 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
             }
         }
     }
+    let mut reserved_users: Vec<String> = DEFAULT_RESERVED_USERS
+        .iter()
+        .map(|u| (*u).to_owned())
+        .collect();
+    for user in file.reserved_users {
+        if normalize_group(&user.value).is_empty() {
+            problem(
+                user.referenced.line(),
+                "reservedUsers has an empty name".into(),
+            );
+        } else if !reserved_users.contains(&user.value) {
+            reserved_users.push(user.value);
+        }
+    }
+    let mut privilege_checks = default_privilege_checks();
+    for check in file.privilege_ceiling.checks {
+        let line = check.referenced.line();
+        let check = check.value;
+        if check.name.is_empty() || check.verb.is_empty() || check.resource.is_empty() {
+            problem(
+                line,
+                "a privilegeCeiling check needs a name, a verb and a resource".into(),
+            );
+        } else if privilege_checks.iter().any(|c| c.name == check.name) {
+            problem(
+                line,
+                format!(
+                    "privilege check {:?} is defined twice (the defaults included)",
+                    check.name
+                ),
+            );
+        } else {
+            privilege_checks.push(PrivilegeCheck {
+                name: check.name,
+                verb: check.verb,
+                group: check.group,
+                resource: check.resource,
+                subresource: check.subresource,
+                namespace: check.namespace,
+            });
+        }
+    }
+    for rule in &allow_list_lines {
+        for name in &rule.1 {
+            if !privilege_checks.iter().any(|c| c.name == *name) {
+                problem(
+                    rule.0,
+                    format!(
+                        "acceptChecks names {name:?}, which is no privilege check; known: {}",
+                        privilege_checks
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
     let cluster_domain = match file.cluster_domain {
         None => DEFAULT_CLUSTER_DOMAIN.to_owned(),
         Some(domain) => {
@@ -438,6 +534,8 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
         },
         signing,
         pod_signers,
+        reserved_users,
+        privilege_checks,
     })
 }
 
@@ -861,6 +959,11 @@ pub struct CheckArgs {
     /// comma-separated (files only: a live check reads them).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
     pub apiserver_addresses: Option<Vec<String>>,
+    /// What the privilege ceiling's SubjectAccessReviews would answer for the certificate's
+    /// identity: `none`, or the comma-separated names of the checks that would match (files
+    /// only: a live check asks the cluster).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["name", "csr", "all_pending"])]
+    pub privilege_matches: Option<Vec<String>>,
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     pub output: OutputFormat,
 }

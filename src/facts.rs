@@ -23,7 +23,11 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::policy::{AddressClaim, ClusterFacts, CsrView, FactsNeeded, NodeLookup, normalize_dns};
+use crate::policy::{
+    AddressClaim, ClusterFacts, CsrView, FactsNeeded, NodeLookup, PrivilegeCheck, normalize_dns,
+};
+
+mod privilege;
 use crate::request::{PAGE_SIZE, REQUEST_TIMEOUT, REVIEW_TIMEOUT, list_paged, within};
 
 /// Where the API server's Service lives, in every cluster.
@@ -295,6 +299,8 @@ pub struct Facts {
     feed: Feed,
     /// Recent SubjectAccessReview answers, by requester identity and subresource.
     reviews: Mutex<HashMap<ReviewKey, (bool, std::time::Instant)>>,
+    /// Recent answers of the privilege ceiling, by certificate identity.
+    privilege: privilege::PrivilegeAnswers,
 }
 
 /// How long a SubjectAccessReview's answer is reused for the same requester identity: a
@@ -327,6 +333,7 @@ impl Facts {
                 on_node_change: Arc::new(on_node_change),
             },
             reviews: Default::default(),
+            privilege: Default::default(),
         }
     }
 
@@ -340,16 +347,44 @@ impl Facts {
                 loaded: tokio::sync::OnceCell::new(),
             },
             reviews: Default::default(),
+            privilege: Default::default(),
         }
     }
 
-    /// Ask for the facts `needed` for `view`.
+    /// Count the privilege ceiling's reviews in `family` (the controller's metrics).
+    pub fn count_privilege_reviews_in(
+        self,
+        family: prometheus_client::metrics::family::Family<
+            crate::metrics::PrivilegeReviewLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    ) -> Self {
+        self.privilege.count_in(family);
+        self
+    }
+
+    /// The privilege ceiling's answers for `identity`, asked with the policy's `checks`. A
+    /// review that cannot be had is an answer too (`Unavailable`): the policy never approves or
+    /// signs on it.
+    pub async fn privilege(
+        &self,
+        identity: &crate::policy::CertificateIdentity,
+        checks: &[PrivilegeCheck],
+    ) -> crate::policy::PrivilegeReview {
+        self.privilege.review(&self.client, identity, checks).await
+    }
+
+    /// Ask for the facts `needed` for `view`; `checks` are the policy's privilege checks.
     pub async fn lookup(
         &self,
         needed: &FactsNeeded,
         view: &CsrView,
+        checks: &[PrivilegeCheck],
     ) -> Result<ClusterFacts, FactsError> {
         let mut facts = ClusterFacts::default();
+        if let Some(identity) = &needed.privilege {
+            facts.privilege = Some(self.privilege(identity, checks).await);
+        }
         if needed.node_client_review {
             facts.node_client_allowed = Some(self.review(view, "nodeclient").await?);
         }

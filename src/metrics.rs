@@ -40,6 +40,14 @@ pub struct EventDropLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrivilegeReviewLabels {
+    /// The privilege check's name.
+    pub check: String,
+    /// `allowed` (the identity may: a refusal), `denied`, or `error` (no answer).
+    pub answer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
 }
@@ -66,6 +74,9 @@ pub struct Metrics {
     pub events_dropped: Family<EventDropLabels, Counter>,
     pub events_shed: Counter,
     pub waiting_for_ca: Gauge,
+    /// The privilege ceiling's SubjectAccessReviews asked (not the reused answers), by check and
+    /// answer.
+    pub privilege_reviews: Family<PrivilegeReviewLabels, Counter>,
     /// PodCertificateRequests decided, by signer, decision (issue, deny, fail) and reason.
     pub pod_certificates: Family<DecisionLabels, Counter>,
     /// ClusterTrustBundles created or updated, by signer.
@@ -103,6 +114,7 @@ impl Metrics {
             events_dropped: Family::default(),
             events_shed: Counter::default(),
             waiting_for_ca: Gauge::default(),
+            privilege_reviews: Family::default(),
             pod_certificates: Family::default(),
             trust_bundle_writes: Family::default(),
             registry: Registry::default(),
@@ -146,6 +158,11 @@ impl Metrics {
             "reconcile_errors",
             "Reconcile failures (retried), by kind",
             metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "privilege_reviews",
+            "SubjectAccessReviews the privilege ceiling asked, by check and answer (allowed = a refusal)",
+            metrics.privilege_reviews.clone(),
         );
         registry.register(
             "watch_restarts",

@@ -7,19 +7,32 @@
 //! 1. signerName not ours, or ours only to sign (`role: sign`) → Leave (we do not touch it)
 //! 2. malformed request, bad signature, weak key, bad usages/expiration → Deny
 //! 3. any subject O in `forbiddenGroups` (system:masters always) → Deny `ForbiddenGroup`; a
-//!    subject UID that no allow-list rule for its CN names → Deny `DisallowedUID`
+//!    subject UID that no allow-list rule for its CN names → Deny `DisallowedUID`; on every
+//!    signer but the kubelet ones, a reserved identity (a node's, a ServiceAccount's, the
+//!    control plane's own users, `reservedUsers`) → Deny `ReservedIdentity` ([`ceiling`])
 //! 4. kubelet client certificates → Approve after a SubjectAccessReview, Deny on a wrong shape
 //! 5. kubelet serving certificates → Approve when the node itself asks and every SAN is its own
 //!    Node's address, of no other Node, not the API server's, not in-cluster or localhost, and
 //!    within `kubelet.servingAddresses`; else Deny (or Leave while the facts are not known)
 //! 6. the allow-list → Approve, or Deny when a rule names the CN but something else is wrong
 //! 7. anything else → Leave for a human (or Deny `NotAllowListed` with `unmatched: deny`)
+//! 8. the privilege ceiling, over every approval and leave of rules 6 and 7: when the cluster
+//!    says the certificate's identity may do an escalation check (cluster-admin, bind,
+//!    impersonate, read Secrets, ...) → Deny `PrivilegedIdentity`; an approval whose review
+//!    could not be had → Leave `PrivilegeReviewUnavailable` ([`ceiling`])
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::inspect::{CertificateRequest, InspectError};
+
+pub mod ceiling;
+
+pub use ceiling::{
+    Ceiling, CertificateIdentity, DEFAULT_RESERVED_USERS, PrivilegeCheck, PrivilegeReview,
+    default_privilege_checks, identity_of,
+};
 
 pub const SIGNER_KUBE_APISERVER_CLIENT: &str = "kubernetes.io/kube-apiserver-client";
 pub const SIGNER_KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -148,6 +161,10 @@ pub struct Policy {
     pub allow_list: Vec<AllowRule>,
     pub unmatched: Unmatched,
     pub signing: SigningLimits,
+    /// CNs refused on every signer but the kubelet ones: the defaults and `reservedUsers`.
+    pub reserved_users: Vec<String>,
+    /// What the privilege ceiling asks the cluster: the defaults and `privilegeCeiling.checks`.
+    pub privilege_checks: Vec<PrivilegeCheck>,
     /// Pod-certificate signers (PodCertificateRequests), by signerName; never CSR signers.
     pub pod_signers: BTreeMap<String, crate::pod_certificates::PodSigner>,
 }
@@ -235,6 +252,8 @@ pub struct AllowRule {
     /// The subject UIDs this CN may carry (kube-apiserver reads the UID attribute as the user's
     /// UID since 1.33); empty: none.
     pub uids: Vec<String>,
+    /// Privilege checks this identity may pass and still be approved and signed (by name).
+    pub accept_checks: Vec<String>,
     /// Who may ask besides the subject itself.
     pub requester_users: Vec<String>,
     pub requester_groups: Vec<String>,
@@ -313,6 +332,8 @@ pub struct ClusterFacts {
     /// The API server's in-cluster addresses: the ClusterIPs of Service default/kubernetes and
     /// the addresses of its EndpointSlices.
     pub api_server: Option<Vec<IpAddr>>,
+    /// The privilege ceiling's SubjectAccessReviews for the certificate's identity.
+    pub privilege: Option<PrivilegeReview>,
 }
 
 /// One Node listing one address.
@@ -335,6 +356,8 @@ pub struct FactsNeeded {
     pub node_client_review: bool,
     pub self_node_client_review: bool,
     pub node_name: Option<String>,
+    /// The certificate identity whose privileges the ceiling must review.
+    pub privilege: Option<CertificateIdentity>,
 }
 
 /// Stable reason codes: written into conditions and Events and used as metric labels. Operators
@@ -367,6 +390,9 @@ pub enum Reason {
     AutoApprovedAllowList,
     DisallowedGroups,
     DisallowedUid,
+    ReservedIdentity,
+    PrivilegedIdentity,
+    PrivilegeReviewUnavailable,
     RequesterNotAllowed,
     NoMatchingRule,
     NotAllowListed,
@@ -401,6 +427,9 @@ impl Reason {
             Reason::AutoApprovedAllowList => "AutoApprovedAllowList",
             Reason::DisallowedGroups => "DisallowedGroups",
             Reason::DisallowedUid => "DisallowedUID",
+            Reason::ReservedIdentity => "ReservedIdentity",
+            Reason::PrivilegedIdentity => "PrivilegedIdentity",
+            Reason::PrivilegeReviewUnavailable => "PrivilegeReviewUnavailable",
             Reason::RequesterNotAllowed => "RequesterNotAllowed",
             Reason::NoMatchingRule => "NoMatchingRule",
             Reason::NotAllowListed => "NotAllowListed",
@@ -531,6 +560,8 @@ const RULE_SIGNER: &str = "signerName";
 const RULE_WELL_FORMED: &str = "well-formed request";
 const RULE_FORBIDDEN: &str = "forbiddenGroups";
 const RULE_UID: &str = "subject UID";
+const RULE_RESERVED: &str = "reserved identities";
+const RULE_CEILING: &str = "privilege ceiling";
 const RULE_KUBELET_CLIENT: &str = "kubelet client";
 const RULE_KUBELET_SERVING: &str = "kubelet serving";
 const RULE_SERVING_REQUESTER: &str = "serving: requester is the node";
@@ -573,6 +604,9 @@ pub fn facts_needed(csr: &CsrView, policy: &Policy) -> FactsNeeded {
     let Ok(request) = &csr.request else {
         return needed;
     };
+    if !is_kubelet_signer(&csr.signer_name) && signing_refusal(csr, policy).is_none() {
+        needed.privilege = identity_of(request);
+    }
     let Some(node_name) = request
         .common_name
         .as_deref()
@@ -653,6 +687,12 @@ pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
         // No UID: nothing to show (most requests).
         (None, None) => {}
     }
+    if !is_kubelet_signer(&csr.signer_name) {
+        if let Some(message) = ceiling::reserved_identity(request, &policy.reserved_users) {
+            return trace.decide(RULE_RESERVED, deny(Reason::ReservedIdentity, message));
+        }
+        trace.pass(RULE_RESERVED, "no reserved user or group");
+    }
 
     // 4 and 5. The kubelet signers have fixed shapes.
     if csr.signer_name == SIGNER_KUBELET_CLIENT {
@@ -679,11 +719,89 @@ pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
     }
     trace.skip(RULE_KUBELET_SERVING, "not the kubelet serving signer");
 
-    // 6. The allow-list, for kube-apiserver-client and custom signers.
-    if let Some(decision) = allow_list(csr, request, policy, &mut trace) {
-        return trace.decide(RULE_ALLOW_LIST, decision);
+    // 6 and 7. The allow-list, for kube-apiserver-client and custom signers; else a human.
+    let (rule, decision) = match allow_list(csr, request, policy, &mut trace) {
+        Some(decision) => (RULE_ALLOW_LIST, decision),
+        None => (RULE_UNMATCHED, unmatched_decision(csr, request, policy)),
+    };
+    if let Decision::Deny { .. } = decision {
+        return trace.decide(rule, decision);
     }
-    unmatched(trace, csr, request, policy)
+    // 8. The privilege ceiling, over an approval and over a leave alike: a human must not be
+    //    handed cluster-admin by another name to approve, nor another signer (approve-only) a
+    //    request csr-warden let through.
+    let accepted = accepted_checks(request, policy);
+    match ceiling::ceiling(
+        identity_of(request).as_ref(),
+        &policy.privilege_checks,
+        &accepted,
+        facts.privilege.as_ref(),
+    ) {
+        Ceiling::Clear(detail) => trace.pass(RULE_CEILING, detail),
+        Ceiling::Exceeded { message, .. } => {
+            return trace.decide(RULE_CEILING, deny(Reason::PrivilegedIdentity, message));
+        }
+        Ceiling::Unknown { message, .. } if matches!(decision, Decision::Approve { .. }) => {
+            return trace.decide(
+                RULE_CEILING,
+                leave(Reason::PrivilegeReviewUnavailable, message),
+            );
+        }
+        Ceiling::Unknown { message, .. } => trace.skip(RULE_CEILING, message),
+    }
+    trace.decide(rule, decision)
+}
+
+fn is_kubelet_signer(signer: &str) -> bool {
+    signer == SIGNER_KUBELET_CLIENT || signer == SIGNER_KUBELET_SERVING
+}
+
+/// The privilege checks the allow-list accepts for this identity: those of every rule that
+/// names its CN and allows each of its groups.
+fn accepted_checks<'a>(request: &CertificateRequest, policy: &'a Policy) -> Vec<&'a str> {
+    let common_name = request.common_name.as_deref().unwrap_or_default();
+    let mut accepted: Vec<&str> = policy
+        .allow_list
+        .iter()
+        .filter(|rule| {
+            rule.common_name.matches(common_name)
+                && request
+                    .organizations
+                    .iter()
+                    .all(|o| rule.groups.contains(o))
+        })
+        .flat_map(|rule| rule.accept_checks.iter().map(String::as_str))
+        .collect();
+    accepted.sort_unstable();
+    accepted.dedup();
+    accepted
+}
+
+/// The identity whose privileges must be reviewed before an approved `csr` is signed: every
+/// signer's but the kubelet signers', whose shape rules allow only a node's own identity.
+pub fn signing_identity(csr: &CsrView) -> Option<CertificateIdentity> {
+    if is_kubelet_signer(&csr.signer_name) {
+        return None;
+    }
+    identity_of(csr.request.as_ref().ok()?)
+}
+
+/// The privilege ceiling at signing time, whoever approved: a human's `kubectl certificate
+/// approve` does not make `O=kubeadm:cluster-admins` safe.
+pub fn signing_ceiling(
+    csr: &CsrView,
+    policy: &Policy,
+    review: Option<&PrivilegeReview>,
+) -> Ceiling {
+    let (Some(identity), Ok(request)) = (signing_identity(csr), &csr.request) else {
+        return Ceiling::Clear("not a certificate the ceiling applies to".into());
+    };
+    ceiling::ceiling(
+        Some(&identity),
+        &policy.privilege_checks,
+        &accepted_checks(request, policy),
+        review,
+    )
 }
 
 /// Why an approved CSR must still not be signed, whoever approved it: the same checks as rules
@@ -696,7 +814,14 @@ pub fn signing_refusal(csr: &CsrView, policy: &Policy) -> Option<(Reason, String
     if let Some(message) = forbidden_group(request, &policy.forbidden_groups) {
         return Some((Reason::ForbiddenGroup, message));
     }
-    uid_problem(csr, request, policy).map(|message| (Reason::DisallowedUid, message))
+    if let Some(message) = uid_problem(csr, request, policy) {
+        return Some((Reason::DisallowedUid, message));
+    }
+    if is_kubelet_signer(&csr.signer_name) {
+        return None;
+    }
+    ceiling::reserved_identity(request, &policy.reserved_users)
+        .map(|message| (Reason::ReservedIdentity, message))
 }
 
 /// A subject UID is an identity of its own: kube-apiserver's x509 authenticator reads it as the
@@ -747,13 +872,17 @@ fn unmatched(
     request: &CertificateRequest,
     policy: &Policy,
 ) -> Verdict {
+    trace.decide(RULE_UNMATCHED, unmatched_decision(csr, request, policy))
+}
+
+fn unmatched_decision(csr: &CsrView, request: &CertificateRequest, policy: &Policy) -> Decision {
     let who = format!(
         "no rule covers subject {:?} requested by {:?} for {}",
         request.subject_string(),
         csr.requester.username,
         csr.signer_name
     );
-    let decision = match policy.unmatched {
+    match policy.unmatched {
         Unmatched::Leave => leave(
             Reason::NoMatchingRule,
             format!("{who}; left pending for a human to approve or deny"),
@@ -762,8 +891,7 @@ fn unmatched(
             Reason::NotAllowListed,
             format!("{who} and the policy denies unmatched requests (unmatched: deny)"),
         ),
-    };
-    trace.decide(RULE_UNMATCHED, decision)
+    }
 }
 
 /// Problems in the CSR object's own fields (the API server checks these too, but a fake or an

@@ -51,7 +51,7 @@ fn agent_smith_example_is_denied_and_says_why() {
 
 #[test]
 fn examples_decide_as_documented() {
-    let (code, jane) = check_json("examples/jane.yaml", &[]);
+    let (code, jane) = check_json("examples/jane.yaml", &["--privilege-matches", "none"]);
     assert_eq!((code, jane["decision"].as_str()), (0, Some("approve")));
     assert_eq!(jane["reason"], "AutoApprovedAllowList");
     let rules: Vec<&str> = jane["rules"]
@@ -66,10 +66,62 @@ fn examples_decide_as_documented() {
             "signerName",
             "well-formed request",
             "forbiddenGroups",
+            "reserved identities",
             "kubelet client",
             "kubelet serving",
+            "privilege ceiling",
             "allowList"
         ]
+    );
+
+    // The privilege ceiling, offline: what the cluster would answer comes from a flag, and none
+    // given is not guessed.
+    let ceiling: [(&[&str], i32, &str); 4] = [
+        (&[], 2, "PrivilegeReviewUnavailable"),
+        (
+            &["--privilege-matches", "cluster-admin"],
+            1,
+            "PrivilegedIdentity",
+        ),
+        (
+            &["--privilege-matches", "none,get-secrets"],
+            1,
+            "PrivilegedIdentity",
+        ),
+        (&["--privilege-matches", "none"], 0, "AutoApprovedAllowList"),
+    ];
+    for (flags, exit, why) in ceiling {
+        let (code, jane) = check_json("examples/jane.yaml", flags);
+        assert_eq!(
+            (code, jane["reason"].as_str()),
+            (exit, Some(why)),
+            "{flags:?}"
+        );
+    }
+    let (code, jane) = check_json(
+        "examples/jane.yaml",
+        &["--privilege-matches", "get-secrets"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        jane["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("get-secrets") && m.contains("get secrets")),
+        "the message names the check: {jane}"
+    );
+    let (code, _, err) = csr_warden(&[
+        "check",
+        "--policy",
+        "examples/policy.yaml",
+        "--csr-object",
+        "examples/jane.yaml",
+        "--privilege-matches",
+        "root",
+    ]);
+    assert_eq!(code, 3, "an unknown check name is bad input: {err}");
+    assert!(
+        err.contains("cluster-admin"),
+        "lists the known checks: {err}"
     );
 
     // Offline, the SubjectAccessReview is not done: left pending unless assumed.

@@ -27,7 +27,7 @@ fn decide_client(pem: &str, expiration: Option<i32>) -> Decision {
         },
         request: inspect(pem.as_bytes()),
     };
-    decide(&csr, &ClusterFacts::default(), &policy()).decision
+    decide(&csr, &unprivileged(), &policy()).decision
 }
 
 fn assert_denied(what: &str, decision: &Decision, reason: Reason) {

@@ -32,8 +32,14 @@ fn view(signer: &str, usages: &[&str], username: &str, groups: &[&str], pem: &st
     }
 }
 
+/// Decide with `facts`; where they say nothing of the privilege ceiling, the cluster answers
+/// no to every check (an ordinary identity), so each test sees the rule it is about.
 fn decide_with(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Decision {
-    decide(csr, facts, policy).decision
+    let mut facts = facts.clone();
+    if facts.privilege.is_none() {
+        facts.privilege = unprivileged().privilege;
+    }
+    decide(csr, &facts, policy).decision
 }
 
 fn reason(decision: &Decision) -> Reason {
@@ -225,7 +231,7 @@ fn every_o_value_is_a_group_and_each_must_be_allowed() {
         ["a", "b"]
     );
     for csr in [&two, &three, &repeated_ou] {
-        let verdict = decide(csr, &ClusterFacts::default(), &allow);
+        let verdict = decide(csr, &unprivileged(), &allow);
         assert_eq!(
             verdict.decision.reason(),
             Reason::AutoApprovedAllowList,
@@ -1027,81 +1033,91 @@ fn a_subject_uid_is_refused_unless_an_allow_list_rule_names_it() {
     let jane_9 = csr("jane9", "/CN=jane/O=developers/UID=9");
     let node = csr("node", "/CN=system:node:n1/O=system:nodes/UID=1234");
     let bob = csr("bob", "/CN=bob/UID=1234");
-    // (what, signer, usages, requester, pem, policy, decision reason, signer's refusal)
-    let cases: [(
-        &str,
-        &str,
-        &[&str],
-        &str,
-        &str,
-        &Policy,
-        Reason,
-        Option<Reason>,
-    ); 6] = [
-        (
-            "no rule names UIDs",
-            SIGNER_KUBE_APISERVER_CLIENT,
-            CLIENT,
-            "jane",
-            &jane_1234,
-            &default_policy(),
-            Reason::DisallowedUid,
-            Some(Reason::DisallowedUid),
-        ),
-        (
-            "the rule names this UID",
-            SIGNER_KUBE_APISERVER_CLIENT,
-            CLIENT,
-            "jane",
-            &jane_1234,
-            &with_uid_rule,
-            Reason::AutoApprovedAllowList,
-            None,
-        ),
-        (
-            "the rule names another UID",
-            SIGNER_KUBE_APISERVER_CLIENT,
-            CLIENT,
-            "jane",
-            &jane_9,
-            &with_uid_rule,
-            Reason::DisallowedUid,
-            Some(Reason::DisallowedUid),
-        ),
-        (
-            "no rule for the CN (a human would be asked otherwise)",
-            SIGNER_KUBE_APISERVER_CLIENT,
-            CLIENT,
-            "bob",
-            &bob,
-            &with_uid_rule,
-            Reason::DisallowedUid,
-            Some(Reason::DisallowedUid),
-        ),
-        (
-            "a kubelet never carries a UID",
-            SIGNER_KUBELET_CLIENT,
-            &["digital signature", "client auth"],
-            "system:node:n1",
-            &node,
-            &with_uid_rule,
-            Reason::DisallowedUid,
-            Some(Reason::DisallowedUid),
-        ),
-        (
-            "no UID: the rule approves as before",
-            SIGNER_KUBE_APISERVER_CLIENT,
-            CLIENT,
-            "jane",
-            &rcgen_csr("jane", &["developers"], &[]),
-            &with_uid_rule,
-            Reason::AutoApprovedAllowList,
-            None,
-        ),
+    struct Case<'a> {
+        what: &'a str,
+        signer: &'a str,
+        usages: &'a [&'a str],
+        requester: &'a str,
+        pem: &'a str,
+        policy: &'a Policy,
+        decided: Reason,
+        refused: Option<Reason>,
+    }
+    let cases = [
+        Case {
+            what: "no rule names UIDs",
+            signer: SIGNER_KUBE_APISERVER_CLIENT,
+            usages: CLIENT,
+            requester: "jane",
+            pem: &jane_1234,
+            policy: &default_policy(),
+            decided: Reason::DisallowedUid,
+            refused: Some(Reason::DisallowedUid),
+        },
+        Case {
+            what: "the rule names this UID",
+            signer: SIGNER_KUBE_APISERVER_CLIENT,
+            usages: CLIENT,
+            requester: "jane",
+            pem: &jane_1234,
+            policy: &with_uid_rule,
+            decided: Reason::AutoApprovedAllowList,
+            refused: None,
+        },
+        Case {
+            what: "the rule names another UID",
+            signer: SIGNER_KUBE_APISERVER_CLIENT,
+            usages: CLIENT,
+            requester: "jane",
+            pem: &jane_9,
+            policy: &with_uid_rule,
+            decided: Reason::DisallowedUid,
+            refused: Some(Reason::DisallowedUid),
+        },
+        Case {
+            what: "no rule for the CN (a human would be asked otherwise)",
+            signer: SIGNER_KUBE_APISERVER_CLIENT,
+            usages: CLIENT,
+            requester: "bob",
+            pem: &bob,
+            policy: &with_uid_rule,
+            decided: Reason::DisallowedUid,
+            refused: Some(Reason::DisallowedUid),
+        },
+        Case {
+            what: "a kubelet never carries a UID",
+            signer: SIGNER_KUBELET_CLIENT,
+            usages: &["digital signature", "client auth"],
+            requester: "system:node:n1",
+            pem: &node,
+            policy: &with_uid_rule,
+            decided: Reason::DisallowedUid,
+            refused: Some(Reason::DisallowedUid),
+        },
+        Case {
+            what: "no UID: the rule approves as before",
+            signer: SIGNER_KUBE_APISERVER_CLIENT,
+            usages: CLIENT,
+            requester: "jane",
+            pem: &rcgen_csr("jane", &["developers"], &[]),
+            policy: &with_uid_rule,
+            decided: Reason::AutoApprovedAllowList,
+            refused: None,
+        },
     ];
-    for (what, signer, usages, requester, pem, policy, decided, refused) in cases {
+    for Case {
+        what,
+        signer,
+        usages,
+        requester,
+        pem,
+        policy,
+        decided,
+        refused,
+    } in cases
+    {
         let csr = view(signer, usages, requester, &[], pem);
-        let verdict = decide(&csr, &ClusterFacts::default(), policy);
+        let verdict = decide(&csr, &unprivileged(), policy);
         assert_eq!(verdict.decision.reason(), decided, "{what}: {verdict:?}");
         assert_eq!(
             signing_refusal(&csr, policy).map(|r| r.0),
@@ -1116,12 +1132,11 @@ fn a_subject_uid_is_refused_unless_an_allow_list_rule_names_it() {
             );
         }
     }
-    let denied = decide(
+    let denied = decide_with(
         &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, "jane", &[], &jane_9),
         &ClusterFacts::default(),
         &default_policy(),
-    )
-    .decision;
+    );
     assert!(
         denied.message().contains("UID=\"9\""),
         "the message names the UID: {}",

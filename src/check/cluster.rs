@@ -255,7 +255,11 @@ async fn verdict(
 ) -> Result<Verdict, LiveError> {
     let view = csr_view(csr);
     let facts = facts
-        .lookup(&policy::facts_needed(&view, policy), &view)
+        .lookup(
+            &policy::facts_needed(&view, policy),
+            &view,
+            &policy.privilege_checks,
+        )
         .await
         .map_err(|source| LiveError::Facts {
             name: view.name.clone(),

@@ -17,7 +17,8 @@ use crate::inspect::inspect;
 use std::net::IpAddr;
 
 use crate::policy::{
-    self, AddressClaim, ClusterFacts, CsrView, Decision, NodeLookup, Requester, Verdict,
+    self, AddressClaim, ClusterFacts, CsrView, Decision, NodeLookup, Policy, PrivilegeReview,
+    Requester, Verdict,
 };
 
 /// Exit codes: scripts branch on these.
@@ -98,7 +99,7 @@ pub fn load_view(args: &CheckArgs) -> Result<CsrView, CheckError> {
 
 /// The facts a cluster would have supplied, as far as the flags say. A fact no flag gives is
 /// "not looked up", and the policy leaves the CSR pending rather than guess.
-pub fn offline_facts(args: &CheckArgs) -> Result<ClusterFacts, CheckError> {
+pub fn offline_facts(args: &CheckArgs, policy: &Policy) -> Result<ClusterFacts, CheckError> {
     let api_server = match &args.apiserver_addresses {
         None => None,
         Some(addresses) => Some(
@@ -142,7 +143,46 @@ pub fn offline_facts(args: &CheckArgs) -> Result<ClusterFacts, CheckError> {
             .map(|addresses| NodeLookup::Addresses(addresses.clone())),
         other_nodes,
         api_server,
+        privilege: privilege_matches(args, policy)?,
     })
+}
+
+/// `--privilege-matches`: the ceiling's answers as the flag gives them; every check it does not
+/// name answered no.
+fn privilege_matches(
+    args: &CheckArgs,
+    policy: &Policy,
+) -> Result<Option<PrivilegeReview>, CheckError> {
+    let Some(matches) = &args.privilege_matches else {
+        return Ok(None);
+    };
+    let matches: Vec<&str> = matches
+        .iter()
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty() && *m != "none")
+        .collect();
+    let known = |name: &str| policy.privilege_checks.iter().any(|c| c.name == name);
+    if let Some(unknown) = matches.iter().find(|m| !known(m)) {
+        return Err(CheckError::BadFlag {
+            flag: "--privilege-matches",
+            message: format!(
+                "{unknown:?} is no privilege check of this policy; say none, or some of: {}",
+                policy
+                    .privilege_checks
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(Some(PrivilegeReview::Answered(
+        policy
+            .privilege_checks
+            .iter()
+            .map(|c| (c.name.clone(), matches.contains(&c.name.as_str())))
+            .collect(),
+    )))
 }
 
 pub fn exit_code(decision: &Decision) -> u8 {
@@ -267,7 +307,10 @@ pub fn run(args: &CheckArgs) -> u8 {
         .as_deref()
         .ok_or(CheckError::MissingPolicy)
         .and_then(|path| Ok(load_policy(path)?))
-        .and_then(|policy| Ok((policy, load_view(args)?, offline_facts(args)?)));
+        .and_then(|policy| {
+            let facts = offline_facts(args, &policy)?;
+            Ok((policy, load_view(args)?, facts))
+        });
     match outcome {
         Ok((policy, view, facts)) => {
             let verdict = policy::decide(&view, &facts, &policy);

@@ -10,7 +10,7 @@ use super::record::log_decision;
 use super::{Context, Error, MAX_CONFLICT_RETRIES};
 use crate::csr::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state};
 use crate::metrics::DecisionLabels;
-use crate::policy::{self, CsrView, Decision};
+use crate::policy::{self, CsrView, Decision, PrivilegeReview};
 
 impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
@@ -24,7 +24,11 @@ impl Context {
             let view = self.view(&csr);
             let facts = self
                 .facts
-                .lookup(&policy::facts_needed(&view, &policy), &view)
+                .lookup(
+                    &policy::facts_needed(&view, &policy),
+                    &view,
+                    &policy.privilege_checks,
+                )
                 .await
                 .map_err(|source| Error::Facts {
                     csr: name.clone(),
@@ -35,8 +39,15 @@ impl Context {
             tracing::debug!(csr = %name, steps = ?verdict.steps, "rules");
             let decision = &verdict.decision;
             let kind = match decision {
-                // A leave writes nothing to the CSR, only its Event.
-                Decision::Leave { .. } => return self.announce(&csr, &view, decision, false).await,
+                // A leave writes nothing to the CSR, only its Event. One for want of the
+                // privilege ceiling's answers is tried again, with the CSR's backoff.
+                Decision::Leave { .. } => {
+                    self.announce(&csr, &view, decision, false).await?;
+                    if let Some(PrivilegeReview::Unavailable(why)) = facts.privilege {
+                        return Err(Error::PrivilegeReview { csr: name, why });
+                    }
+                    return Ok(());
+                }
                 Decision::Approve { .. } => APPROVED,
                 Decision::Deny { .. } => DENIED,
             };

@@ -21,6 +21,10 @@ pub enum Error {
     Randomness(String),
     #[error("could not record the Event saying why CSR {csr} is left pending; will retry")]
     EventUnavailable { csr: String },
+    #[error(
+        "the privilege ceiling's SubjectAccessReviews for CSR {csr} could not be had: {why}; will retry (check csr-warden's RBAC: create subjectaccessreviews)"
+    )]
+    PrivilegeReview { csr: String, why: String },
     #[error("the facts for CSR {csr} are not to be had yet: {source}; will retry")]
     Facts {
         csr: String,
@@ -37,6 +41,7 @@ impl Error {
             Error::TooManyConflicts { .. } => "conflicts",
             Error::Randomness(_) => "randomness",
             Error::EventUnavailable { .. } => "event",
+            Error::PrivilegeReview { .. } => "privilege review",
             Error::Facts {
                 source: FactsError::NotSynced(_),
                 ..

@@ -93,7 +93,8 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
                 work.offer_serving(&change);
             }
         }
-    });
+    })
+    .count_privilege_reviews_in(live.metrics.privilege_reviews.clone());
     let unconfirmed = Arc::new(sign::Unconfirmed::default());
     let ctx = Arc::new(Context::new(
         client,

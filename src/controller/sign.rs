@@ -16,7 +16,7 @@ use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state};
 use crate::issue::CA_UNAVAILABLE;
 use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
 use crate::metrics::{FailureLabels, SignerLabels};
-use crate::policy::{self, CsrView, Reason};
+use crate::policy::{self, Ceiling, CsrView, PrivilegeReview, Reason};
 
 /// What signing an approved CSR comes to.
 enum Signing {
@@ -28,6 +28,9 @@ enum Signing {
     /// expire): the CSR stays approved and is issued once the CA loads. Never Failed: the
     /// requester did nothing wrong.
     WaitForCa { message: String },
+    /// The privilege ceiling could not be checked (its reviews failed): the CSR stays approved
+    /// and is tried again; never signed blind, never Failed for it.
+    WaitForReview { message: String, why: String },
 }
 
 impl Context {
@@ -45,10 +48,18 @@ impl Context {
         }
         for _ in 0..MAX_CONFLICT_RETRIES {
             let view = self.view(&csr);
-            let outcome = self.signing(&view)?;
+            let outcome = self.signing(&view).await?;
             if let Signing::WaitForCa { message } = &outcome {
                 self.wait_for_ca(&csr, &view, message).await;
                 return Ok(());
+            }
+            if let Signing::WaitForReview { message, why } = outcome {
+                tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "waiting", reason = Reason::PrivilegeReviewUnavailable.as_str(), "approved, not issued yet: {message}");
+                if !self.settings.dry_run {
+                    self.say_left_pending(&csr, Reason::PrivilegeReviewUnavailable, &message)
+                        .await?;
+                }
+                return Err(Error::PrivilegeReview { csr: name, why });
             }
             if self.settings.dry_run {
                 match &outcome {
@@ -72,7 +83,7 @@ impl Context {
                     .conditions
                     .get_or_insert_with(Vec::new)
                     .push(condition(FAILED, reason, message)),
-                Signing::WaitForCa { .. } => {}
+                Signing::WaitForCa { .. } | Signing::WaitForReview { .. } => {}
             }
             match self.write_status("status", &csr).await {
                 Ok(_) => {
@@ -98,7 +109,7 @@ impl Context {
                             self.event(&csr, EventType::Warning, &reason, &message, "Sign")
                                 .await;
                         }
-                        Signing::WaitForCa { .. } => {}
+                        Signing::WaitForCa { .. } | Signing::WaitForReview { .. } => {}
                     }
                     return Ok(());
                 }
@@ -210,7 +221,7 @@ impl Context {
     }
 
     /// What signing `view` comes to, with the signer's CA as it is now.
-    fn signing(&self, view: &CsrView) -> Result<Signing, Error> {
+    async fn signing(&self, view: &CsrView) -> Result<Signing, Error> {
         let policy = self.live.policy();
         // Approved by a human or not, we never sign what the policy forbids.
         if let Some((reason, message)) = policy::signing_refusal(view, &policy) {
@@ -218,6 +229,31 @@ impl Context {
                 reason: reason.as_str().to_owned(),
                 message,
             });
+        }
+        // Nor an identity the cluster's RBAC makes all-powerful, whoever approved it.
+        let review = match policy::signing_identity(view) {
+            Some(identity) => Some(
+                self.facts
+                    .privilege(&identity, &policy.privilege_checks)
+                    .await,
+            ),
+            None => None,
+        };
+        match policy::signing_ceiling(view, &policy, review.as_ref()) {
+            Ceiling::Clear(_) => {}
+            Ceiling::Exceeded { message, .. } => {
+                return Ok(Signing::Fail {
+                    reason: Reason::PrivilegedIdentity.as_str().to_owned(),
+                    message,
+                });
+            }
+            Ceiling::Unknown { message, .. } => {
+                let why = match review {
+                    Some(PrivilegeReview::Unavailable(why)) => why,
+                    _ => message.clone(),
+                };
+                return Ok(Signing::WaitForReview { message, why });
+            }
         }
         let request = match &view.request {
             Ok(request) => request,

@@ -242,6 +242,20 @@ pub fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
 
 /// A CSR built with rcgen (P-256): CN, then each O in order (the second and later O by OID,
 /// since rcgen keeps one value per type), then DNS/IP SANs.
+/// What a cluster answers about an ordinary identity: no to every privilege check of the
+/// ceiling (`policy::default_privilege_checks`), so the policy's other rules decide.
+pub fn unprivileged() -> csr_warden::policy::ClusterFacts {
+    csr_warden::policy::ClusterFacts {
+        privilege: Some(csr_warden::policy::PrivilegeReview::Answered(
+            csr_warden::policy::default_privilege_checks()
+                .into_iter()
+                .map(|check| (check.name, false))
+                .collect(),
+        )),
+        ..Default::default()
+    }
+}
+
 pub fn rcgen_csr(common_name: &str, organizations: &[&str], sans: &[&str]) -> String {
     let key = rcgen::KeyPair::generate().expect("key");
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();

@@ -1,0 +1,145 @@
+//! The privilege ceiling's questions to the cluster: one SubjectAccessReview per check for the
+//! identity a certificate would carry (user = CN, groups = the O values and
+//! `system:authenticated`, the UID), answered as kube-apiserver's authorizers (RBAC, webhooks)
+//! answer any request of that identity.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::REVIEW_REUSE;
+use crate::metrics::PrivilegeReviewLabels;
+use crate::policy::{CertificateIdentity, PrivilegeCheck, PrivilegeReview};
+use crate::request::{REVIEW_TIMEOUT, within};
+
+/// Reviews of one identity asked at once: a handful, so one CSR does not take every connection.
+const CONCURRENT_REVIEWS: usize = 4;
+
+/// Each check's name and whether the identity may do it.
+type Answers = Vec<(String, bool)>;
+
+/// Answers per identity, reused for [`REVIEW_REUSE`] as the kubelet reviews are.
+#[derive(Default)]
+pub(super) struct PrivilegeAnswers {
+    by_identity: Mutex<HashMap<CertificateIdentity, (Answers, Instant)>>,
+    counted: Mutex<Option<Family<PrivilegeReviewLabels, Counter>>>,
+}
+
+impl PrivilegeAnswers {
+    pub(super) fn count_in(&self, family: Family<PrivilegeReviewLabels, Counter>) {
+        *self.counted.lock().unwrap_or_else(|p| p.into_inner()) = Some(family);
+    }
+
+    fn count(&self, check: &str, answer: &str) {
+        if let Some(family) = &*self.counted.lock().unwrap_or_else(|p| p.into_inner()) {
+            family
+                .get_or_create(&PrivilegeReviewLabels {
+                    check: check.to_owned(),
+                    answer: answer.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Every check answered for `identity`: reused when recent and complete, else asked. Any
+    /// review that fails makes the whole answer `Unavailable`: never judged on part of it.
+    pub(super) async fn review(
+        &self,
+        client: &Client,
+        identity: &CertificateIdentity,
+        checks: &[PrivilegeCheck],
+    ) -> PrivilegeReview {
+        let now = Instant::now();
+        {
+            let mut known = self.by_identity.lock().unwrap_or_else(|p| p.into_inner());
+            known.retain(|_, (_, at)| now.saturating_duration_since(*at) < REVIEW_REUSE);
+            if let Some((answers, _)) = known.get(identity)
+                && checks
+                    .iter()
+                    .all(|c| answers.iter().any(|(name, _)| *name == c.name))
+            {
+                return PrivilegeReview::Answered(answers.clone());
+            }
+        }
+        let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+        let asked: Vec<Result<(String, bool), String>> = futures::stream::iter(checks.to_vec())
+            .map(|check: PrivilegeCheck| {
+                let reviews = reviews.clone();
+                async move {
+                    let answer = ask(&reviews, identity, &check).await;
+                    let word = match &answer {
+                        Ok(true) => "allowed",
+                        Ok(false) => "denied",
+                        Err(_) => "error",
+                    };
+                    self.count(&check.name, word);
+                    answer
+                        .map(|allowed| (check.name.clone(), allowed))
+                        .map_err(|e| format!("privilege check {}: {e}", check.name))
+                }
+            })
+            .buffered(CONCURRENT_REVIEWS)
+            .collect()
+            .await;
+        let answers = match asked.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(answers) => answers,
+            Err(why) => return PrivilegeReview::Unavailable(why),
+        };
+        self.by_identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(identity.clone(), (answers.clone(), now));
+        PrivilegeReview::Answered(answers)
+    }
+}
+
+async fn ask(
+    reviews: &Api<SubjectAccessReview>,
+    identity: &CertificateIdentity,
+    check: &PrivilegeCheck,
+) -> Result<bool, String> {
+    let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(identity.user.clone()),
+            uid: identity.uid.clone(),
+            groups: Some(identity.groups.clone()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: optional(&check.namespace),
+                verb: Some(check.verb.clone()),
+                group: Some(check.group.clone()),
+                resource: Some(check.resource.clone()),
+                subresource: optional(&check.subresource),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = within(
+        REVIEW_TIMEOUT,
+        reviews.create(&PostParams::default(), &review),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let status = answer
+        .status
+        .ok_or_else(|| "the SubjectAccessReview came back without a status".to_owned())?;
+    // An authorizer that could not decide (evaluationError, e.g. a webhook down) without allowing
+    // is no answer: csr-warden does not read "no rule matched here" as "cannot".
+    if !status.allowed
+        && let Some(error) = status.evaluation_error.filter(|e| !e.is_empty())
+    {
+        return Err(format!("the authorizer could not decide: {error}"));
+    }
+    Ok(status.allowed)
+}

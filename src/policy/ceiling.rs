@@ -1,0 +1,420 @@
+//! PURE: the identities no certificate of csr-warden's may carry, and the privilege ceiling.
+//!
+//! A client certificate is an identity kube-apiserver believes until it expires: user = CN,
+//! groups = every O, UID = the UID attribute. It cannot be revoked, so approval and signing are
+//! the only moments anyone can stop a certificate that amounts to cluster-admin under another
+//! name (`O=kubeadm:cluster-admins`, `CN=system:kube-controller-manager`, a node's identity on
+//! the wrong signer). Two rules, both for every signer but the two kubelet signers (whose node
+//! review and fixed shape decide who a node is):
+//! - **reserved identities** are refused outright, whatever the cluster's RBAC says today;
+//! - the **privilege ceiling**: the cluster is asked, with SubjectAccessReviews, whether the
+//!   certificate's identity may do any of a set of escalation checks; any yes refuses it, unless
+//!   an allow-list rule for that identity accepts that check by name.
+
+use super::{CertificateRequest, normalize_group};
+
+/// The group every authenticated request carries: part of the certificate's identity.
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+
+/// The control plane's own users, refused by default (the policy's `reservedUsers` adds more).
+pub const DEFAULT_RESERVED_USERS: &[&str] = &[
+    "system:kube-controller-manager",
+    "system:kube-scheduler",
+    "system:kube-proxy",
+    "system:apiserver",
+    "system:volume-scheduler",
+    "system:anonymous",
+    "kube-apiserver-kubelet-client",
+    "kube-apiserver-etcd-client",
+    "front-proxy-client",
+    // kubeadm's admin.conf and super-admin.conf users.
+    "kubernetes-admin",
+    "kubernetes-super-admin",
+];
+
+/// Names reserved to Kubernetes itself, as user (CN) or group (O), with why. A prefix ends in
+/// `*`. Fixed: no policy can make them safe.
+const RESERVED_NAMES: &[(&str, &str)] = &[
+    (
+        "system:node:*",
+        "a node's identity, which only the kubelet signers issue, after their node review",
+    ),
+    (
+        "system:nodes",
+        "the nodes' group, which only the kubelet signers issue, after their node review",
+    ),
+    (
+        "system:serviceaccount:*",
+        "a ServiceAccount's identity, which only kube-apiserver's tokens carry",
+    ),
+    (
+        "system:serviceaccounts*",
+        "the ServiceAccounts' groups, which only kube-apiserver's tokens carry",
+    ),
+    (
+        "system:bootstrappers*",
+        "the bootstrap tokens' groups, which may ask for any node's client certificate",
+    ),
+    (
+        "system:anonymous",
+        "the identity of unauthenticated requests",
+    ),
+    (
+        "system:unauthenticated",
+        "the group of unauthenticated requests",
+    ),
+    (
+        "system:authenticated",
+        "the group every authenticated request already carries",
+    ),
+];
+
+/// Why `request` asks for a reserved identity, or None. `reserved_users` is the policy's list
+/// (the defaults included). Names compare ignoring case, whitespace and invisible characters.
+pub fn reserved_identity(
+    request: &CertificateRequest,
+    reserved_users: &[String],
+) -> Option<String> {
+    let common_name = request.common_name.as_deref().unwrap_or_default();
+    let names = std::iter::once(("CN", common_name))
+        .chain(request.organizations.iter().map(|o| ("O", o.as_str())));
+    for (attribute, name) in names {
+        let normalized = normalize_group(name);
+        if normalized.is_empty() {
+            continue;
+        }
+        let fixed = RESERVED_NAMES
+            .iter()
+            .find(|(reserved, _)| match reserved.strip_suffix('*') {
+                Some(prefix) => normalized.starts_with(&normalize_group(prefix)),
+                None => normalized == normalize_group(reserved),
+            });
+        if let Some((reserved, why)) = fixed {
+            return Some(format!(
+                "{attribute}={name:?} is reserved ({reserved}: {why}); csr-warden never approves \
+                 or signs it on this signer"
+            ));
+        }
+        if attribute == "CN"
+            && let Some(user) = reserved_users
+                .iter()
+                .find(|u| normalize_group(u) == normalized)
+        {
+            return Some(format!(
+                "CN={name:?} is the control plane's own user {user} (reservedUsers); a \
+                 certificate for it would act as that component, so csr-warden never approves \
+                 or signs it"
+            ));
+        }
+    }
+    None
+}
+
+/// One question the ceiling asks the cluster: may the identity do this?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivilegeCheck {
+    /// Stable name, used in reasons, Events, metrics and allow-list `acceptChecks`.
+    pub name: String,
+    pub verb: String,
+    /// API group; "" is the core group, "*" any.
+    pub group: String,
+    pub resource: String,
+    /// "" for none.
+    pub subresource: String,
+    /// "" for all namespaces (and cluster-scoped resources).
+    pub namespace: String,
+}
+
+impl PrivilegeCheck {
+    pub fn new(
+        name: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        subresource: &str,
+        namespace: &str,
+    ) -> Self {
+        PrivilegeCheck {
+            name: name.into(),
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: namespace.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PrivilegeCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = if self.group.is_empty() {
+            String::new()
+        } else {
+            format!(".{}", self.group)
+        };
+        let subresource = if self.subresource.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", self.subresource)
+        };
+        let namespace = if self.namespace.is_empty() {
+            "in all namespaces".to_owned()
+        } else {
+            format!("in namespace {}", self.namespace)
+        };
+        write!(
+            f,
+            "{} {}{group}{subresource} {namespace}",
+            self.verb, self.resource
+        )
+    }
+}
+
+/// The escalation checks every policy starts with; `privilegeCeiling.checks` adds more.
+pub fn default_privilege_checks() -> Vec<PrivilegeCheck> {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    const CERTIFICATES: &str = "certificates.k8s.io";
+    const WEBHOOKS: &str = "admissionregistration.k8s.io";
+    let c = PrivilegeCheck::new;
+    vec![
+        c("cluster-admin", "*", "*", "*", "", ""),
+        c("escalate-roles", "escalate", RBAC, "roles", "", ""),
+        c(
+            "escalate-clusterroles",
+            "escalate",
+            RBAC,
+            "clusterroles",
+            "",
+            "",
+        ),
+        c("bind-roles", "bind", RBAC, "roles", "", ""),
+        c("bind-clusterroles", "bind", RBAC, "clusterroles", "", ""),
+        c("impersonate-users", "impersonate", "", "users", "", ""),
+        c("impersonate-groups", "impersonate", "", "groups", "", ""),
+        c(
+            "impersonate-serviceaccounts",
+            "impersonate",
+            "",
+            "serviceaccounts",
+            "",
+            "",
+        ),
+        c(
+            "impersonate-uids",
+            "impersonate",
+            "authentication.k8s.io",
+            "uids",
+            "",
+            "",
+        ),
+        c(
+            "create-serviceaccount-tokens",
+            "create",
+            "",
+            "serviceaccounts",
+            "token",
+            "",
+        ),
+        c("get-secrets", "get", "", "secrets", "", ""),
+        c("list-secrets", "list", "", "secrets", "", ""),
+        c(
+            "approve-signers",
+            "approve",
+            CERTIFICATES,
+            "signers",
+            "",
+            "",
+        ),
+        c(
+            "approve-csrs",
+            "update",
+            CERTIFICATES,
+            "certificatesigningrequests",
+            "approval",
+            "",
+        ),
+        c(
+            "create-pods-kube-system",
+            "create",
+            "",
+            "pods",
+            "",
+            "kube-system",
+        ),
+        c(
+            "exec-pods-kube-system",
+            "create",
+            "",
+            "pods",
+            "exec",
+            "kube-system",
+        ),
+        c("nodes-proxy-get", "get", "", "nodes", "proxy", ""),
+        c("nodes-proxy-create", "create", "", "nodes", "proxy", ""),
+        c(
+            "update-validating-webhooks",
+            "update",
+            WEBHOOKS,
+            "validatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        c(
+            "patch-validating-webhooks",
+            "patch",
+            WEBHOOKS,
+            "validatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        c(
+            "update-mutating-webhooks",
+            "update",
+            WEBHOOKS,
+            "mutatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        c(
+            "patch-mutating-webhooks",
+            "patch",
+            WEBHOOKS,
+            "mutatingwebhookconfigurations",
+            "",
+            "",
+        ),
+    ]
+}
+
+/// Who a certificate would log in as: what the SubjectAccessReviews ask about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertificateIdentity {
+    pub user: String,
+    /// The O values, then `system:authenticated`.
+    pub groups: Vec<String>,
+    pub uid: Option<String>,
+}
+
+impl std::fmt::Display for CertificateIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "user {:?} in groups [{}]",
+            self.user,
+            self.groups.join(", ")
+        )?;
+        if let Some(uid) = &self.uid {
+            write!(f, " with UID {uid:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The identity a certificate for `request` carries; None when it has no CN (kube-apiserver
+/// authenticates no one by such a certificate).
+pub fn identity_of(request: &CertificateRequest) -> Option<CertificateIdentity> {
+    let user = request.common_name.clone().filter(|cn| !cn.is_empty())?;
+    let mut groups = request.organizations.clone();
+    groups.push(AUTHENTICATED_GROUP.to_owned());
+    Some(CertificateIdentity {
+        user,
+        groups,
+        uid: request.uid.clone(),
+    })
+}
+
+/// The cluster's answers to the checks, for one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrivilegeReview {
+    /// Each check asked, by name, and whether the identity may do it.
+    Answered(Vec<(String, bool)>),
+    /// The reviews could not be had (timeout, refused, API server down): why.
+    Unavailable(String),
+}
+
+/// What the ceiling says of one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ceiling {
+    /// Under the ceiling: why (for the trace).
+    Clear(String),
+    /// Over it: the check that matched, and the whole message.
+    Exceeded { check: String, message: String },
+    /// Not known: no review (offline) or none to be had. Never approve or sign blind.
+    Unknown { unavailable: bool, message: String },
+}
+
+/// Apply the ceiling to `identity`, with the checks the policy asks, the ones an allow-list rule
+/// accepts for it, and the cluster's answers.
+pub fn ceiling(
+    identity: Option<&CertificateIdentity>,
+    checks: &[PrivilegeCheck],
+    accepted: &[&str],
+    review: Option<&PrivilegeReview>,
+) -> Ceiling {
+    let Some(identity) = identity else {
+        return Ceiling::Clear("no CN: kube-apiserver authenticates no one by it".into());
+    };
+    let answers = match review {
+        None => {
+            return Ceiling::Unknown {
+                unavailable: false,
+                message: format!(
+                    "what {identity} may do was not reviewed (offline: say what the cluster \
+                     would answer with --privilege-matches none, or the names of the checks that \
+                     would match)"
+                ),
+            };
+        }
+        Some(PrivilegeReview::Unavailable(why)) => {
+            return Ceiling::Unknown {
+                unavailable: true,
+                message: format!(
+                    "the SubjectAccessReviews for {identity} could not be had ({why}); \
+                     csr-warden neither approves nor signs a certificate it could not check, and \
+                     tries again"
+                ),
+            };
+        }
+        Some(PrivilegeReview::Answered(answers)) => answers,
+    };
+    for check in checks {
+        let allowed = answers
+            .iter()
+            .find(|(name, _)| *name == check.name)
+            .map(|(_, allowed)| *allowed);
+        match allowed {
+            Some(false) => {}
+            Some(true) if accepted.contains(&check.name.as_str()) => {}
+            Some(true) => {
+                return Ceiling::Exceeded {
+                    check: check.name.clone(),
+                    message: format!(
+                        "the certificate's identity, {identity}, may {check} (privilege check \
+                         {}); a client certificate cannot be revoked, so csr-warden never \
+                         approves or signs one that reaches this far (an allowList rule's \
+                         acceptChecks can accept a named check)",
+                        check.name
+                    ),
+                };
+            }
+            None => {
+                return Ceiling::Unknown {
+                    unavailable: true,
+                    message: format!(
+                        "privilege check {} was not answered for {identity}; tries again",
+                        check.name
+                    ),
+                };
+            }
+        }
+    }
+    let accepted_note = if accepted.is_empty() {
+        String::new()
+    } else {
+        format!(" (accepted by the allowList: {})", accepted.join(", "))
+    };
+    Ceiling::Clear(format!(
+        "{identity} may do none of the {} privilege checks{accepted_note}",
+        checks.len()
+    ))
+}
