@@ -593,3 +593,191 @@ async fn a_csr_the_resync_found_is_not_lost_when_its_first_try_fails() {
         "the retry, not a second resync, brought jane through"
     );
 }
+
+/// The status writes of one CSR, by their answers, in order.
+fn status_answers(server: &FakeApiServer, csr: &str) -> Vec<u16> {
+    server
+        .writes()
+        .iter()
+        .filter(|w| w.csr == csr && w.subresource == "status")
+        .map(|w| w.outcome)
+        .collect()
+}
+
+/// The CSR is Failed with `reason`, and its Warning Event with that reason is written.
+fn failed_with_event(server: &FakeApiServer, csr: &str, reason: &str) -> bool {
+    let failed = server
+        .csr(csr)
+        .is_some_and(|c| condition(&c, "Failed").is_some_and(|f| f["reason"] == reason));
+    failed
+        && server
+            .events_for(csr)
+            .iter()
+            .any(|e| e["reason"] == reason && e["type"] == "Warning")
+}
+
+/// kube-apiserver refuses to store a certificate it cannot parse (422 Invalid, as for a negative
+/// serial): sending it again cannot change that, so the CSR is Failed at once
+/// (`CertificateRejected`, the server's answer quoted), with a Warning Event, the `failed` log
+/// line naming the refused serial and the failure metric; no certificate is stored, nothing is
+/// logged as issued, and the CSR is not written again however long the controller runs. A 409
+/// before the refusal is re-read as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_the_api_server_refuses_fails_the_csr_at_once() {
+    let h = harness().await;
+    h.server.arm(|f| {
+        f.conflict_status = 1;
+        f.refuse_certificates.push("jane".into());
+    });
+    h.create_client_csr("jane-token", "jane", "/CN=jane/O=developers");
+    let controller = h.controller(&["--concurrency", "1", "--resync-interval-seconds", "1"]);
+    h.server
+        .wait_for("jane Failed, with its Warning Event", |s| {
+            failed_with_event(s, "jane", "CertificateRejected")
+        })
+        .await;
+    let jane = csr_state(&h.server, "jane");
+    assert_eq!(condition_types(&jane), ["Approved", "Failed"]);
+    assert_eq!(certificate_pem(&jane), None, "no certificate stored");
+    let message = condition(&jane, "Failed").expect("Failed")["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(
+        message.contains(&format!(
+            "422 Invalid: CertificateSigningRequest.certificates.k8s.io \"jane\" is invalid: status.certificate: Invalid value: \"<certificate data>\": {}",
+            apiserver::INVALID_CERTIFICATE
+        )),
+        "the server's answer, quoted: {message}"
+    );
+    assert!(
+        message.contains("create a new CSR"),
+        "what to do: {message}"
+    );
+
+    let failed = controller
+        .wait_for_log("jane's failed line", |l| {
+            l["csr"] == "jane" && l["decision"] == "failed"
+        })
+        .await;
+    assert_eq!(failed["reason"], "CertificateRejected");
+    let serial = failed["serial"].as_str().expect("the refused serial");
+    assert!(
+        serial.len() >= 16 && serial.chars().all(|c| c.is_ascii_hexdigit()),
+        "{serial}"
+    );
+    assert!(message.contains(serial), "{message}");
+
+    // Not retried: another CSR all the way through, two resyncs, and still the same writes.
+    h.caught_up("marker").await;
+    two_more_clean_resyncs(&controller).await;
+    // The injected conflict, re-read; the certificate refused once; the Failed condition
+    // written; then nothing. The conflict's watch event queues jane again: if the watch has not
+    // brought the Failed write by the time that turn comes, the cache's older copy gets a 409
+    // too and the re-read finds jane Failed.
+    let answers = status_answers(&h.server, "jane");
+    assert_eq!(answers.first(), Some(&409), "{answers:?}");
+    let stored: Vec<u16> = answers.iter().copied().filter(|a| *a != 409).collect();
+    assert_eq!(stored, [422, 200], "{answers:?}");
+    assert!(answers.len() <= 4, "{answers:?}");
+    let events: Vec<Value> = h.server.events_for("jane");
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons, ["AutoApprovedAllowList", "CertificateRejected"]);
+    let (_, metrics) = controller.http_get("/metrics").await;
+    assert_eq!(
+        metric_sample(
+            &metrics,
+            r#"csr_warden_issuance_failures_total{signer="kubernetes.io/kube-apiserver-client",reason="CertificateRejected"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let lines = controller.kill().await;
+    let about_jane = log_about(&lines, "jane");
+    assert!(
+        !about_jane.iter().any(|l| l["decision"] == "issued"),
+        "a refused certificate was never issued: {about_jane:#?}"
+    );
+    assert_eq!(
+        about_jane
+            .iter()
+            .filter(|l| l["decision"] == "failed")
+            .count(),
+        1
+    );
+}
+
+/// Which answers to the certificate's status write fail the CSR, and which are waited out:
+/// 400, 413 and 422 say the write itself is wrong, and the CSR is Failed (`CertificateRejected`)
+/// at the first; 403 (our RBAC), 429 and 5xx are ours or the server's, retried until the
+/// certificate is stored. Each row's fault answers that CSR's status writes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_write_answers_no_retry_can_cure_fail_the_csr_and_the_others_are_retried() {
+    // (answer, fails the CSR)
+    const ROWS: [(u16, bool); 7] = [
+        (400, true),
+        (413, true),
+        (422, true),
+        (403, false),
+        (429, false),
+        (500, false),
+        (503, false),
+    ];
+    let h = harness().await;
+    h.server.arm(|f| {
+        for (code, fails) in ROWS {
+            // A refusal is answered once: were it retried, the next try would be stored.
+            let times = if fails { 1 } else { 2 };
+            let path = format!("/row-{code}/status");
+            f.errors
+                .push(ErrorFault::new(Some(Method::PUT), &path, code, times));
+        }
+    });
+    for (code, _) in ROWS {
+        h.create_client_csr(
+            "jane-token",
+            &format!("row-{code}"),
+            "/CN=jane/O=developers",
+        );
+    }
+    let controller = h.controller(&[]);
+    let done = |s: &FakeApiServer, name: &str| {
+        issued(s, name) && s.events_for(name).len() == 2
+            || failed_with_event(s, name, "CertificateRejected")
+    };
+    h.server
+        .wait_for("every row Failed or issued, with its Events", |s| {
+            ROWS.iter().all(|(code, _)| done(s, &format!("row-{code}")))
+        })
+        .await;
+    for (code, fails) in ROWS {
+        let name = format!("row-{code}");
+        let csr = csr_state(&h.server, &name);
+        // Injected answers come before the server records a write: each row has one stored.
+        assert_eq!(status_answers(&h.server, &name), [200], "{name}");
+        let retries =
+            |l: &Value| l["csr"] == name.as_str() && l["message"] == "reconcile failed; retrying";
+        if fails {
+            assert_eq!(condition_types(&csr), ["Approved", "Failed"], "{name}");
+            assert_eq!(certificate_pem(&csr), None, "{name}");
+            let refused = controller
+                .wait_for_log(&format!("{name} refused"), |l| {
+                    l["csr"] == name.as_str() && l["decision"] == "failed"
+                })
+                .await;
+            assert_eq!(refused["reason"], "CertificateRejected", "{name}");
+            let lines = controller.lines();
+            assert_eq!(
+                lines.iter().filter(|l| retries(l)).count(),
+                0,
+                "{name}: Failed at once"
+            );
+        } else {
+            assert_eq!(condition_types(&csr), ["Approved"], "{name}");
+            assert!(certificate_pem(&csr).is_some(), "{name}");
+            controller
+                .wait_for_logs(&format!("{name} retried twice"), 2, retries)
+                .await;
+        }
+    }
+}

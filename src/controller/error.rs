@@ -66,6 +66,19 @@ pub(super) fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_conflict())
 }
 
+/// The API server's answer to a write when it says the write itself is wrong, so that sending it
+/// again can never succeed: 400 Bad Request, 413 Request Entity Too Large, 422 Invalid (a
+/// certificate Go's x509 cannot parse, a field the server's validation or an admission policy
+/// refuses). Everything else is ours or the server's and passes: 401 and 403 (our credentials and
+/// RBAC), 404 (the CSR is gone), 409 (a conflict: re-read), 429 and 5xx (load, an unavailable
+/// webhook, a server going down), and an answer without a code.
+pub(super) fn refusal(error: &kube::Error) -> Option<&kube::core::Status> {
+    match error {
+        kube::Error::Api(status) if matches!(status.code, 400 | 413 | 422) => Some(status),
+        _ => None,
+    }
+}
+
 /// The CSR no longer exists (deleted by a human or the garbage collector while we worked).
 pub(super) fn is_not_found(error: &Error) -> bool {
     matches!(error, Error::Kube { source: kube::Error::Api(status), .. } if status.is_not_found())

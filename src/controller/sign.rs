@@ -8,22 +8,28 @@ use k8s_openapi::api::certificates::v1::{
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use super::error::{is_conflict, kube_error};
+use super::error::{is_conflict, kube_error, refusal};
 use super::memo::Memo;
-use super::{Context, Error, MAX_CONFLICT_RETRIES};
+use super::{Context, Error, MAX_CONFLICT_RETRIES, fit};
 use crate::ca::fingerprint_sha256;
 use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state};
-use crate::issue::CA_UNAVAILABLE;
 use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
+use crate::issue::{CA_UNAVAILABLE, CERTIFICATE_REJECTED};
 use crate::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, Ceiling, CsrView, PrivilegeReview, Reason};
 
 /// What signing an approved CSR comes to.
+#[derive(Clone)]
 enum Signing {
     /// The certificate, to write.
     Issue(IssuedCertificate),
-    /// What is wrong with the request itself: a Failed condition, final.
-    Fail { reason: String, message: String },
+    /// What is wrong with the request itself: a Failed condition, final. `serial`: that of the
+    /// certificate the API server refused to store, when that is why.
+    Fail {
+        reason: String,
+        message: String,
+        serial: Option<String>,
+    },
     /// What is wrong on our side (the signer's CA missing, unreadable, invalid or about to
     /// expire): the CSR stays approved and is issued once the CA loads. Never Failed: the
     /// requester did nothing wrong.
@@ -46,9 +52,16 @@ impl Context {
             tracing::debug!(csr = %name, signer = %csr.spec.signer_name, "approved; another signer issues it");
             return Ok(());
         }
-        for _ in 0..MAX_CONFLICT_RETRIES {
+        // Set once the API server has refused to store the certificate (an answer no retry can
+        // change): from then on the outcome is this Fail, written in the next turn of the loop.
+        let mut refused: Option<Signing> = None;
+        let mut conflicts = 0;
+        loop {
             let view = self.view(&csr);
-            let outcome = self.signing(&view).await?;
+            let outcome = match &refused {
+                Some(fail) => fail.clone(),
+                None => self.signing(&view).await?,
+            };
             if let Signing::WaitForCa { message } = &outcome {
                 self.wait_for_ca(&csr, &view, message).await;
                 return Ok(());
@@ -63,7 +76,9 @@ impl Context {
             }
             if self.settings.dry_run {
                 match &outcome {
-                    Signing::Fail { reason, message } => {
+                    Signing::Fail {
+                        reason, message, ..
+                    } => {
                         tracing::warn!(csr = %name, signer = %view.signer_name, %reason, dry_run = true, "would fail the request: {message}")
                     }
                     _ => {
@@ -79,10 +94,16 @@ impl Context {
                 Signing::Issue(issued) => {
                     status.certificate = Some(ByteString(issued.pem.clone().into_bytes()))
                 }
-                Signing::Fail { reason, message } => status
-                    .conditions
-                    .get_or_insert_with(Vec::new)
-                    .push(condition(FAILED, reason, message)),
+                Signing::Fail {
+                    reason, message, ..
+                } => {
+                    // A refused certificate never goes out again, with the Failed condition.
+                    status.certificate = None;
+                    status
+                        .conditions
+                        .get_or_insert_with(Vec::new)
+                        .push(condition(FAILED, reason, message))
+                }
                 Signing::WaitForCa { .. } | Signing::WaitForReview { .. } => {}
             }
             match self.write_status("status", &csr).await {
@@ -96,7 +117,11 @@ impl Context {
                             let record = self.record_of(&view, &issued);
                             self.issued(&csr, &record).await
                         }
-                        Signing::Fail { reason, message } => {
+                        Signing::Fail {
+                            reason,
+                            message,
+                            serial,
+                        } => {
                             self.live
                                 .metrics
                                 .issuance_failures
@@ -105,7 +130,7 @@ impl Context {
                                     reason: reason.clone(),
                                 })
                                 .inc();
-                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "failed", %reason, "certificate not issued: {message}");
+                            tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "failed", %reason, serial = serial.as_deref(), "certificate not issued: {message}");
                             self.event(&csr, EventType::Warning, &reason, &message, "Sign")
                                 .await;
                         }
@@ -126,8 +151,24 @@ impl Context {
                         }
                         None => return Ok(()),
                     }
+                    conflicts += 1;
+                    if conflicts == MAX_CONFLICT_RETRIES {
+                        return Err(Error::TooManyConflicts { csr: name });
+                    }
                 }
                 Err(error) => {
+                    // The server will never store this certificate, however often it is sent:
+                    // the request is Failed instead, in the next turn. It was never stored, so
+                    // there is no audit line and nothing unconfirmed for it.
+                    if let (Signing::Issue(issued), Some(answer)) = (&outcome, refusal(&error)) {
+                        tracing::info!(csr = %name, serial = %issued.serial_hex, %error, "the API server refused the certificate; marking the request Failed");
+                        refused = Some(Signing::Fail {
+                            reason: CERTIFICATE_REJECTED.to_owned(),
+                            message: rejected(&issued.serial_hex, answer),
+                            serial: Some(issued.serial_hex.clone()),
+                        });
+                        continue;
+                    }
                     // The certificate may have been written though the answer was lost (a
                     // connection cut, a server killed): if it turns up on the CSR, its audit
                     // line is written then.
@@ -142,7 +183,6 @@ impl Context {
                 }
             }
         }
-        Err(Error::TooManyConflicts { csr: name })
     }
 
     /// The audit line of an issued certificate: what an operator holding a leaked certificate
@@ -228,6 +268,7 @@ impl Context {
             return Ok(Signing::Fail {
                 reason: reason.as_str().to_owned(),
                 message,
+                serial: None,
             });
         }
         // Nor an identity the cluster's RBAC makes all-powerful, whoever approved it.
@@ -245,6 +286,7 @@ impl Context {
                 return Ok(Signing::Fail {
                     reason: Reason::PrivilegedIdentity.as_str().to_owned(),
                     message,
+                    serial: None,
                 });
             }
             Ceiling::Unknown { message, .. } => {
@@ -261,6 +303,7 @@ impl Context {
                 return Ok(Signing::Fail {
                     reason: Reason::InvalidRequest.as_str().to_owned(),
                     message: error.to_string(),
+                    serial: None,
                 });
             }
         };
@@ -301,10 +344,28 @@ impl Context {
                 Err(error) => Signing::Fail {
                     reason: error.reason().to_owned(),
                     message: error.to_string(),
+                    serial: None,
                 },
             },
         )
     }
+}
+
+/// The most of the API server's answer quoted in a Failed condition (the Event's note is cut to
+/// its own limit; the log line keeps the whole error).
+const ANSWER_QUOTED: usize = 512;
+
+/// The Failed condition's message for a certificate the API server refused: its answer, and
+/// what to do.
+fn rejected(serial: &str, answer: &kube::core::Status) -> String {
+    let code = match answer.reason.as_str() {
+        "" => answer.code.to_string(),
+        reason => format!("{} {reason}", answer.code),
+    };
+    format!(
+        "the API server refused to store the certificate issued for this request (serial {serial}): {code}: {}. Sending it again cannot change that answer, so no certificate was stored and the request is Failed. Check the signer's CA and csr-warden's log for serial {serial}, then create a new CSR",
+        fit(answer.message.trim(), ANSWER_QUOTED)
+    )
 }
 
 /// The audit record of one issued certificate: what an operator holding it finds it by.

@@ -42,6 +42,11 @@ pub const MIN_LIFETIME: Duration = Duration::minutes(10);
 /// request waits, approved, and is issued once the CA loads; never Failed for it.
 pub const CA_UNAVAILABLE: &str = "CAUnavailable";
 
+/// The reason given when the API server refuses to store an issued certificate with an answer
+/// that sending it again cannot change (400, 413, 422): the request is Failed, no certificate is
+/// stored.
+pub const CERTIFICATE_REJECTED: &str = "CertificateRejected";
+
 /// Why a certificate was not issued. Written as the CSR's Failed condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {

@@ -91,7 +91,15 @@ pub struct Faults {
     pub hide_creations: usize,
     /// The next N changes to a CSR (an approval, a certificate, a label) reach no watcher.
     pub hide_updates: usize,
+    /// CSRs by name whose every status write carrying a certificate is refused with 422 Invalid,
+    /// as kube-apiserver refuses a certificate Go's `x509.ParseCertificate` cannot parse (see
+    /// [`INVALID_CERTIFICATE`]). The write is recorded with its 422.
+    pub refuse_certificates: Vec<String>,
 }
+
+/// Why kube-apiserver's validation refuses the certificates of [`Faults::refuse_certificates`]:
+/// what Go (1.23 and later) says of a certificate with a negative serial.
+pub const INVALID_CERTIFICATE: &str = "x509: negative serial number";
 
 /// Answer `remaining` requests whose method and path match with `status` (and Retry-After).
 #[derive(Debug, Clone)]
@@ -859,6 +867,23 @@ fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<Body>
     )
 }
 
+/// The Status reason kube-apiserver gives with `code`.
+fn reason_of(code: StatusCode) -> &'static str {
+    match code.as_u16() {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        413 => "RequestEntityTooLarge",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    }
+}
+
 fn query(request: &Request<Incoming>) -> HashMap<String, String> {
     request
         .uri()
@@ -1009,7 +1034,7 @@ async fn handle_authenticated(
     }
     if let Some((status, retry_after)) = injected.1 {
         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = status_error(code, "InternalError", "injected fault");
+        let mut response = status_error(code, reason_of(code), "injected fault");
         if let Some(seconds) = retry_after {
             response
                 .headers_mut()
@@ -1886,6 +1911,9 @@ fn write_subresource_locked(
                     "status.certificate: Forbidden: updates may not modify existing certificate content",
                 );
             }
+            if !new_cert.is_empty() && state.faults.refuse_certificates.iter().any(|n| n == name) {
+                return invalid_certificate(name, INVALID_CERTIFICATE);
+            }
             next["status"]["conditions"] = json!(new);
             if !new_cert.is_empty() {
                 next["status"]["certificate"] = json!(new_cert);
@@ -1911,6 +1939,25 @@ fn conflict(name: &str) -> Response<Body> {
 
 fn invalid(message: &str) -> Response<Body> {
     status_error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+}
+
+/// kube-apiserver's 422 for a status.certificate its validation cannot parse (a field.Invalid
+/// whose value it shows as "<certificate data>").
+fn invalid_certificate(name: &str, why: &str) -> Response<Body> {
+    let cause = format!("Invalid value: \"<certificate data>\": {why}");
+    full(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!(
+                   "CertificateSigningRequest.certificates.k8s.io \"{name}\" is invalid: status.certificate: {cause}"
+               ),
+               "reason": "Invalid",
+               "details": {"name": name, "group": "certificates.k8s.io",
+                           "kind": "CertificateSigningRequest",
+                           "causes": [{"reason": "FieldValueInvalid", "message": cause,
+                                       "field": "status.certificate"}]},
+               "code": 422}),
+    )
 }
 
 /// events.k8s.io/v1 Events shown as core/v1 Events, as a real API server does, for kubectl.
