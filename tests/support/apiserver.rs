@@ -3,7 +3,9 @@
 //! HTTPS, bearer tokens (401 otherwise), list + watch with resourceVersions, the /approval and
 //! /status subresources with 409 on a stale resourceVersion and 422 on illegal condition or
 //! certificate changes, Events (events.k8s.io/v1, also served as core/v1 for kubectl),
-//! SubjectAccessReviews answered from rules the test sets, and Nodes.
+//! SubjectAccessReviews answered as kube-apiserver answers them from the ClusterRoleBindings and
+//! RoleBindings the test sets (RBAC's rule matching, and system:masters allowed everything),
+//! and Nodes.
 //!
 //! Like a real API server without admission plugins, it sets spec.username/groups/uid from the
 //! caller's token and does not stop a CSR for O=system:masters: the controller must.
@@ -123,6 +125,181 @@ impl ErrorFault {
     }
 }
 
+/// One rule of a Role or ClusterRole: rbac.authorization.k8s.io/v1 PolicyRule (resource rules;
+/// nonResourceURLs are not modelled), matched as kube-apiserver's RBAC authorizer matches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub verbs: Vec<String>,
+    pub api_groups: Vec<String>,
+    /// `res`, `res/sub`, `*` or `*/sub`.
+    pub resources: Vec<String>,
+    /// Empty: every name; else the request must name one of these.
+    pub resource_names: Vec<String>,
+}
+
+impl PolicyRule {
+    pub fn new(verbs: &[&str], api_groups: &[&str], resources: &[&str]) -> Self {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        PolicyRule {
+            verbs: owned(verbs),
+            api_groups: owned(api_groups),
+            resources: owned(resources),
+            resource_names: Vec::new(),
+        }
+    }
+
+    /// Only these resourceNames.
+    pub fn names(mut self, names: &[&str]) -> Self {
+        self.resource_names = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// k8s.io/kubernetes/pkg/apis/rbac/v1 `RuleAllows` for a resource request: VerbMatches,
+    /// APIGroupMatches, ResourceMatches and ResourceNameMatches.
+    fn allows(&self, request: &ResourceRequest) -> bool {
+        let has = |list: &[String], value: &str| list.iter().any(|v| v == "*" || v == value);
+        let combined = if request.subresource.is_empty() {
+            request.resource.clone()
+        } else {
+            format!("{}/{}", request.resource, request.subresource)
+        };
+        let resource = self.resources.iter().any(|rule| {
+            rule == "*"
+                || *rule == combined
+                || (!request.subresource.is_empty()
+                    && rule.strip_prefix("*/") == Some(request.subresource.as_str()))
+        });
+        let name = self.resource_names.is_empty() || self.resource_names.contains(&request.name);
+        has(&self.verbs, &request.verb) && has(&self.api_groups, &request.group) && resource && name
+    }
+}
+
+/// Whom a binding names: rbac.authorization.k8s.io/v1 Subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RbacSubject {
+    User(String),
+    Group(String),
+    /// Matches the user `system:serviceaccount:<namespace>:<name>`.
+    ServiceAccount {
+        namespace: String,
+        name: String,
+    },
+}
+
+impl RbacSubject {
+    pub fn user(name: &str) -> Self {
+        RbacSubject::User(name.into())
+    }
+
+    pub fn group(name: &str) -> Self {
+        RbacSubject::Group(name.into())
+    }
+
+    pub fn service_account(namespace: &str, name: &str) -> Self {
+        RbacSubject::ServiceAccount {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// RBAC's appliesToUser: by user name, by one of the request's groups (as the review gives
+    /// them: nothing is added), or by the service account's user name.
+    fn applies_to(&self, user: &str, groups: &[String]) -> bool {
+        match self {
+            RbacSubject::User(name) => name == user,
+            RbacSubject::Group(name) => groups.contains(name),
+            RbacSubject::ServiceAccount { namespace, name } => {
+                user == format!("system:serviceaccount:{namespace}:{name}")
+            }
+        }
+    }
+
+    /// As RBAC's describeSubject puts it in a reason.
+    fn describe(&self) -> String {
+        match self {
+            RbacSubject::User(name) => format!("User {name:?}"),
+            RbacSubject::Group(name) => format!("Group {name:?}"),
+            RbacSubject::ServiceAccount { namespace, name } => {
+                format!("ServiceAccount {:?}", format!("{namespace}/{name}"))
+            }
+        }
+    }
+}
+
+/// A ClusterRoleBinding (namespace None) or RoleBinding of one subject to its own role's rules.
+#[derive(Debug, Clone)]
+struct Binding {
+    name: String,
+    namespace: Option<String>,
+    subject: RbacSubject,
+    rules: Vec<PolicyRule>,
+}
+
+impl Binding {
+    /// As RBAC's clusterRoleBindingDescriber / roleBindingDescriber.
+    fn describe(&self) -> String {
+        match &self.namespace {
+            None => format!(
+                "ClusterRoleBinding {:?} of ClusterRole {:?} to {}",
+                self.name,
+                self.name,
+                self.subject.describe()
+            ),
+            Some(namespace) => format!(
+                "RoleBinding {:?} of Role {:?} to {}",
+                format!("{}/{namespace}", self.name),
+                self.name,
+                self.subject.describe()
+            ),
+        }
+    }
+}
+
+/// spec.resourceAttributes of a SubjectAccessReview; a missing field is "".
+#[derive(Debug, Default)]
+struct ResourceRequest {
+    namespace: String,
+    verb: String,
+    group: String,
+    resource: String,
+    subresource: String,
+    name: String,
+}
+
+impl ResourceRequest {
+    fn from(attributes: &Value) -> Self {
+        let field = |key: &str| attributes[key].as_str().unwrap_or_default().to_owned();
+        ResourceRequest {
+            namespace: field("namespace"),
+            verb: field("verb"),
+            group: field("group"),
+            resource: field("resource"),
+            subresource: field("subresource"),
+            name: field("name"),
+        }
+    }
+}
+
+/// RBAC's decision for a resource request, as kube-apiserver's RBACAuthorizer visits the rules:
+/// every ClusterRoleBinding, then (only for a request in a namespace) that namespace's
+/// RoleBindings. The reason of the first rule that allows, if any.
+fn rbac_allows(
+    bindings: &[Binding],
+    user: &str,
+    groups: &[String],
+    request: &ResourceRequest,
+) -> Option<String> {
+    let cluster = bindings.iter().filter(|b| b.namespace.is_none());
+    let namespaced = bindings.iter().filter(|b| {
+        !request.namespace.is_empty() && b.namespace.as_deref() == Some(request.namespace.as_str())
+    });
+    cluster
+        .chain(namespaced)
+        .filter(|b| b.subject.applies_to(user, groups))
+        .find(|b| b.rules.iter().any(|rule| rule.allows(request)))
+        .map(|b| format!("RBAC: allowed by {}", b.describe()))
+}
+
 #[derive(Default)]
 struct State {
     rv: u64,
@@ -132,6 +309,10 @@ struct State {
     nodes: BTreeMap<String, Value>,
     /// SubjectAccessReviews asked.
     reviews_asked: usize,
+    /// The spec of each SubjectAccessReview asked, in order.
+    reviews: Vec<Value>,
+    /// ClusterRoleBindings and RoleBindings the SubjectAccessReviews are answered from.
+    bindings: Vec<Binding>,
     /// Event creations that were valid (counted, so a test sees a retry loop as a number).
     events_posted: usize,
     /// Lists of core/v1 Events served.
@@ -558,13 +739,52 @@ impl FakeApiServer {
         });
     }
 
-    /// SubjectAccessReviews for `subresource` (nodeclient, selfnodeclient) allow this user or group.
+    /// SubjectAccessReviews for `subresource` (nodeclient, selfnodeclient) allow this user or group,
+    /// whatever the verb, group and resource (coarser than RBAC: see
+    /// [`FakeApiServer::bind_cluster_role`]); allowed if either allows.
     pub fn allow_sar(&self, user_or_group: &str, subresource: &str) {
         self.shared.mutate(|state| {
             state
                 .sar_allow
                 .push((user_or_group.into(), subresource.into()))
         });
+    }
+
+    /// A ClusterRoleBinding of `subject` to a ClusterRole of `rules`: SubjectAccessReviews in
+    /// every namespace and for cluster-scoped or all-namespace requests. Returns its name (the
+    /// ClusterRole's too), as RBAC's reason names it.
+    pub fn bind_cluster_role(&self, subject: RbacSubject, rules: &[PolicyRule]) -> String {
+        self.bind(None, subject, rules)
+    }
+
+    /// A RoleBinding in `namespace` of `subject` to a Role of `rules`: only requests in that
+    /// namespace, never a request with namespace "" (all namespaces, or cluster-scoped).
+    /// Returns its name (the Role's too).
+    pub fn bind_role(&self, namespace: &str, subject: RbacSubject, rules: &[PolicyRule]) -> String {
+        self.bind(Some(namespace.into()), subject, rules)
+    }
+
+    fn bind(
+        &self,
+        namespace: Option<String>,
+        subject: RbacSubject,
+        rules: &[PolicyRule],
+    ) -> String {
+        self.shared.mutate(|state| {
+            let kind = if namespace.is_some() {
+                "role"
+            } else {
+                "cluster-role"
+            };
+            let name = format!("fake-{kind}-{}", state.bindings.len() + 1);
+            state.bindings.push(Binding {
+                name: name.clone(),
+                namespace,
+                subject,
+                rules: rules.to_vec(),
+            });
+            name
+        })
     }
 
     pub fn arm(&self, f: impl FnOnce(&mut Faults)) {
@@ -634,6 +854,12 @@ impl FakeApiServer {
     /// SubjectAccessReviews asked so far.
     pub fn reviews_asked(&self) -> usize {
         self.state.lock().expect("state").reviews_asked
+    }
+
+    /// The spec (user, groups, uid, resourceAttributes...) of every SubjectAccessReview asked so
+    /// far, in order.
+    pub fn reviews(&self) -> Vec<Value> {
+        self.state.lock().expect("state").reviews.clone()
     }
 
     /// Valid Event creations so far.
@@ -1160,20 +1386,17 @@ async fn handle_authenticated(
             }
         }
         (&Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
+            let mut review: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
             let slow = {
                 let mut state = shared.state.lock().expect("state");
                 state.reviews_asked += 1;
+                state.reviews.push(review["spec"].clone());
                 state.faults.slow_reviews
             };
             if !slow.is_zero() {
                 tokio::time::sleep(slow).await;
             }
-            let mut review: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
             let spec = &review["spec"];
-            let subresource = spec["resourceAttributes"]["subresource"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
             let user = spec["user"].as_str().unwrap_or_default().to_owned();
             let groups: Vec<String> = spec["groups"]
                 .as_array()
@@ -1183,14 +1406,55 @@ async fn handle_authenticated(
                         .collect()
                 })
                 .unwrap_or_default();
-            let allowed = shared
-                .state
-                .lock()
-                .expect("state")
+            let attributes = &spec["resourceAttributes"];
+            // As kube-apiserver's ValidateSubjectAccessReviewSpec.
+            let invalid_spec = if attributes.is_object()
+                && spec["nonResourceAttributes"].is_object()
+            {
+                Some(
+                    "spec.nonResourceAttributes: Invalid value: cannot be specified in combination with resourceAttributes",
+                )
+            } else if !attributes.is_object() && !spec["nonResourceAttributes"].is_object() {
+                Some(
+                    "spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                )
+            } else if user.is_empty() && groups.is_empty() {
+                Some("spec.user: Invalid value: at least one of user or group must be specified")
+            } else {
+                None
+            };
+            if let Some(message) = invalid_spec {
+                return invalid(message);
+            }
+            let subresource = attributes["subresource"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let state = shared.state.lock().expect("state");
+            // kube-apiserver authorizes system:masters before any other authorizer, reason "".
+            let masters = groups.iter().any(|g| g == "system:masters");
+            let rbac = attributes
+                .is_object()
+                .then(|| {
+                    rbac_allows(
+                        &state.bindings,
+                        &user,
+                        &groups,
+                        &ResourceRequest::from(attributes),
+                    )
+                })
+                .flatten();
+            // The older, coarser rule: a (user or group, subresource) pair, whatever the verb.
+            let by_pair = state
                 .sar_allow
                 .iter()
                 .any(|(who, sub)| *sub == subresource && (*who == user || groups.contains(who)));
-            review["status"] = json!({"allowed": allowed});
+            let mut status = json!({"allowed": masters || rbac.is_some() || by_pair});
+            if let Some(reason) = rbac.filter(|_| !masters) {
+                status["reason"] = json!(reason);
+            }
+            drop(state);
+            review["status"] = status;
             full(StatusCode::CREATED, review)
         }
         (&Method::GET, ["api", "v1", "namespaces", namespace, "configmaps", name]) => {
