@@ -993,7 +993,7 @@ async fn hanging_reviews_hold_up_only_the_csrs_that_wait_for_them() {
     let h = harness().await;
     h.server.allow_sar("system:bootstrappers", "nodeclient");
     h.server
-        .arm(|f| f.slow_reviews = std::time::Duration::from_secs(3600));
+        .arm(|f| f.slow_node_reviews = std::time::Duration::from_secs(3600));
     let nodes: Vec<String> = (0..12).map(|i| format!("boot-{i:02}")).collect();
     for node in &nodes {
         h.create_bootstrap_client_csr(&format!("node-csr-{node}"), node);
@@ -1012,7 +1012,8 @@ async fn hanging_reviews_hold_up_only_the_csrs_that_wait_for_them() {
         decided.is_empty(),
         "no review has answered yet: {decided:?}"
     );
-    h.server.arm(|f| f.slow_reviews = std::time::Duration::ZERO);
+    h.server
+        .arm(|f| f.slow_node_reviews = std::time::Duration::ZERO);
     h.server
         .wait_for_within(
             "every kubelet CSR approved once the reviews answer",

@@ -10,7 +10,7 @@ use super::record::log_decision;
 use super::{Context, Error, MAX_CONFLICT_RETRIES};
 use crate::csr::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state};
 use crate::metrics::DecisionLabels;
-use crate::policy::{self, CsrView, Decision, PrivilegeReview};
+use crate::policy::{self, CsrView, Decision, PrivilegeReview, Reason};
 
 impl Context {
     /// Decide a pending CSR and write the decision; on 409 re-read and decide again.
@@ -41,12 +41,16 @@ impl Context {
             let kind = match decision {
                 // A leave writes nothing to the CSR, only its Event. One for want of the
                 // privilege ceiling's answers is tried again, with the CSR's backoff.
-                Decision::Leave { .. } => {
-                    self.announce(&csr, &view, decision, false).await?;
-                    if let Some(PrivilegeReview::Unavailable(why)) = facts.privilege {
-                        return Err(Error::PrivilegeReview { csr: name, why });
+                Decision::Leave { reason, .. } => {
+                    let Some(PrivilegeReview::Unavailable(why)) = facts.privilege else {
+                        return self.announce(&csr, &view, decision, false).await;
+                    };
+                    // A blip is retried before it is said on the CSR.
+                    if *reason != Reason::PrivilegeReviewUnavailable || self.failures_of(&name) > 0
+                    {
+                        self.announce(&csr, &view, decision, false).await?;
                     }
-                    return Ok(());
+                    return Err(Error::PrivilegeReview { csr: name, why });
                 }
                 Decision::Approve { .. } => APPROVED,
                 Decision::Deny { .. } => DENIED,

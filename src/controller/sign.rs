@@ -68,7 +68,8 @@ impl Context {
             }
             if let Signing::WaitForReview { message, why } = outcome {
                 tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "waiting", reason = Reason::PrivilegeReviewUnavailable.as_str(), "approved, not issued yet: {message}");
-                if !self.settings.dry_run {
+                // A blip is retried before it is said on the CSR.
+                if !self.settings.dry_run && self.failures_of(&name) > 0 {
                     self.say_left_pending(&csr, Reason::PrivilegeReviewUnavailable, &message)
                         .await?;
                 }

@@ -221,8 +221,9 @@ def test_sign_only_signer_gets_sign_and_status_rbac_and_its_own_ca_mounted(tmp_p
     assert signer_rules(objects) == {"sign": ["example.com/legacy"]}
     assert subresource_verbs(objects) == {"certificatesigningrequests/status"}
     role = named(objects, "ClusterRole", "csr-warden")
-    assert not [r for r in role["rules"] if r["resources"] in (["subjectaccessreviews"], ["nodes"])], (
-        "nothing decides, so no facts are asked")
+    assert not [r for r in role["rules"] if r["resources"] == ["nodes"]], "nothing decides: no Node facts"
+    assert [r for r in role["rules"] if r["resources"] == ["subjectaccessreviews"]], (
+        "the signer asks the privilege ceiling's SubjectAccessReviews")
     assert not [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("apiserver-addresses")]
     container = deployment(objects)["spec"]["template"]["spec"]["containers"][0]
     volumes = deployment(objects)["spec"]["template"]["spec"]["volumes"]

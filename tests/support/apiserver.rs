@@ -85,6 +85,9 @@ pub struct Faults {
     /// SubjectAccessReviews are answered only after this long (an overloaded authorizer or
     /// webhook).
     pub slow_reviews: Duration,
+    /// Only the kubelet client reviews (`certificatesigningrequests/nodeclient` and
+    /// `selfnodeclient`) are answered after this long: an authorizer slow for one path.
+    pub slow_node_reviews: Duration,
     /// The next N CSR deletions reach no watcher: the controller's cache keeps the CSR until a
     /// fresh list shows it is gone.
     pub hide_deletions: usize,
@@ -1391,7 +1394,17 @@ async fn handle_authenticated(
                 let mut state = shared.state.lock().expect("state");
                 state.reviews_asked += 1;
                 state.reviews.push(review["spec"].clone());
-                state.faults.slow_reviews
+                let node_review = review["spec"]["resourceAttributes"]["subresource"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("nodeclient"));
+                if node_review {
+                    state
+                        .faults
+                        .slow_reviews
+                        .max(state.faults.slow_node_reviews)
+                } else {
+                    state.faults.slow_reviews
+                }
             };
             if !slow.is_zero() {
                 tokio::time::sleep(slow).await;
