@@ -48,8 +48,9 @@ async fn a_human_approval_never_signs_cluster_admin_by_another_name() {
         "signers:\n  - name: {CLIENT_SIGNER}\n    role: sign\n    ca: {}\n",
         ca_yaml(&h.ca)
     );
-    // (CSR, subject, the Failed reason, what the message must name); None: issued.
-    let rows: [(&str, &str, Option<(&str, &str)>); 6] = [
+    // (CSR, subject, the Failed reason and what the message must name); None: issued.
+    type Refusal = Option<(&'static str, &'static str)>;
+    let rows: [(&str, &str, Refusal); 6] = [
         (
             "eve",
             "/CN=eve/O=kubeadm:cluster-admins",
