@@ -408,13 +408,20 @@ pub fn ceiling(
             }
         }
     }
-    let accepted_note = if accepted.is_empty() {
-        String::new()
-    } else {
-        format!(" (accepted by the allowList: {})", accepted.join(", "))
-    };
+    // Each review and its answer, for `check` and the debug log.
+    let each: Vec<String> = checks
+        .iter()
+        .map(|check| {
+            let allowed = answers
+                .iter()
+                .any(|(name, allowed)| *name == check.name && *allowed);
+            let answer = if allowed { "yes (acceptChecks)" } else { "no" };
+            format!("{} {answer}", check.name)
+        })
+        .collect();
     Ceiling::Clear(format!(
-        "{identity} may do none of the {} privilege checks{accepted_note}",
-        checks.len()
+        "{identity} may do none of the {} privilege checks it is not accepted for: {}",
+        checks.len(),
+        each.join(", ")
     ))
 }
