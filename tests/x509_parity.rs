@@ -1046,13 +1046,20 @@ fn corpus(dir: &std::path::Path) -> Vec<Case> {
             )
         }),
         case(
-            "signature BIT STRING with 1 unused bit",
+            "signature BIT STRING with 1 unused bit (a zero one: valid DER padding)",
             Deny,
             |k: &Keys| {
                 let info = info(&jane(), &k.spki(Key::P256), &no_attributes());
-                let mut signature = vec![1];
-                signature.extend(k.sign(Key::P256, &info));
-                seq(&[info, k.algorithm(Key::P256), tlv(BIT_STRING, &signature)])
+                // ECDSA is randomized: sign until the last bit, declared unused, is zero, so the
+                // BIT STRING is well formed and only its meaning differs (Go shifts it right).
+                let signature = loop {
+                    let signature = k.sign(Key::P256, &info);
+                    if signature.last().is_some_and(|b| b & 1 == 0) {
+                        break signature;
+                    }
+                };
+                let content = cat(&[vec![1], signature]);
+                seq(&[info, k.algorithm(Key::P256), tlv(BIT_STRING, &content)])
             },
         ),
         case("signature over other bytes", Deny, |k: &Keys| {

@@ -291,16 +291,34 @@ pub fn go_made_csr() -> Vec<u8> {
         .expect("gencsr answers base64")
 }
 
-fn dotted(oid: &[u64]) -> String {
-    oid.iter().map(u64::to_string).collect::<Vec<_>>().join(".")
+/// An attribute type in dotted form, whether csr-warden's reader holds it as arcs or as a
+/// `der` ObjectIdentifier (the strict reader does).
+pub trait Dotted {
+    fn dotted(&self) -> String;
 }
 
-/// The UIDs csr-warden read: its subject's UID attributes.
+impl Dotted for Vec<u64> {
+    fn dotted(&self) -> String {
+        self.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+impl Dotted for der::asn1::ObjectIdentifier {
+    fn dotted(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// The UIDs csr-warden read: its subject's UID attributes (the strict reader also has
+/// `CertificateRequest::uid`, which must then be the only one).
 pub fn our_uids(request: &CertificateRequest) -> Vec<String> {
     request
         .subject
         .iter()
-        .filter(|a| dotted(&a.oid) == UID_OID)
+        .filter(|a| a.oid.dotted() == UID_OID)
         .map(|a| a.value.clone())
         .collect()
 }
@@ -331,7 +349,7 @@ fn identity_differences(ours: &CertificateRequest, go: &GoReading) -> Vec<String
     let our_names: Vec<(String, Option<String>)> = ours
         .subject
         .iter()
-        .map(|a| (dotted(&a.oid), Some(a.value.clone())))
+        .map(|a| (a.oid.dotted(), Some(a.value.clone())))
         .collect();
     let go_names: Vec<(String, Option<String>)> = go
         .names
