@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod bench;
 pub mod control_plane;
+pub mod go_reader;
 pub mod procfs;
 
 use std::path::{Path, PathBuf};

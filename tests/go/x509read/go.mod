@@ -1,0 +1,3 @@
+module csr-warden/x509read
+
+go 1.26
