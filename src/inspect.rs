@@ -249,6 +249,7 @@ pub fn inspect_der(der: &[u8]) -> Result<CertificateRequest, InspectError> {
     let csr = CertReq::from_der(der).map_err(der_error("the request"))?;
     let info = csr.info.to_der().map_err(der_error("the request"))?;
     same_encoding(&csr, der, "the request")?;
+    every_oid_canonical(&csr)?;
 
     // Key first: a weak key is its own, clearer reason, and the verifier refuses small RSA anyway.
     let key = read_key(&csr.info.public_key)?;
@@ -287,6 +288,43 @@ fn same_encoding(value: &impl Encode, bytes: &[u8], what: &str) -> Result<(), In
         return Err(InspectError::BadDer(format!(
             "{what} is not in its one DER encoding (DER re-encodes it to other bytes)"
         )));
+    }
+    Ok(())
+}
+
+/// An OBJECT IDENTIFIER keeps the bytes it was decoded from, so re-encoding cannot tell an arc
+/// written with a leading 0x80 (which Go refuses as "not minimally encoded") from the real one.
+/// Each arc's first byte must not be 0x80.
+fn canonical_oid(oid: &ObjectIdentifier, what: &str) -> Result<(), InspectError> {
+    let bytes = oid.as_bytes();
+    let arc_starts = std::iter::once(0).chain(
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| *b & 0x80 == 0)
+            .map(|(at, _)| at + 1),
+    );
+    for start in arc_starts {
+        if bytes.get(start) == Some(&0x80) {
+            return Err(InspectError::BadDer(format!(
+                "{what}: OBJECT IDENTIFIER {oid} has an arc that is not minimally encoded"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every OBJECT IDENTIFIER of the request csr-warden reads or carries, canonical.
+fn every_oid_canonical(csr: &CertReq) -> Result<(), InspectError> {
+    canonical_oid(&csr.algorithm.oid, "the signature algorithm")?;
+    canonical_oid(&csr.info.public_key.algorithm.oid, "the key algorithm")?;
+    for rdn in &csr.info.subject.0 {
+        for attribute in rdn.0.iter() {
+            canonical_oid(&attribute.oid, "the subject")?;
+        }
+    }
+    for attribute in csr.info.attributes.iter() {
+        canonical_oid(&attribute.oid, "an attribute")?;
     }
     Ok(())
 }
@@ -410,6 +448,7 @@ fn read_key(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<Decoded
             .filter(|p| p.tag() == Tag::ObjectIdentifier)
             .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
             .ok_or_else(|| InspectError::UnsupportedKey("EC key without a named curve".into()))?;
+        canonical_oid(&curve, "the EC curve")?;
         let (algorithm, point_len) = if curve == OID_P256 {
             (KeyAlgorithm::EcdsaP256, 65)
         } else if curve == OID_P384 {
@@ -683,6 +722,7 @@ fn read_extensions(
     let mut seen = Vec::with_capacity(extensions.len());
     for extension in &extensions {
         let oid = extension.extn_id;
+        canonical_oid(&oid, "an extension")?;
         if seen.contains(&oid) {
             return Err(InspectError::BadExtension(format!(
                 "extension {oid} is requested twice"
@@ -744,12 +784,13 @@ fn general_name_kind(name: &GeneralName) -> &'static str {
     }
 }
 
-/// A URI SAN that Go re-renders as the same text (kube-controller-manager issues `url.String()`
-/// of what Go parsed): RFC 3986 characters only, a scheme, percent signs only before two hex
-/// digits, no spaces or quotes.
+/// A URI SAN that Go parses (`url.Parse`, then x509's host check) and re-renders as the same
+/// text (kube-controller-manager issues `url.String()` of what Go parsed): a lower-case scheme;
+/// after `//`, a host of DNS labels and an optional numeric port, no user info and no IP
+/// literal; then RFC 3986 path, query and fragment characters, `%` only before two hex digits.
 fn check_uri(uri: &str) -> Result<(), InspectError> {
     let bad = |why: &str| InspectError::BadExtension(format!("URI SAN {uri:?}: {why}"));
-    let Some((scheme, _)) = uri.split_once(':') else {
+    let Some((scheme, rest)) = uri.split_once(':') else {
         return Err(bad("no scheme"));
     };
     let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
@@ -761,9 +802,37 @@ fn check_uri(uri: &str) -> Result<(), InspectError> {
             "the scheme must be lower-case letters, digits, '+', '-' or '.'",
         ));
     }
-    let bytes = uri.as_bytes();
+    let rest = match rest.strip_prefix("//") {
+        None => rest,
+        Some(after) => {
+            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            let (authority, path) = after.split_at(end);
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            let label_ok = |label: &str| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            };
+            if host.is_empty() || !host.split('.').all(label_ok) {
+                return Err(bad(
+                    "the host must be DNS labels (letters, digits, '-'), with no user info or IP literal",
+                ));
+            }
+            if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+                return Err(bad("the port must be digits"));
+            }
+            path
+        }
+    };
+    let bytes = rest.as_bytes();
+    if rest.matches('#').count() > 1 {
+        return Err(bad("more than one '#'"));
+    }
     for (at, byte) in bytes.iter().enumerate() {
-        let allowed = byte.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(byte);
+        let allowed = byte.is_ascii_alphanumeric() || b"-._~:/?#@!$&'()*+,;=%".contains(byte);
         if !allowed {
             return Err(bad("a character outside RFC 3986"));
         }
@@ -784,6 +853,14 @@ fn ip_from_bytes(bytes: &OctetString) -> Result<IpAddr, InspectError> {
         return Ok(IpAddr::from(v4));
     }
     if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
+        let v6 = std::net::Ipv6Addr::from(v6);
+        // Go reads ::ffff:a.b.c.d as the IPv4 address a.b.c.d (and a TLS client matches it so):
+        // one address with two spellings is refused rather than read two ways.
+        if let Some(v4) = v6.to_ipv4_mapped() {
+            return Err(InspectError::BadExtension(format!(
+                "IP address SAN {v6} is the IPv4 address {v4} written as IPv6; write {v4}"
+            )));
+        }
         return Ok(IpAddr::from(v6));
     }
     Err(InspectError::BadExtension(format!(

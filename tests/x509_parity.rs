@@ -820,6 +820,29 @@ fn corpus(dir: &std::path::Path) -> Vec<Case> {
             ),
         ),
         case(
+            "SAN URI whose port is not a number (Go's url.Parse: invalid port)",
+            Deny,
+            simple(jane(), with_sans(&[uri("spiffe://cluster.local:x/ns/a")])),
+        ),
+        case(
+            "SAN URI with user info and an IP literal host",
+            Deny,
+            simple(jane(), with_sans(&[uri("https://admin@[::1]/x")])),
+        ),
+        case(
+            "SAN URI with a space",
+            Deny,
+            simple(jane(), with_sans(&[uri("spiffe://cluster.local/a b")])),
+        ),
+        case(
+            "control: SAN URI with a port, a query and a fragment",
+            Accept,
+            simple(
+                jane(),
+                with_sans(&[uri("https://svc.example.com:8443/a/b?c=d#e")]),
+            ),
+        ),
+        case(
             "SAN dNSName with a non-ASCII byte",
             Deny,
             simple(jane(), with_sans(&[tlv(0x82, b"jan\xe9.example.com")])),

@@ -312,15 +312,21 @@ impl Dotted for der::asn1::ObjectIdentifier {
     }
 }
 
-/// The UIDs csr-warden read: its subject's UID attributes (the strict reader also has
-/// `CertificateRequest::uid`, which must then be the only one).
+/// The UIDs csr-warden read: its subject's UID attributes, which must be exactly the one it
+/// decided on (`CertificateRequest::uid`).
 pub fn our_uids(request: &CertificateRequest) -> Vec<String> {
-    request
+    let in_subject: Vec<String> = request
         .subject
         .iter()
         .filter(|a| a.oid.dotted() == UID_OID)
         .map(|a| a.value.clone())
-        .collect()
+        .collect();
+    assert_eq!(
+        in_subject,
+        request.uid.iter().cloned().collect::<Vec<_>>(),
+        "csr-warden's UID and its subject's UID attributes"
+    );
+    in_subject
 }
 
 /// Where Go's reading of the identity (subject, SANs, key) differs from csr-warden's.
