@@ -101,7 +101,7 @@ struct PrivilegeCeilingFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PrivilegeCheckFile {
     name: String,
     verb: String,
@@ -113,6 +113,9 @@ struct PrivilegeCheckFile {
     /// Absent: all namespaces (and cluster-scoped resources).
     #[serde(default)]
     namespace: String,
+    /// Absent: every object; else the one object a review names.
+    #[serde(default)]
+    resource_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,6 +475,7 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
                 resource: check.resource,
                 subresource: check.subresource,
                 namespace: check.namespace,
+                resource_name: check.resource_name,
             });
         }
     }

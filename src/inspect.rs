@@ -50,9 +50,35 @@ const PEM_LABEL: &str = "CERTIFICATE REQUEST";
 pub const OID_COMMON_NAME: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 pub const OID_ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
 pub const OID_ORGANIZATIONAL_UNIT: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
-/// The UID attribute (RFC 4519 `uid`): kube-apiserver's x509 authenticator reads it as the
-/// user's UID since Kubernetes 1.33 (feature AllowParsingUserUIDFromCertAuth, on by default).
-pub const OID_USER_ID: ObjectIdentifier = ObjectIdentifier::new_unwrap("0.9.2342.19200300.100.1.1");
+/// The UID attribute kube-apiserver's x509 authenticator reads as the user's UID (feature
+/// AllowParsingUserUIDFromCertAuth: alpha in 1.33, on by default since 1.34).
+pub const OID_KUBERNETES_UID: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.57683.2");
+/// RFC 4519's `uid`: not what Kubernetes reads, but a UID to anyone else; decided on alike.
+pub const OID_LDAP_UID: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("0.9.2342.19200300.100.1.1");
+
+/// The subject attribute types a request may carry: the ones Kubernetes reads (CN, O, the
+/// UIDs) and the ordinary descriptive ones. Any other type is refused, so an attribute some
+/// future Kubernetes reads as an identity is never passed through unread.
+const KNOWN_SUBJECT_ATTRIBUTES: &[ObjectIdentifier] = &[
+    OID_COMMON_NAME,
+    OID_ORGANIZATION,
+    OID_ORGANIZATIONAL_UNIT,
+    OID_KUBERNETES_UID,
+    OID_LDAP_UID,
+    ObjectIdentifier::new_unwrap("2.5.4.4"),  // surname
+    ObjectIdentifier::new_unwrap("2.5.4.5"),  // serialNumber
+    ObjectIdentifier::new_unwrap("2.5.4.6"),  // countryName
+    ObjectIdentifier::new_unwrap("2.5.4.7"),  // localityName
+    ObjectIdentifier::new_unwrap("2.5.4.8"),  // stateOrProvinceName
+    ObjectIdentifier::new_unwrap("2.5.4.9"),  // streetAddress
+    ObjectIdentifier::new_unwrap("2.5.4.12"), // title
+    ObjectIdentifier::new_unwrap("2.5.4.17"), // postalCode
+    ObjectIdentifier::new_unwrap("2.5.4.42"), // givenName
+    ObjectIdentifier::new_unwrap("0.9.2342.19200300.100.1.25"), // domainComponent
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.1"), // emailAddress
+];
 
 const OID_EXTENSION_REQUEST: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.14");
@@ -224,7 +250,8 @@ fn short_attribute_name(oid: &ObjectIdentifier) -> String {
         "2.5.4.6" => "C",
         "2.5.4.7" => "L",
         "2.5.4.8" => "ST",
-        "0.9.2342.19200300.100.1.1" => "UID",
+        "1.3.6.1.4.1.57683.2" => "UID",
+        "0.9.2342.19200300.100.1.1" => "uid",
         other => return other.to_owned(),
     };
     short.to_owned()
@@ -309,6 +336,19 @@ fn canonical_oid(oid: &ObjectIdentifier, what: &str) -> Result<(), InspectError>
             return Err(InspectError::BadDer(format!(
                 "{what}: OBJECT IDENTIFIER {oid} has an arc that is not minimally encoded"
             )));
+        }
+    }
+    // Go reads each base-128 sub-identifier into 31 bits and refuses anything larger.
+    let mut value: u64 = 0;
+    for byte in bytes {
+        value = (value << 7) | u64::from(byte & 0x7f);
+        if value > i32::MAX as u64 {
+            return Err(InspectError::BadDer(format!(
+                "{what}: OBJECT IDENTIFIER {oid} has an arc above 2^31 - 1"
+            )));
+        }
+        if byte & 0x80 == 0 {
+            value = 0;
         }
     }
     Ok(())
@@ -602,6 +642,12 @@ fn read_subject(
             });
         };
         let oid = attribute.oid;
+        if !KNOWN_SUBJECT_ATTRIBUTES.contains(&oid) {
+            return Err(InspectError::UnsupportedString {
+                attribute: oid.to_string(),
+                found: "attribute type csr-warden does not read".into(),
+            });
+        }
         let (value, string_type) = subject_string(&oid, &attribute.value)?;
         if value.chars().count() > MAX_ATTRIBUTE_CHARS {
             return Err(InspectError::BadSubject(format!(
@@ -624,8 +670,9 @@ fn read_subject(
             request.organizations.push(value.clone());
         } else if oid == OID_ORGANIZATIONAL_UNIT {
             request.organizational_units.push(value.clone());
-        } else if oid == OID_USER_ID {
-            // kube-apiserver refuses a certificate with two UIDs or an empty one.
+        } else if oid == OID_KUBERNETES_UID || oid == OID_LDAP_UID {
+            // kube-apiserver refuses a certificate with two UIDs or an empty one; Kubernetes'
+            // and RFC 4519's together are two.
             if request.uid.is_some() {
                 return Err(InspectError::BadSubject("more than one UID".into()));
             }
@@ -831,6 +878,11 @@ fn check_uri(uri: &str) -> Result<(), InspectError> {
     if rest.matches('#').count() > 1 {
         return Err(bad("more than one '#'"));
     }
+    if rest.ends_with('#') {
+        return Err(bad(
+            "an empty fragment (Go re-renders the URI without its '#')",
+        ));
+    }
     for (at, byte) in bytes.iter().enumerate() {
         let allowed = byte.is_ascii_alphanumeric() || b"-._~:/?#@!$&'()*+,;=%".contains(byte);
         if !allowed {
@@ -853,15 +905,9 @@ fn ip_from_bytes(bytes: &OctetString) -> Result<IpAddr, InspectError> {
         return Ok(IpAddr::from(v4));
     }
     if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
-        let v6 = std::net::Ipv6Addr::from(v6);
-        // Go reads ::ffff:a.b.c.d as the IPv4 address a.b.c.d (and a TLS client matches it so):
-        // one address with two spellings is refused rather than read two ways.
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            return Err(InspectError::BadExtension(format!(
-                "IP address SAN {v6} is the IPv4 address {v4} written as IPv6; write {v4}"
-            )));
-        }
-        return Ok(IpAddr::from(v6));
+        // Go reads ::ffff:a.b.c.d as the IPv4 address a.b.c.d (and so does a TLS client): read
+        // it so too, and the certificate carries it as the 4 bytes of that address.
+        return Ok(IpAddr::from(v6).to_canonical());
     }
     Err(InspectError::BadExtension(format!(
         "IP address SAN of {} bytes",

@@ -730,7 +730,7 @@ pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
     // 8. The privilege ceiling, over an approval and over a leave alike: a human must not be
     //    handed cluster-admin by another name to approve, nor another signer (approve-only) a
     //    request csr-warden let through.
-    let accepted = accepted_checks(request, policy);
+    let accepted = accepted_checks(csr, request, policy);
     match ceiling::ceiling(
         identity_of(request).as_ref(),
         &policy.privilege_checks,
@@ -756,25 +756,24 @@ fn is_kubelet_signer(signer: &str) -> bool {
     signer == SIGNER_KUBELET_CLIENT || signer == SIGNER_KUBELET_SERVING
 }
 
-/// The privilege checks the allow-list accepts for this identity: those of every rule that
-/// names its CN and allows each of its groups.
-fn accepted_checks<'a>(request: &CertificateRequest, policy: &'a Policy) -> Vec<&'a str> {
+/// The privilege checks the allow-list accepts for this request: those of the rule that
+/// approves it (the first whose every condition holds, requester included), none otherwise. A
+/// rule's acceptChecks never lend themselves to a request another rule approves.
+fn accepted_checks<'a>(
+    csr: &CsrView,
+    request: &CertificateRequest,
+    policy: &'a Policy,
+) -> Vec<&'a str> {
     let common_name = request.common_name.as_deref().unwrap_or_default();
-    let mut accepted: Vec<&str> = policy
+    policy
         .allow_list
         .iter()
-        .filter(|rule| {
+        .find(|rule| {
             rule.common_name.matches(common_name)
-                && request
-                    .organizations
-                    .iter()
-                    .all(|o| rule.groups.contains(o))
+                && allow_rule_problem(csr, request, rule).is_none()
         })
-        .flat_map(|rule| rule.accept_checks.iter().map(String::as_str))
-        .collect();
-    accepted.sort_unstable();
-    accepted.dedup();
-    accepted
+        .map(|rule| rule.accept_checks.iter().map(String::as_str).collect())
+        .unwrap_or_default()
 }
 
 /// The identity whose privileges must be reviewed before an approved `csr` is signed: every
@@ -799,7 +798,7 @@ pub fn signing_ceiling(
     ceiling::ceiling(
         Some(&identity),
         &policy.privilege_checks,
-        &accepted_checks(request, policy),
+        &accepted_checks(csr, request, policy),
         review,
     )
 }

@@ -29,6 +29,17 @@ fn bind_the_cluster(h: &Harness) {
         RbacSubject::user("reader"),
         &[PolicyRule::new(&["get", "list"], &[""], &["secrets"])],
     );
+    // Grants limited to one object answer only a review that names it.
+    h.server.bind_cluster_role(
+        RbacSubject::user("impersonator"),
+        &[PolicyRule::new(&["impersonate"], &[""], &["groups"]).names(&["system:masters"])],
+    );
+    // A RoleBinding in kube-system: no all-namespace review sees it.
+    h.server.bind_role(
+        "kube-system",
+        RbacSubject::user("ks-reader"),
+        &[PolicyRule::new(&["get"], &[""], &["secrets"])],
+    );
 }
 
 fn failed_reason(server: &support::apiserver::FakeApiServer, name: &str) -> Option<String> {
@@ -50,7 +61,7 @@ async fn a_human_approval_never_signs_cluster_admin_by_another_name() {
     );
     // (CSR, subject, the Failed reason and what the message must name); None: issued.
     type Refusal = Option<(&'static str, &'static str)>;
-    let rows: [(&str, &str, Refusal); 6] = [
+    let rows: [(&str, &str, Refusal); 9] = [
         (
             "eve",
             "/CN=eve/O=kubeadm:cluster-admins",
@@ -75,6 +86,21 @@ async fn a_human_approval_never_signs_cluster_admin_by_another_name() {
             "reader",
             "/CN=reader",
             Some(("PrivilegedIdentity", "get-secrets")),
+        ),
+        (
+            "impersonator",
+            "/CN=impersonator",
+            Some(("PrivilegedIdentity", "impersonate-system-masters")),
+        ),
+        (
+            "ks-reader",
+            "/CN=ks-reader",
+            Some(("PrivilegedIdentity", "get-secrets-kube-system")),
+        ),
+        (
+            "bootstrap",
+            "/CN=system:bootstrap:abcdef",
+            Some(("ReservedIdentity", "system:*")),
         ),
         ("bob", "/CN=bob/O=developers", None),
     ];
@@ -207,11 +233,11 @@ async fn the_approver_denies_privileged_identities_and_approves_the_rest() {
         message.contains("exec-pods-kube-system") && message.contains("ops-bot"),
         "{message}"
     );
-    let lines = controller.kill().await;
-    let logged = lines
-        .iter()
-        .find(|l| l["csr"] == "eve" && l["decision"] == "deny")
-        .unwrap_or_else(|| panic!("eve's deny line: {lines:?}"));
+    let logged = controller
+        .wait_for_log("eve's deny line", |l| {
+            l["csr"] == "eve" && l["decision"] == "deny"
+        })
+        .await;
     assert_eq!(logged["reason"], "PrivilegedIdentity");
 }
 

@@ -1143,3 +1143,58 @@ fn a_subject_uid_is_refused_unless_an_allow_list_rule_names_it() {
         denied.message()
     );
 }
+
+/// A rule's acceptChecks serve only the requests that rule approves: a second rule for the same
+/// CN, with other requesters, cannot borrow them.
+#[test]
+fn accept_checks_belong_to_the_rule_that_approves() {
+    let policy = policy(
+        r#"
+allowList:
+  - commonName: ci-deployer
+    groups: [deployers]
+    acceptChecks: [get-secrets]
+    requesters: { users: [release-bot] }
+  - commonNamePattern: 'ci-.*'
+    groups: [deployers]
+    requesters: { groups: [ci-runners] }
+"#,
+    );
+    let pem = rcgen_csr("ci-deployer", &["deployers"], &[]);
+    let mut facts = unprivileged();
+    if let Some(PrivilegeReview::Answered(answers)) = &mut facts.privilege {
+        for (name, allowed) in answers.iter_mut() {
+            *allowed = name == "get-secrets";
+        }
+    }
+    let by = |user: &str, groups: &[&str]| {
+        decide(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, user, groups, &pem),
+            &facts,
+            &policy,
+        )
+        .decision
+    };
+    let release = by("release-bot", &[]);
+    assert_eq!(
+        reason(&release),
+        Reason::AutoApprovedAllowList,
+        "{release:?}"
+    );
+    let ci = by("runner-7", &["ci-runners"]);
+    assert_eq!(reason(&ci), Reason::PrivilegedIdentity, "{ci:?}");
+    assert!(ci.message().contains("get-secrets"), "{ci:?}");
+    // The signer agrees, whoever approved.
+    let as_signed = |user: &str, groups: &[&str]| {
+        signing_ceiling(
+            &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, user, groups, &pem),
+            &policy,
+            facts.privilege.as_ref(),
+        )
+    };
+    assert!(matches!(as_signed("release-bot", &[]), Ceiling::Clear(_)));
+    assert!(matches!(
+        as_signed("runner-7", &["ci-runners"]),
+        Ceiling::Exceeded { check, .. } if check == "get-secrets"
+    ));
+}

@@ -175,7 +175,10 @@ use der::*;
 
 const CN: &[u64] = &[2, 5, 4, 3];
 const O: &[u64] = &[2, 5, 4, 10];
-const UID: &[u64] = &[0, 9, 2342, 19200300, 100, 1, 1];
+/// The UID attribute kube-apiserver reads as the user's UID.
+const UID: &[u64] = &[1, 3, 6, 1, 4, 1, 57683, 2];
+/// RFC 4519's uid, which csr-warden treats as a UID too.
+const LDAP_UID: &[u64] = &[0, 9, 2342, 19200300, 100, 1, 1];
 const EXTENSION_REQUEST: &[u64] = &[1, 2, 840, 113549, 1, 9, 14];
 const CHALLENGE_PASSWORD: &[u64] = &[1, 2, 840, 113549, 1, 9, 7];
 const SAN: &[u64] = &[2, 5, 29, 17];
@@ -636,6 +639,56 @@ fn corpus(dir: &std::path::Path) -> Vec<Case> {
             ),
         ),
         case(
+            "control: one RFC 4519 uid attribute",
+            Accept,
+            simple(
+                name(&[atv(CN, utf8("jane")), atv(LDAP_UID, utf8("uid-1"))]),
+                no_attributes(),
+            ),
+        ),
+        case(
+            "a Kubernetes UID and an RFC 4519 uid",
+            Deny,
+            simple(
+                name(&[
+                    atv(CN, utf8("jane")),
+                    atv(UID, utf8("uid-1")),
+                    atv(LDAP_UID, utf8("uid-1")),
+                ]),
+                no_attributes(),
+            ),
+        ),
+        case(
+            "a subject attribute type csr-warden does not know (private OID)",
+            Deny,
+            simple(
+                name(&[
+                    atv(CN, utf8("jane")),
+                    atv(&[1, 3, 6, 1, 4, 1, 99999, 1], utf8("x")),
+                ]),
+                no_attributes(),
+            ),
+        ),
+        case(
+            "subject attribute type with an arc of 2^31 (Go: base 128 integer too large)",
+            Deny,
+            simple(
+                name(&[
+                    atv(CN, utf8("jane")),
+                    atv(&[2, 5, 4, 2_147_483_648], utf8("x")),
+                ]),
+                no_attributes(),
+            ),
+        ),
+        case(
+            "SAN URI with an empty fragment (Go's url.String drops the '#')",
+            Deny,
+            simple(
+                jane(),
+                with_sans(&[uri("spiffe://cluster.local/ns/a/sa/b#")]),
+            ),
+        ),
+        case(
             "UID as OCTET STRING",
             Deny,
             simple(
@@ -812,8 +865,8 @@ fn corpus(dir: &std::path::Path) -> Vec<Case> {
             simple(jane(), with_sans(&[ip(&[10, 0, 0, 1, 9])])),
         ),
         case(
-            "SAN IPv4-mapped IPv6 address (Go prints 10.0.0.1)",
-            Deny,
+            "SAN IPv4-mapped IPv6 address, read as the IPv4 address (as Go reads it)",
+            Accept,
             simple(
                 jane(),
                 with_sans(&[ip(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1])]),

@@ -12,7 +12,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::PostParams;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
@@ -70,22 +70,18 @@ impl PrivilegeAnswers {
                 return PrivilegeReview::Answered(answers.clone());
             }
         }
-        let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
         let asked: Vec<Result<(String, bool), String>> = futures::stream::iter(checks.to_vec())
-            .map(|check: PrivilegeCheck| {
-                let reviews = reviews.clone();
-                async move {
-                    let answer = ask(&reviews, identity, &check).await;
-                    let word = match &answer {
-                        Ok(true) => "allowed",
-                        Ok(false) => "denied",
-                        Err(_) => "error",
-                    };
-                    self.count(&check.name, word);
-                    answer
-                        .map(|allowed| (check.name.clone(), allowed))
-                        .map_err(|e| format!("privilege check {}: {e}", check.name))
-                }
+            .map(|check: PrivilegeCheck| async move {
+                let answer = ask(client, identity, &check).await;
+                let word = match &answer {
+                    Ok(true) => "allowed",
+                    Ok(false) => "denied",
+                    Err(_) => "error",
+                };
+                self.count(&check.name, word);
+                answer
+                    .map(|allowed| (check.name.clone(), allowed))
+                    .map_err(|e| format!("privilege check {}: {e}", check.name))
             })
             .buffered(CONCURRENT_REVIEWS)
             .collect()
@@ -102,8 +98,23 @@ impl PrivilegeAnswers {
     }
 }
 
+/// A SubjectAccessReview's answer as sent: `allowed` is required by the API, and an answer
+/// without it is no answer (k8s-openapi's type would read it as false).
+#[derive(serde::Deserialize)]
+struct Answer {
+    status: Option<AnswerStatus>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerStatus {
+    allowed: Option<bool>,
+    #[serde(default)]
+    evaluation_error: Option<String>,
+}
+
 async fn ask(
-    reviews: &Api<SubjectAccessReview>,
+    client: &Client,
     identity: &CertificateIdentity,
     check: &PrivilegeCheck,
 ) -> Result<bool, String> {
@@ -119,27 +130,30 @@ async fn ask(
                 group: Some(check.group.clone()),
                 resource: Some(check.resource.clone()),
                 subresource: optional(&check.subresource),
+                name: optional(&check.resource_name),
                 ..Default::default()
             }),
             ..Default::default()
         },
         ..Default::default()
     };
-    let answer = within(
-        REVIEW_TIMEOUT,
-        reviews.create(&PostParams::default(), &review),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&review).map_err(|e| e.to_string())?;
+    let request = kube::core::Request::new("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+        .create(&PostParams::default(), body)
+        .map_err(|e| e.to_string())?;
+    let answer: Answer = within(REVIEW_TIMEOUT, client.request(request))
+        .await
+        .map_err(|e| e.to_string())?;
     let status = answer
         .status
         .ok_or_else(|| "the SubjectAccessReview came back without a status".to_owned())?;
+    let allowed = status.allowed.ok_or_else(|| {
+        "the SubjectAccessReview's status says neither allowed nor not".to_owned()
+    })?;
     // An authorizer that could not decide (evaluationError, e.g. a webhook down) without allowing
     // is no answer: csr-warden does not read "no rule matched here" as "cannot".
-    if !status.allowed
-        && let Some(error) = status.evaluation_error.filter(|e| !e.is_empty())
-    {
+    if !allowed && let Some(error) = status.evaluation_error.filter(|e| !e.is_empty()) {
         return Err(format!("the authorizer could not decide: {error}"));
     }
-    Ok(status.allowed)
+    Ok(allowed)
 }

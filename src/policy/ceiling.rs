@@ -67,6 +67,11 @@ const RESERVED_NAMES: &[(&str, &str)] = &[
         "system:authenticated",
         "the group every authenticated request already carries",
     ),
+    (
+        "system:*",
+        "the prefix Kubernetes reserves for its own users and groups (bootstrap tokens, \
+         aggregators, the control plane's components)",
+    ),
 ];
 
 /// Why `request` asks for a reserved identity, or None. `reserved_users` is the policy's list
@@ -123,6 +128,9 @@ pub struct PrivilegeCheck {
     pub subresource: String,
     /// "" for all namespaces (and cluster-scoped resources).
     pub namespace: String,
+    /// "" for every object; else one object by name (RBAC grants limited by `resourceNames`
+    /// answer only a review that names the object).
+    pub resource_name: String,
 }
 
 impl PrivilegeCheck {
@@ -141,7 +149,14 @@ impl PrivilegeCheck {
             resource: resource.into(),
             subresource: subresource.into(),
             namespace: namespace.into(),
+            resource_name: String::new(),
         }
+    }
+
+    /// The same check, for one object by name.
+    pub fn named(mut self, resource_name: &str) -> Self {
+        self.resource_name = resource_name.into();
+        self
     }
 }
 
@@ -162,9 +177,14 @@ impl std::fmt::Display for PrivilegeCheck {
         } else {
             format!("in namespace {}", self.namespace)
         };
+        let name = if self.resource_name.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", self.resource_name)
+        };
         write!(
             f,
-            "{} {}{group}{subresource} {namespace}",
+            "{} {}{group}{subresource}{name} {namespace}",
             self.verb, self.resource
         )
     }
@@ -175,8 +195,175 @@ pub fn default_privilege_checks() -> Vec<PrivilegeCheck> {
     const RBAC: &str = "rbac.authorization.k8s.io";
     const CERTIFICATES: &str = "certificates.k8s.io";
     const WEBHOOKS: &str = "admissionregistration.k8s.io";
+    const APPS: &str = "apps";
+    const APISERVICES: &str = "apiregistration.k8s.io";
+    const KUBE_SYSTEM: &str = "kube-system";
     let c = PrivilegeCheck::new;
     vec![
+        // Grants limited by resourceNames answer only a review that names the object: the
+        // objects whose one grant is cluster-admin.
+        c(
+            "impersonate-system-masters",
+            "impersonate",
+            "",
+            "groups",
+            "",
+            "",
+        )
+        .named("system:masters"),
+        c("bind-cluster-admin", "bind", RBAC, "clusterroles", "", "").named("cluster-admin"),
+        c(
+            "escalate-cluster-admin",
+            "escalate",
+            RBAC,
+            "clusterroles",
+            "",
+            "",
+        )
+        .named("cluster-admin"),
+        c("bind-admin", "bind", RBAC, "clusterroles", "", "").named("admin"),
+        c(
+            "approve-kubernetes-signers",
+            "approve",
+            CERTIFICATES,
+            "signers",
+            "",
+            "",
+        )
+        .named("kubernetes.io/*"),
+        c(
+            "approve-kube-apiserver-client",
+            "approve",
+            CERTIFICATES,
+            "signers",
+            "",
+            "",
+        )
+        .named("kubernetes.io/kube-apiserver-client"),
+        c(
+            "approve-kubelet-client",
+            "approve",
+            CERTIFICATES,
+            "signers",
+            "",
+            "",
+        )
+        .named("kubernetes.io/kube-apiserver-client-kubelet"),
+        c(
+            "approve-kubelet-serving",
+            "approve",
+            CERTIFICATES,
+            "signers",
+            "",
+            "",
+        )
+        .named("kubernetes.io/kubelet-serving"),
+        // kube-system: its ServiceAccounts' tokens and Secrets are the control plane's.
+        c(
+            "create-serviceaccount-tokens-kube-system",
+            "create",
+            "",
+            "serviceaccounts",
+            "token",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "get-secrets-kube-system",
+            "get",
+            "",
+            "secrets",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "list-secrets-kube-system",
+            "list",
+            "",
+            "secrets",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "watch-secrets-kube-system",
+            "watch",
+            "",
+            "secrets",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c("watch-secrets", "watch", "", "secrets", "", ""),
+        c(
+            "update-daemonsets-kube-system",
+            "update",
+            APPS,
+            "daemonsets",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "patch-daemonsets-kube-system",
+            "patch",
+            APPS,
+            "daemonsets",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "update-deployments-kube-system",
+            "update",
+            APPS,
+            "deployments",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "patch-deployments-kube-system",
+            "patch",
+            APPS,
+            "deployments",
+            "",
+            KUBE_SYSTEM,
+        ),
+        c(
+            "create-validating-webhooks",
+            "create",
+            WEBHOOKS,
+            "validatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        c(
+            "create-mutating-webhooks",
+            "create",
+            WEBHOOKS,
+            "mutatingwebhookconfigurations",
+            "",
+            "",
+        ),
+        c(
+            "create-apiservices",
+            "create",
+            APISERVICES,
+            "apiservices",
+            "",
+            "",
+        ),
+        c(
+            "update-apiservices",
+            "update",
+            APISERVICES,
+            "apiservices",
+            "",
+            "",
+        ),
+        c(
+            "patch-apiservices",
+            "patch",
+            APISERVICES,
+            "apiservices",
+            "",
+            "",
+        ),
         c("cluster-admin", "*", "*", "*", "", ""),
         c("escalate-roles", "escalate", RBAC, "roles", "", ""),
         c(

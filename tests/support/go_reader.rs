@@ -24,7 +24,8 @@ pub const GO_HINT: &str = "Go is needed to compare csr-warden's reading of reque
      requirements-dev.txt into .venv), or set CSR_WARDEN_GO to a go binary";
 
 /// The UID attribute kube-apiserver's x509 authenticator reads (since 1.33).
-pub const UID_OID: &str = "0.9.2342.19200300.100.1.1";
+/// The subject UID attributes: Kubernetes' (kube-apiserver's user UID) and RFC 4519's uid.
+pub const UID_OIDS: [&str; 2] = ["1.3.6.1.4.1.57683.2", "0.9.2342.19200300.100.1.1"];
 
 /// Go's `x509.KeyUsageDigitalSignature`.
 pub const GO_KEY_USAGE_DIGITAL_SIGNATURE: i64 = 1;
@@ -318,7 +319,7 @@ pub fn our_uids(request: &CertificateRequest) -> Vec<String> {
     let in_subject: Vec<String> = request
         .subject
         .iter()
-        .filter(|a| a.oid.dotted() == UID_OID)
+        .filter(|a| UID_OIDS.contains(&a.oid.dotted().as_str()))
         .map(|a| a.value.clone())
         .collect();
     assert_eq!(

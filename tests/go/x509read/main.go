@@ -25,7 +25,22 @@ import (
 	"unicode/utf8"
 )
 
-var oidUID = asn1.ObjectIdentifier{0, 9, 2342, 19200300, 100, 1, 1}
+// The subject UID attributes: Kubernetes' own (what kube-apiserver's x509 authenticator reads
+// as the user's UID, gate AllowParsingUserUIDFromCertAuth, on by default since 1.34), and
+// RFC 4519's uid, which csr-warden treats as a UID too.
+var oidUIDs = []asn1.ObjectIdentifier{
+	{1, 3, 6, 1, 4, 1, 57683, 2},
+	{0, 9, 2342, 19200300, 100, 1, 1},
+}
+
+func isUID(oid asn1.ObjectIdentifier) bool {
+	for _, uid := range oidUIDs {
+		if oid.Equal(uid) {
+			return true
+		}
+	}
+	return false
+}
 
 type name struct {
 	OID   string  `json:"oid"`
@@ -182,7 +197,7 @@ func common(subject pkix.Name, dns []string, ips []net.IP, emails []string, uris
 		}
 		r.Names = append(r.Names, entry)
 		// What kube-apiserver's x509 authenticator reads as the user's UID.
-		if atv.Type.Equal(oidUID) {
+		if isUID(atv.Type) {
 			if entry.Value != nil {
 				r.UIDs = append(r.UIDs, *entry.Value)
 			} else {
