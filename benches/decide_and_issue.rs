@@ -51,6 +51,15 @@ fn benches(c: &mut Criterion) {
     let facts = unprivileged();
     assert!(decide(&view_of(&pem), &facts, &policy).decision.verb() == "approve");
 
+    // The two halves alone: reading the request (signature included), and the policy on it.
+    c.bench_function("inspect (P-256 CSR, two groups)", |b| {
+        b.iter(|| black_box(inspect(black_box(pem.as_bytes()))))
+    });
+    let view = view_of(&pem);
+    c.bench_function("decide (allow-listed, ceiling answered)", |b| {
+        b.iter(|| black_box(decide(black_box(&view), &facts, &policy)))
+    });
+
     c.bench_function(
         "inspect+decide (P-256 CSR, two groups, allow-listed)",
         |b| b.iter(|| black_box(decide(&view_of(&pem), &facts, &policy))),

@@ -436,18 +436,20 @@ fn validate(file: PolicyFile) -> Result<Policy, Vec<PolicyProblem>> {
             }
         }
     }
+    // Kept normalised (as requests' names are compared), so each check is one comparison.
     let mut reserved_users: Vec<String> = DEFAULT_RESERVED_USERS
         .iter()
-        .map(|u| (*u).to_owned())
+        .map(|u| normalize_group(u))
         .collect();
     for user in file.reserved_users {
-        if normalize_group(&user.value).is_empty() {
+        let normalized = normalize_group(&user.value);
+        if normalized.is_empty() {
             problem(
                 user.referenced.line(),
                 "reservedUsers has an empty name".into(),
             );
-        } else if !reserved_users.contains(&user.value) {
-            reserved_users.push(user.value);
+        } else if !reserved_users.contains(&normalized) {
+            reserved_users.push(normalized);
         }
     }
     let mut privilege_checks = default_privilege_checks();

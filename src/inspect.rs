@@ -274,13 +274,28 @@ pub fn inspect_der(der: &[u8]) -> Result<CertificateRequest, InspectError> {
     // `from_der` refuses trailing bytes; the re-encoding catches everything DER forbids that a
     // decoder lets through (unsorted SETs, a DEFAULT value written out, ...).
     let csr = CertReq::from_der(der).map_err(der_error("the request"))?;
-    let info = csr.info.to_der().map_err(der_error("the request"))?;
     same_encoding(&csr, der, "the request")?;
     every_oid_canonical(&csr)?;
+    // The signed bytes: the CertificationRequestInfo as re-encoded, which is the request's own
+    // first element now that the whole re-encodes to the request (taken from there, not encoded
+    // a second time).
+    let info_len = csr
+        .info
+        .encoded_len()
+        .and_then(usize::try_from)
+        .map_err(der_error("the request"))?;
+    let header_len = match der.get(1) {
+        Some(length) if length & 0x80 == 0 => 2,
+        Some(length) => 2 + usize::from(length & 0x7f),
+        None => return Err(InspectError::BadDer("the request is empty".into())),
+    };
+    let info = der
+        .get(header_len..header_len + info_len)
+        .ok_or_else(|| InspectError::BadDer("the request is shorter than its parts".into()))?;
 
     // Key first: a weak key is its own, clearer reason, and the verifier refuses small RSA anyway.
     let key = read_key(&csr.info.public_key)?;
-    check_signature(&csr, &info, &key)?;
+    check_signature(&csr, info, &key)?;
 
     let mut request = CertificateRequest {
         common_name: None,

@@ -88,11 +88,12 @@ pub fn reserved_identity(
         if normalized.is_empty() {
             continue;
         }
+        // The reserved names are written normalised already (lower case, no spaces).
         let fixed = RESERVED_NAMES
             .iter()
             .find(|(reserved, _)| match reserved.strip_suffix('*') {
-                Some(prefix) => normalized.starts_with(&normalize_group(prefix)),
-                None => normalized == normalize_group(reserved),
+                Some(prefix) => normalized.starts_with(prefix),
+                None => normalized == *reserved,
             });
         if let Some((reserved, why)) = fixed {
             return Some(format!(
@@ -100,10 +101,9 @@ pub fn reserved_identity(
                  or signs it on this signer"
             ));
         }
+        // The policy's reservedUsers are normalised when it is loaded.
         if attribute == "CN"
-            && let Some(user) = reserved_users
-                .iter()
-                .find(|u| normalize_group(u) == normalized)
+            && let Some(user) = reserved_users.iter().find(|u| **u == normalized)
         {
             return Some(format!(
                 "CN={name:?} is the control plane's own user {user} (reservedUsers); a \
@@ -564,11 +564,15 @@ pub fn ceiling(
         }
         Some(PrivilegeReview::Answered(answers)) => answers,
     };
-    for check in checks {
-        let allowed = answers
-            .iter()
-            .find(|(name, _)| *name == check.name)
-            .map(|(_, allowed)| *allowed);
+    for (at, check) in checks.iter().enumerate() {
+        // Answers come in the checks' order; look further only when they do not.
+        let allowed = match answers.get(at) {
+            Some((name, allowed)) if *name == check.name => Some(*allowed),
+            _ => answers
+                .iter()
+                .find(|(name, _)| *name == check.name)
+                .map(|(_, allowed)| *allowed),
+        };
         match allowed {
             Some(false) => {}
             Some(true) if accepted.contains(&check.name.as_str()) => {}
@@ -595,20 +599,20 @@ pub fn ceiling(
             }
         }
     }
-    // Each review and its answer, for `check` and the debug log.
-    let each: Vec<String> = checks
-        .iter()
-        .map(|check| {
-            let allowed = answers
-                .iter()
-                .any(|(name, allowed)| *name == check.name && *allowed);
-            let answer = if allowed { "yes (acceptChecks)" } else { "no" };
-            format!("{} {answer}", check.name)
-        })
-        .collect();
-    Ceiling::Clear(format!(
-        "{identity} may do none of the {} privilege checks it is not accepted for: {}",
-        checks.len(),
-        each.join(", ")
-    ))
+    // Each review and its answer, for `check` and the debug log, written into one string.
+    let mut detail = format!(
+        "{identity} may do none of the {} privilege checks it is not accepted for:",
+        checks.len()
+    );
+    for (name, allowed) in answers {
+        detail.push(' ');
+        detail.push_str(name);
+        detail.push_str(if *allowed {
+            " yes (acceptChecks),"
+        } else {
+            " no,"
+        });
+    }
+    detail.pop();
+    Ceiling::Clear(detail)
 }
