@@ -65,7 +65,7 @@ async fn a_human_approval_never_signs_cluster_admin_by_another_name() {
         (
             "eve",
             "/CN=eve/O=kubeadm:cluster-admins",
-            Some(("PrivilegedIdentity", "cluster-admin")),
+            Some(("PrivilegedIdentity", "privilege check cluster-admin")),
         ),
         (
             "kcm",

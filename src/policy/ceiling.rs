@@ -190,287 +190,69 @@ impl std::fmt::Display for PrivilegeCheck {
     }
 }
 
+/// The escalation checks every policy starts with (`privilegeCeiling.checks` adds more), one a
+/// line: (name, verb, API group, resource, subresource, namespace, object name). An empty
+/// namespace is every namespace; an object name asks about that object alone, which is the only
+/// way a review sees an RBAC grant limited by `resourceNames`.
+#[rustfmt::skip]
+const DEFAULT_CHECKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
+    ("cluster-admin", "*", "*", "*", "", "", ""),
+    ("escalate-roles", "escalate", "rbac.authorization.k8s.io", "roles", "", "", ""),
+    ("escalate-clusterroles", "escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", ""),
+    ("bind-roles", "bind", "rbac.authorization.k8s.io", "roles", "", "", ""),
+    ("bind-clusterroles", "bind", "rbac.authorization.k8s.io", "clusterroles", "", "", ""),
+    ("impersonate-users", "impersonate", "", "users", "", "", ""),
+    ("impersonate-groups", "impersonate", "", "groups", "", "", ""),
+    ("impersonate-serviceaccounts", "impersonate", "", "serviceaccounts", "", "", ""),
+    ("impersonate-uids", "impersonate", "authentication.k8s.io", "uids", "", "", ""),
+    ("create-serviceaccount-tokens", "create", "", "serviceaccounts", "token", "", ""),
+    ("get-secrets", "get", "", "secrets", "", "", ""),
+    ("list-secrets", "list", "", "secrets", "", "", ""),
+    ("approve-signers", "approve", "certificates.k8s.io", "signers", "", "", ""),
+    ("approve-csrs", "update", "certificates.k8s.io", "certificatesigningrequests", "approval", "", ""),
+    ("create-pods-kube-system", "create", "", "pods", "", "kube-system", ""),
+    ("exec-pods-kube-system", "create", "", "pods", "exec", "kube-system", ""),
+    ("nodes-proxy-get", "get", "", "nodes", "proxy", "", ""),
+    ("nodes-proxy-create", "create", "", "nodes", "proxy", "", ""),
+    ("update-validating-webhooks", "update", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "", ""),
+    ("patch-validating-webhooks", "patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "", ""),
+    ("update-mutating-webhooks", "update", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "", ""),
+    ("patch-mutating-webhooks", "patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "", ""),
+    ("impersonate-system-masters", "impersonate", "", "groups", "", "", "system:masters"),
+    ("bind-cluster-admin", "bind", "rbac.authorization.k8s.io", "clusterroles", "", "", "cluster-admin"),
+    ("escalate-cluster-admin", "escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", "cluster-admin"),
+    ("bind-admin", "bind", "rbac.authorization.k8s.io", "clusterroles", "", "", "admin"),
+    ("approve-kubernetes-signers", "approve", "certificates.k8s.io", "signers", "", "", "kubernetes.io/*"),
+    ("approve-kube-apiserver-client", "approve", "certificates.k8s.io", "signers", "", "", "kubernetes.io/kube-apiserver-client"),
+    ("approve-kubelet-client", "approve", "certificates.k8s.io", "signers", "", "", "kubernetes.io/kube-apiserver-client-kubelet"),
+    ("approve-kubelet-serving", "approve", "certificates.k8s.io", "signers", "", "", "kubernetes.io/kubelet-serving"),
+    ("create-serviceaccount-tokens-kube-system", "create", "", "serviceaccounts", "token", "kube-system", ""),
+    ("get-secrets-kube-system", "get", "", "secrets", "", "kube-system", ""),
+    ("list-secrets-kube-system", "list", "", "secrets", "", "kube-system", ""),
+    ("watch-secrets-kube-system", "watch", "", "secrets", "", "kube-system", ""),
+    ("watch-secrets", "watch", "", "secrets", "", "", ""),
+    ("update-daemonsets-kube-system", "update", "apps", "daemonsets", "", "kube-system", ""),
+    ("patch-daemonsets-kube-system", "patch", "apps", "daemonsets", "", "kube-system", ""),
+    ("update-deployments-kube-system", "update", "apps", "deployments", "", "kube-system", ""),
+    ("patch-deployments-kube-system", "patch", "apps", "deployments", "", "kube-system", ""),
+    ("create-validating-webhooks", "create", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "", ""),
+    ("create-mutating-webhooks", "create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "", ""),
+    ("create-apiservices", "create", "apiregistration.k8s.io", "apiservices", "", "", ""),
+    ("update-apiservices", "update", "apiregistration.k8s.io", "apiservices", "", "", ""),
+    ("patch-apiservices", "patch", "apiregistration.k8s.io", "apiservices", "", "", ""),
+];
+
 /// The escalation checks every policy starts with; `privilegeCeiling.checks` adds more.
 pub fn default_privilege_checks() -> Vec<PrivilegeCheck> {
-    const RBAC: &str = "rbac.authorization.k8s.io";
-    const CERTIFICATES: &str = "certificates.k8s.io";
-    const WEBHOOKS: &str = "admissionregistration.k8s.io";
-    const APPS: &str = "apps";
-    const APISERVICES: &str = "apiregistration.k8s.io";
-    const KUBE_SYSTEM: &str = "kube-system";
-    let c = PrivilegeCheck::new;
-    vec![
-        // Grants limited by resourceNames answer only a review that names the object: the
-        // objects whose one grant is cluster-admin.
-        c(
-            "impersonate-system-masters",
-            "impersonate",
-            "",
-            "groups",
-            "",
-            "",
+    DEFAULT_CHECKS
+        .iter()
+        .map(
+            |(name, verb, group, resource, subresource, namespace, object)| {
+                PrivilegeCheck::new(name, verb, group, resource, subresource, namespace)
+                    .named(object)
+            },
         )
-        .named("system:masters"),
-        c("bind-cluster-admin", "bind", RBAC, "clusterroles", "", "").named("cluster-admin"),
-        c(
-            "escalate-cluster-admin",
-            "escalate",
-            RBAC,
-            "clusterroles",
-            "",
-            "",
-        )
-        .named("cluster-admin"),
-        c("bind-admin", "bind", RBAC, "clusterroles", "", "").named("admin"),
-        c(
-            "approve-kubernetes-signers",
-            "approve",
-            CERTIFICATES,
-            "signers",
-            "",
-            "",
-        )
-        .named("kubernetes.io/*"),
-        c(
-            "approve-kube-apiserver-client",
-            "approve",
-            CERTIFICATES,
-            "signers",
-            "",
-            "",
-        )
-        .named("kubernetes.io/kube-apiserver-client"),
-        c(
-            "approve-kubelet-client",
-            "approve",
-            CERTIFICATES,
-            "signers",
-            "",
-            "",
-        )
-        .named("kubernetes.io/kube-apiserver-client-kubelet"),
-        c(
-            "approve-kubelet-serving",
-            "approve",
-            CERTIFICATES,
-            "signers",
-            "",
-            "",
-        )
-        .named("kubernetes.io/kubelet-serving"),
-        // kube-system: its ServiceAccounts' tokens and Secrets are the control plane's.
-        c(
-            "create-serviceaccount-tokens-kube-system",
-            "create",
-            "",
-            "serviceaccounts",
-            "token",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "get-secrets-kube-system",
-            "get",
-            "",
-            "secrets",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "list-secrets-kube-system",
-            "list",
-            "",
-            "secrets",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "watch-secrets-kube-system",
-            "watch",
-            "",
-            "secrets",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c("watch-secrets", "watch", "", "secrets", "", ""),
-        c(
-            "update-daemonsets-kube-system",
-            "update",
-            APPS,
-            "daemonsets",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "patch-daemonsets-kube-system",
-            "patch",
-            APPS,
-            "daemonsets",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "update-deployments-kube-system",
-            "update",
-            APPS,
-            "deployments",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "patch-deployments-kube-system",
-            "patch",
-            APPS,
-            "deployments",
-            "",
-            KUBE_SYSTEM,
-        ),
-        c(
-            "create-validating-webhooks",
-            "create",
-            WEBHOOKS,
-            "validatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        c(
-            "create-mutating-webhooks",
-            "create",
-            WEBHOOKS,
-            "mutatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        c(
-            "create-apiservices",
-            "create",
-            APISERVICES,
-            "apiservices",
-            "",
-            "",
-        ),
-        c(
-            "update-apiservices",
-            "update",
-            APISERVICES,
-            "apiservices",
-            "",
-            "",
-        ),
-        c(
-            "patch-apiservices",
-            "patch",
-            APISERVICES,
-            "apiservices",
-            "",
-            "",
-        ),
-        c("cluster-admin", "*", "*", "*", "", ""),
-        c("escalate-roles", "escalate", RBAC, "roles", "", ""),
-        c(
-            "escalate-clusterroles",
-            "escalate",
-            RBAC,
-            "clusterroles",
-            "",
-            "",
-        ),
-        c("bind-roles", "bind", RBAC, "roles", "", ""),
-        c("bind-clusterroles", "bind", RBAC, "clusterroles", "", ""),
-        c("impersonate-users", "impersonate", "", "users", "", ""),
-        c("impersonate-groups", "impersonate", "", "groups", "", ""),
-        c(
-            "impersonate-serviceaccounts",
-            "impersonate",
-            "",
-            "serviceaccounts",
-            "",
-            "",
-        ),
-        c(
-            "impersonate-uids",
-            "impersonate",
-            "authentication.k8s.io",
-            "uids",
-            "",
-            "",
-        ),
-        c(
-            "create-serviceaccount-tokens",
-            "create",
-            "",
-            "serviceaccounts",
-            "token",
-            "",
-        ),
-        c("get-secrets", "get", "", "secrets", "", ""),
-        c("list-secrets", "list", "", "secrets", "", ""),
-        c(
-            "approve-signers",
-            "approve",
-            CERTIFICATES,
-            "signers",
-            "",
-            "",
-        ),
-        c(
-            "approve-csrs",
-            "update",
-            CERTIFICATES,
-            "certificatesigningrequests",
-            "approval",
-            "",
-        ),
-        c(
-            "create-pods-kube-system",
-            "create",
-            "",
-            "pods",
-            "",
-            "kube-system",
-        ),
-        c(
-            "exec-pods-kube-system",
-            "create",
-            "",
-            "pods",
-            "exec",
-            "kube-system",
-        ),
-        c("nodes-proxy-get", "get", "", "nodes", "proxy", ""),
-        c("nodes-proxy-create", "create", "", "nodes", "proxy", ""),
-        c(
-            "update-validating-webhooks",
-            "update",
-            WEBHOOKS,
-            "validatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        c(
-            "patch-validating-webhooks",
-            "patch",
-            WEBHOOKS,
-            "validatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        c(
-            "update-mutating-webhooks",
-            "update",
-            WEBHOOKS,
-            "mutatingwebhookconfigurations",
-            "",
-            "",
-        ),
-        c(
-            "patch-mutating-webhooks",
-            "patch",
-            WEBHOOKS,
-            "mutatingwebhookconfigurations",
-            "",
-            "",
-        ),
-    ]
+        .collect()
 }
 
 /// Who a certificate would log in as: what the SubjectAccessReviews ask about.
