@@ -316,3 +316,30 @@ async fn a_review_that_cannot_be_had_never_approves_or_signs() {
         );
     }
 }
+
+/// One identity's reviews are asked once however many of its CSRs are decided at the same
+/// moment: the second worker waits for the first's answers (and so a backlog of one user's
+/// CSRs is still worked oldest first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_of_one_identity_are_asked_once_for_csrs_decided_together() {
+    let h = harness().await;
+    // Slow enough that both workers want the answers while the first round is still out.
+    h.server
+        .arm(|f| f.slow_reviews = std::time::Duration::from_millis(50));
+    h.create_client_csr("jane-token", "jane-a", "/CN=jane/O=developers");
+    h.create_client_csr("jane-token", "jane-b", "/CN=jane/O=developers");
+    let _controller = h.controller(&["--concurrency", "2"]);
+    h.server
+        .wait_for("both issued", |s| {
+            issued(s, "jane-a") && issued(s, "jane-b")
+        })
+        .await;
+    let checks = csr_warden::policy::default_privilege_checks().len();
+    let asked = h
+        .server
+        .reviews()
+        .iter()
+        .filter(|r| r["user"] == "jane")
+        .count();
+    assert_eq!(asked, checks, "one round of the ceiling's reviews for jane");
+}

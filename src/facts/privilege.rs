@@ -4,7 +4,7 @@
 //! answer any request of that identity.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use kube::Client;
 use kube::api::PostParams;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use tokio::sync::OnceCell;
 
 use super::REVIEW_REUSE;
 use crate::metrics::PrivilegeReviewLabels;
@@ -27,10 +28,19 @@ const CONCURRENT_REVIEWS: usize = 4;
 /// Each check's name and whether the identity may do it.
 type Answers = Vec<(String, bool)>;
 
-/// Answers per identity, reused for [`REVIEW_REUSE`] as the kubelet reviews are.
+/// One identity's answers: asked once, by whichever reconcile came first, while every other
+/// reconcile of the same identity waits for them (a backlog of one user's CSRs asks once, and
+/// in the order its CSRs came); reused for [`REVIEW_REUSE`] as the kubelet reviews are.
+struct Entry {
+    asked_at: Instant,
+    /// The check names asked, in order: a policy whose checks changed asks afresh.
+    checks: Vec<String>,
+    answers: Arc<OnceCell<PrivilegeReview>>,
+}
+
 #[derive(Default)]
 pub(super) struct PrivilegeAnswers {
-    by_identity: Mutex<HashMap<CertificateIdentity, (Answers, Instant)>>,
+    by_identity: Mutex<HashMap<CertificateIdentity, Entry>>,
     counted: Mutex<Option<Family<PrivilegeReviewLabels, Counter>>>,
 }
 
@@ -50,8 +60,9 @@ impl PrivilegeAnswers {
         }
     }
 
-    /// Every check answered for `identity`: reused when recent and complete, else asked. Any
-    /// review that fails makes the whole answer `Unavailable`: never judged on part of it.
+    /// Every check answered for `identity`: the recent answers for the same checks, else asked
+    /// (once, however many reconciles want them now). Any review that fails makes the whole
+    /// answer `Unavailable`, never judged on part of it, and is not kept: the next asks again.
     pub(super) async fn review(
         &self,
         client: &Client,
@@ -59,17 +70,48 @@ impl PrivilegeAnswers {
         checks: &[PrivilegeCheck],
     ) -> PrivilegeReview {
         let now = Instant::now();
-        {
+        let names: Vec<String> = checks.iter().map(|c| c.name.clone()).collect();
+        let cell = {
             let mut known = self.by_identity.lock().unwrap_or_else(|p| p.into_inner());
-            known.retain(|_, (_, at)| now.saturating_duration_since(*at) < REVIEW_REUSE);
-            if let Some((answers, _)) = known.get(identity)
-                && checks
-                    .iter()
-                    .all(|c| answers.iter().any(|(name, _)| *name == c.name))
+            known.retain(|_, entry| now.saturating_duration_since(entry.asked_at) < REVIEW_REUSE);
+            match known.get(identity) {
+                Some(entry) if entry.checks == names => entry.answers.clone(),
+                _ => {
+                    let answers = Arc::new(OnceCell::new());
+                    known.insert(
+                        identity.clone(),
+                        Entry {
+                            asked_at: now,
+                            checks: names,
+                            answers: answers.clone(),
+                        },
+                    );
+                    answers
+                }
+            }
+        };
+        let review = cell
+            .get_or_init(|| self.ask_all(client, identity, checks))
+            .await
+            .clone();
+        if let PrivilegeReview::Unavailable(_) = review {
+            let mut known = self.by_identity.lock().unwrap_or_else(|p| p.into_inner());
+            if known
+                .get(identity)
+                .is_some_and(|entry| Arc::ptr_eq(&entry.answers, &cell))
             {
-                return PrivilegeReview::Answered(answers.clone());
+                known.remove(identity);
             }
         }
+        review
+    }
+
+    async fn ask_all(
+        &self,
+        client: &Client,
+        identity: &CertificateIdentity,
+        checks: &[PrivilegeCheck],
+    ) -> PrivilegeReview {
         let asked: Vec<Result<(String, bool), String>> = futures::stream::iter(checks.to_vec())
             .map(|check: PrivilegeCheck| async move {
                 let answer = ask(client, identity, &check).await;
@@ -86,15 +128,10 @@ impl PrivilegeAnswers {
             .buffered(CONCURRENT_REVIEWS)
             .collect()
             .await;
-        let answers = match asked.into_iter().collect::<Result<Vec<_>, _>>() {
-            Ok(answers) => answers,
-            Err(why) => return PrivilegeReview::Unavailable(why),
-        };
-        self.by_identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(identity.clone(), (answers.clone(), now));
-        PrivilegeReview::Answered(answers)
+        match asked.into_iter().collect::<Result<Answers, _>>() {
+            Ok(answers) => PrivilegeReview::Answered(answers),
+            Err(why) => PrivilegeReview::Unavailable(why),
+        }
     }
 }
 
