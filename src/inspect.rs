@@ -108,8 +108,8 @@ const OID_ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.
 const OID_ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 
 /// Why a request could not be read. Each maps to a Deny with reason `InvalidRequest`, except
-/// `WeakKey` and `UnsupportedKey` (their own reason codes) and `MultiValuedRdn` and
-/// `UnsupportedString` (`UnsupportedSubject`).
+/// `WeakKey` and `UnsupportedKey` (their own reason codes) and `MultiValuedRdn`,
+/// `UnsupportedString` and `UnknownAttribute` (`UnsupportedSubject`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InspectError {
     #[error("spec.request is {0} bytes; the limit is {MAX_REQUEST_BYTES}")]
@@ -138,6 +138,10 @@ pub enum InspectError {
         "the CSR's subject attribute {attribute} is a {found}; csr-warden reads subject values only as UTF8String, PrintableString or IA5String, the types every Kubernetes component reads alike (openssl req writes UTF8String by default)"
     )]
     UnsupportedString { attribute: String, found: String },
+    #[error(
+        "the CSR's subject has an attribute of type {0}, which csr-warden does not read; it carries only the types it decides on (CN, O, OU, UID, C, L, ST, street, postal code, title, serial number, given name, surname, DC, e-mail): leave it out"
+    )]
+    UnknownAttribute(String),
     #[error("the CSR's extensions are malformed or unsupported: {0}")]
     BadExtension(String),
     #[error(
@@ -658,10 +662,7 @@ fn read_subject(
         };
         let oid = attribute.oid;
         if !KNOWN_SUBJECT_ATTRIBUTES.contains(&oid) {
-            return Err(InspectError::UnsupportedString {
-                attribute: oid.to_string(),
-                found: "attribute type csr-warden does not read".into(),
-            });
+            return Err(InspectError::UnknownAttribute(oid.to_string()));
         }
         let (value, string_type) = subject_string(&oid, &attribute.value)?;
         if value.chars().count() > MAX_ATTRIBUTE_CHARS {

@@ -851,9 +851,9 @@ fn well_formed(csr: &CsrView) -> Result<&CertificateRequest, (Reason, String)> {
             let reason = match error {
                 InspectError::WeakKey { .. } => Reason::WeakKey,
                 InspectError::UnsupportedKey(_) => Reason::UnsupportedKey,
-                InspectError::MultiValuedRdn(_) | InspectError::UnsupportedString { .. } => {
-                    Reason::UnsupportedSubject
-                }
+                InspectError::MultiValuedRdn(_)
+                | InspectError::UnsupportedString { .. }
+                | InspectError::UnknownAttribute(_) => Reason::UnsupportedSubject,
                 _ => Reason::InvalidRequest,
             };
             return Err((reason, error.to_string()));
