@@ -604,8 +604,8 @@ pub fn facts_needed(csr: &CsrView, policy: &Policy) -> FactsNeeded {
     let Ok(request) = &csr.request else {
         return needed;
     };
-    if !is_kubelet_signer(&csr.signer_name) && signing_refusal(csr, policy).is_none() {
-        needed.privilege = identity_of(request);
+    if signing_refusal(csr, policy).is_none() {
+        needed.privilege = ceiling_identity(csr);
     }
     let Some(node_name) = request
         .common_name
@@ -730,13 +730,7 @@ pub fn decide(csr: &CsrView, facts: &ClusterFacts, policy: &Policy) -> Verdict {
     // 8. The privilege ceiling, over an approval and over a leave alike: a human must not be
     //    handed cluster-admin by another name to approve, nor another signer (approve-only) a
     //    request csr-warden let through.
-    let accepted = accepted_checks(csr, request, policy);
-    match ceiling::ceiling(
-        identity_of(request).as_ref(),
-        &policy.privilege_checks,
-        &accepted,
-        facts.privilege.as_ref(),
-    ) {
+    match privilege_ceiling(csr, policy, facts.privilege.as_ref()) {
         Ceiling::Clear(detail) => trace.pass(RULE_CEILING, detail),
         Ceiling::Exceeded { message, .. } => {
             return trace.decide(RULE_CEILING, deny(Reason::PrivilegedIdentity, message));
@@ -776,27 +770,28 @@ fn accepted_checks<'a>(
         .unwrap_or_default()
 }
 
-/// The identity whose privileges must be reviewed before an approved `csr` is signed: every
-/// signer's but the kubelet signers', whose shape rules allow only a node's own identity.
-pub fn signing_identity(csr: &CsrView) -> Option<CertificateIdentity> {
+/// The identity whose privileges the ceiling reviews, before approving and again before
+/// signing: every signer's but the kubelet signers', whose shape rules allow only a node's own
+/// identity.
+pub fn ceiling_identity(csr: &CsrView) -> Option<CertificateIdentity> {
     if is_kubelet_signer(&csr.signer_name) {
         return None;
     }
     identity_of(csr.request.as_ref().ok()?)
 }
 
-/// The privilege ceiling at signing time, whoever approved: a human's `kubectl certificate
-/// approve` does not make `O=kubeadm:cluster-admins` safe.
-pub fn signing_ceiling(
+/// The privilege ceiling (rule 8), one function for the approver and the signer: a human's
+/// `kubectl certificate approve` does not make `O=kubeadm:cluster-admins` safe.
+pub fn privilege_ceiling(
     csr: &CsrView,
     policy: &Policy,
     review: Option<&PrivilegeReview>,
 ) -> Ceiling {
-    let (Some(identity), Ok(request)) = (signing_identity(csr), &csr.request) else {
+    let (false, Ok(request)) = (is_kubelet_signer(&csr.signer_name), &csr.request) else {
         return Ceiling::Clear("not a certificate the ceiling applies to".into());
     };
     ceiling::ceiling(
-        Some(&identity),
+        identity_of(request).as_ref(),
         &policy.privilege_checks,
         &accepted_checks(csr, request, policy),
         review,

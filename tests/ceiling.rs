@@ -8,10 +8,6 @@ use hyper::Method;
 use support::apiserver::{ErrorFault, PolicyRule, RbacSubject};
 use support::*;
 
-fn ca_yaml(ca: &(std::path::PathBuf, std::path::PathBuf)) -> String {
-    format!("{{ cert: {}, key: {} }}", ca.0.display(), ca.1.display())
-}
-
 /// Bindings of a cluster where a few identities reach far: kubeadm's admin group is
 /// cluster-admin; group `ops` may exec into kube-system's Pods; user `reader` may read every
 /// Secret.

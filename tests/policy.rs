@@ -1186,7 +1186,7 @@ allowList:
     assert!(ci.message().contains("get-secrets"), "{ci:?}");
     // The signer agrees, whoever approved.
     let as_signed = |user: &str, groups: &[&str]| {
-        signing_ceiling(
+        privilege_ceiling(
             &view(SIGNER_KUBE_APISERVER_CLIENT, CLIENT, user, groups, &pem),
             &policy,
             facts.privilege.as_ref(),

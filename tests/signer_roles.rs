@@ -9,10 +9,6 @@ use support::*;
 const TEAM: &str = "example.com/team-client";
 const LEGACY: &str = "example.com/legacy";
 
-fn ca_yaml(ca: &(std::path::PathBuf, std::path::PathBuf)) -> String {
-    format!("{{ cert: {}, key: {} }}", ca.0.display(), ca.1.display())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_only_signers_are_approved_and_never_get_a_status_write() {
     let h = harness().await;

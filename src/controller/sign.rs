@@ -273,7 +273,7 @@ impl Context {
             });
         }
         // Nor an identity the cluster's RBAC makes all-powerful, whoever approved it.
-        let review = match policy::signing_identity(view) {
+        let review = match policy::ceiling_identity(view) {
             Some(identity) => Some(
                 self.facts
                     .privilege(&identity, &policy.privilege_checks)
@@ -281,7 +281,7 @@ impl Context {
             ),
             None => None,
         };
-        match policy::signing_ceiling(view, &policy, review.as_ref()) {
+        match policy::privilege_ceiling(view, &policy, review.as_ref()) {
             Ceiling::Clear(_) => {}
             Ceiling::Exceeded { message, .. } => {
                 return Ok(Signing::Fail {

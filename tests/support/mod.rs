@@ -243,6 +243,11 @@ pub fn has(server: &FakeApiServer, name: &str, kind: &str) -> bool {
 
 /// A CSR built with rcgen (P-256): CN, then each O in order (the second and later O by OID,
 /// since rcgen keeps one value per type), then DNS/IP SANs.
+/// A CA as a policy file's `ca: {cert, key}`.
+pub fn ca_yaml(ca: &(PathBuf, PathBuf)) -> String {
+    format!("{{ cert: {}, key: {} }}", ca.0.display(), ca.1.display())
+}
+
 /// What a cluster answers about an ordinary identity: no to every privilege check of the
 /// ceiling (`policy::default_privilege_checks`), so the policy's other rules decide.
 pub fn unprivileged() -> csr_warden::policy::ClusterFacts {
