@@ -11,11 +11,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use csr_warden::ca::CertificateAuthority;
-use csr_warden::config::parse_policy;
-use csr_warden::inspect::inspect;
-use csr_warden::issue::{ApprovedRequest, issue};
+use csr_warden::policy::file::parse_policy;
 use csr_warden::policy::{CsrView, Requester, decide};
+use csr_warden::x509::ca::CertificateAuthority;
+use csr_warden::x509::inspect::inspect;
+use csr_warden::x509::issue::{ApprovedRequest, issue};
 use rcgen::SigningKey;
 use support::{KeyKind, openssl_ca, openssl_csr, unprivileged};
 

@@ -16,22 +16,13 @@
 /// name suffix of the ClusterTrustBundles it publishes.
 pub const CONTROLLER_NAME: &str = "csr-warden";
 
-pub mod ca;
 pub mod check;
-pub mod client;
-pub mod config;
-pub mod controller;
+pub mod cli;
 pub mod csr;
 pub mod facts;
-pub mod http;
-pub mod inspect;
-pub mod issue;
-pub mod leader;
-pub mod live;
-pub mod metrics;
-pub mod pod_certificates;
+pub mod kube;
+pub mod ops;
 pub mod pods;
 pub mod policy;
-pub mod request;
-pub mod telemetry;
 pub mod trust_bundles;
+pub mod x509;

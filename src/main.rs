@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use csr_warden::ca::ClusterCa;
-use csr_warden::config::{Cli, Command, PolicyCommand, RunArgs, load_policy};
-use csr_warden::controller::{self, Settings};
-use csr_warden::leader::{self, LeaseSettings};
-use csr_warden::live::{self, Live, Sources};
+use csr_warden::cli::{Cli, Command, PolicyCommand, RunArgs};
+use csr_warden::csr::{self, Settings};
+use csr_warden::kube::client;
+use csr_warden::kube::leader::{self, LeaseSettings};
+use csr_warden::ops::live::{self, Live, Sources};
+use csr_warden::ops::{http, telemetry};
 use csr_warden::policy::CaPaths;
-use csr_warden::{check, client, http, pods, telemetry, trust_bundles};
+use csr_warden::policy::file::load_policy;
+use csr_warden::x509::ca::ClusterCa;
+use csr_warden::{check, pods, trust_bundles};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -123,7 +126,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync_interval: Duration::from_secs(args.resync_interval_seconds),
         watch_timeout_seconds: args.watch_timeout_seconds,
     };
-    controller::run(client, live, settings).await;
+    csr::run(client, live, settings).await;
     bundles.abort();
     if let Some(pods) = pods {
         pods.abort();

@@ -23,12 +23,12 @@ use kube::{Client, ResourceExt};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::ca::fingerprint_sha256;
-use crate::issue::pem_certificate;
-use crate::live::Live;
-use crate::metrics::SignerLabels;
-use crate::pods::wait_until_served;
-use crate::request::{REQUEST_TIMEOUT, within};
+use crate::kube::discovery::wait_until_served;
+use crate::kube::request::{REQUEST_TIMEOUT, within};
+use crate::ops::live::Live;
+use crate::ops::metrics::SignerLabels;
+use crate::x509::ca::fingerprint_sha256;
+use crate::x509::issue::pem_certificate;
 
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = crate::CONTROLLER_NAME;

@@ -1,8 +1,9 @@
 //! What the watch caches (src/controller/watch.rs): CSRs of ours with work left, less
 //! managedFields and the `kubectl apply` copy; finished and foreign CSRs not at all.
 
-use csr_warden::controller::watch::{trim_for_cache, worth_caching};
-use csr_warden::csr::{CACHE_TRIMMED, CsrState, StatusWrite, csr_state, status_write};
+use csr_warden::csr::object::worth_caching;
+use csr_warden::csr::object::{CACHE_TRIMMED, CsrState, StatusWrite, csr_state, status_write};
+use csr_warden::csr::watch::trim_for_cache;
 use csr_warden::policy::SignerRole;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::certificates::v1::{

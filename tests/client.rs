@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use csr_warden::client::{MAX_CONNECTIONS, bounded};
+use csr_warden::kube::client::{MAX_CONNECTIONS, bounded};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };

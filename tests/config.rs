@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use csr_warden::config::{PolicyError, load_policy, parse_policy};
+use csr_warden::policy::file::{PolicyError, load_policy, parse_policy};
 use csr_warden::policy::{CaPaths, SignerRole, Unmatched};
 
 #[test]

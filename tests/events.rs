@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use csr_warden::controller::{EVENT_BURST, EVENT_RATE, EventBudget, fit};
+use csr_warden::kube::events::{EVENT_BURST, EVENT_RATE, EventBudget, fit};
 
 #[test]
 fn texts_are_cut_on_a_character_boundary_with_a_marker() {

@@ -6,7 +6,7 @@
 
 mod support;
 
-use csr_warden::client::bounded;
+use csr_warden::kube::client::bounded;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };

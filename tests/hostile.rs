@@ -5,9 +5,9 @@ mod support;
 
 use std::path::Path;
 
-use csr_warden::config::parse_policy;
-use csr_warden::inspect::{InspectError, inspect};
+use csr_warden::policy::file::parse_policy;
 use csr_warden::policy::*;
+use csr_warden::x509::inspect::{InspectError, inspect};
 use support::*;
 
 fn policy() -> Policy {

@@ -5,10 +5,10 @@ mod support;
 
 use std::path::Path;
 
-use csr_warden::ca::{CaError, CertificateAuthority, random_serial};
-use csr_warden::inspect::{CertificateRequest, InspectError, inspect};
-use csr_warden::issue::{ApprovedRequest, IssueError, issue, validity};
 use csr_warden::policy::SigningLimits;
+use csr_warden::x509::ca::{CaError, CertificateAuthority, random_serial};
+use csr_warden::x509::inspect::{CertificateRequest, InspectError, inspect};
+use csr_warden::x509::issue::{ApprovedRequest, IssueError, issue, validity};
 use support::*;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -590,7 +590,7 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 /// approved, and refused with the same words.
 #[test]
 fn approver_and_signer_agree_on_every_signer_and_usage_combination() {
-    use csr_warden::config::parse_policy;
+    use csr_warden::policy::file::parse_policy;
     use csr_warden::policy::*;
 
     const CUSTOM: &str = "example.com/custom";

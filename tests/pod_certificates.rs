@@ -5,11 +5,11 @@ mod support;
 
 use std::path::Path;
 
-use csr_warden::ca::{CertificateAuthority, random_serial};
-use csr_warden::config::parse_policy;
-use csr_warden::inspect::inspect_der;
-use csr_warden::issue::issue_pod_certificate;
-use csr_warden::pod_certificates::*;
+use csr_warden::policy::file::parse_policy;
+use csr_warden::policy::pods::*;
+use csr_warden::x509::ca::{CertificateAuthority, random_serial};
+use csr_warden::x509::inspect::inspect_der;
+use csr_warden::x509::issue::issue_pod_certificate;
 use support::*;
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};

@@ -1,7 +1,7 @@
 //! The work queue (src/controller/queue.rs): oldest first, fair between requesters, each CSR
 //! queued once and held by one worker at a time.
 
-use csr_warden::controller::queue::{Placement, WorkQueue};
+use csr_warden::kube::queue::{Placement, WorkQueue};
 
 fn at(requester: &str, created: i64) -> Placement {
     Placement {

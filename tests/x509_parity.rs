@@ -15,10 +15,10 @@ use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256,
     RsaKeyPair,
 };
-use csr_warden::ca::{CertificateAuthority, random_serial};
-use csr_warden::inspect::{CertificateRequest, inspect_der};
-use csr_warden::issue::{ApprovedRequest, issue};
 use csr_warden::policy::SigningLimits;
+use csr_warden::x509::ca::{CertificateAuthority, random_serial};
+use csr_warden::x509::inspect::{CertificateRequest, inspect_der};
+use csr_warden::x509::issue::{ApprovedRequest, issue};
 use support::go_reader::{self, GO_EXT_KEY_USAGE_CLIENT_AUTH, GO_KEY_USAGE_DIGITAL_SIGNATURE};
 use support::{KeyKind, openssl_ca, openssl_csr};
 
@@ -1164,7 +1164,9 @@ fn pem_body(pem: &str) -> Vec<u8> {
 }
 
 /// One line for messages: csr-warden's reading.
-fn our_summary(ours: &Result<CertificateRequest, csr_warden::inspect::InspectError>) -> String {
+fn our_summary(
+    ours: &Result<CertificateRequest, csr_warden::x509::inspect::InspectError>,
+) -> String {
     match ours {
         Err(e) => format!("csr-warden: Deny ({e})"),
         Ok(r) => format!(

@@ -6,8 +6,8 @@ use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = csr_warden::inspect::inspect(data);
+    let _ = csr_warden::x509::inspect::inspect(data);
     let body = base64::engine::general_purpose::STANDARD.encode(data);
     let pem = format!("-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n");
-    let _ = csr_warden::inspect::inspect(pem.as_bytes());
+    let _ = csr_warden::x509::inspect::inspect(pem.as_bytes());
 });

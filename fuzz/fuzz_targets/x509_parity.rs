@@ -13,9 +13,9 @@ use std::sync::{Mutex, OnceLock};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-use csr_warden::ca::CertificateAuthority;
-use csr_warden::inspect::inspect_der;
-use csr_warden::issue::{ApprovedRequest, issue};
+use csr_warden::x509::ca::CertificateAuthority;
+use csr_warden::x509::inspect::inspect_der;
+use csr_warden::x509::issue::{ApprovedRequest, issue};
 use csr_warden::policy::SigningLimits;
 use libfuzzer_sys::fuzz_target;
 

@@ -15,70 +15,16 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 
-use super::{EXIT_BAD_INPUT, exit_code, print, render};
-use crate::config::{CheckArgs, OutputFormat, load_policy, parse_policy};
-use crate::csr::{CsrState, csr_state, csr_view};
-use crate::facts::{Facts, FactsError};
+use super::{EXIT_BAD_INPUT, LiveError, exit_code, print, render};
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::csr::object::{CsrState, csr_state, csr_view};
+use crate::facts::Facts;
+use crate::kube::request::list_paged;
+use crate::policy::file::{load_policy, parse_policy};
 use crate::policy::{self, Policy, Verdict};
-use crate::request::list_paged;
 
 /// Key of the policy in the controller's ConfigMap (as the chart mounts it).
 const POLICY_KEY: &str = "policy.yaml";
-
-/// What stops a live check; each says what to do about it.
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    #[error(
-        "no Kubernetes configuration ({0}): run in a pod, set KUBECONFIG, or check a file with --csr-object"
-    )]
-    NoConfig(String),
-    #[error("CSR {0:?} does not exist (kubectl get csr lists them)")]
-    NoSuchCsr(String),
-    #[error(
-        "cannot read CSR {name:?}: {source}; the caller needs get on certificatesigningrequests"
-    )]
-    ReadCsr {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("cannot list CSRs: {0}; the caller needs list on certificatesigningrequests")]
-    ListCsrs(#[source] kube::Error),
-    #[error(
-        "cannot read the policy ConfigMap {namespace}/{name}: {message}; pass --policy FILE, or --namespace where csr-warden runs"
-    )]
-    PolicyConfigMap {
-        namespace: String,
-        name: String,
-        message: String,
-    },
-    #[error(transparent)]
-    Policy(#[from] crate::config::PolicyError),
-    #[error(
-        "cannot ask the cluster the facts for CSR {name:?}: {source}; the caller needs create on subjectaccessreviews, list on nodes, get on service default/kubernetes and list on endpointslices in default"
-    )]
-    Facts {
-        name: String,
-        #[source]
-        source: FactsError,
-    },
-    #[error("no async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    #[error("--pcr takes NAMESPACE/NAME, got {0:?}")]
-    PcrName(String),
-    #[error(
-        "cannot read PodCertificateRequest {name}: {source}; the caller needs get on podcertificaterequests, and the API server must serve certificates.k8s.io/v1beta1"
-    )]
-    ReadPcr {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error(
-        "PodCertificateRequest {0} does not exist (kubectl get podcertificaterequests -A lists them)"
-    )]
-    NoSuchPcr(String),
-}
 
 /// One condition of a live CSR, as `kubectl describe csr` shows it.
 #[derive(Debug, Serialize)]
@@ -216,7 +162,7 @@ async fn client() -> Result<Client, LiveError> {
     let config = kube::Config::infer()
         .await
         .map_err(|e| LiveError::NoConfig(e.to_string()))?;
-    crate::client::bounded(config).map_err(|e| LiveError::NoConfig(e.to_string()))
+    crate::kube::client::bounded(config).map_err(|e| LiveError::NoConfig(e.to_string()))
 }
 
 /// `--policy`, else the policy the running controller reads (its ConfigMap).

@@ -11,9 +11,10 @@ use std::path::Path;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use serde::Serialize;
 
-use crate::config::{CheckArgs, OutputFormat, load_policy};
-use crate::csr::csr_view;
-use crate::inspect::inspect;
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::csr::object::csr_view;
+use crate::policy::file::load_policy;
+use crate::x509::inspect::inspect;
 use std::net::IpAddr;
 
 use crate::policy::{
@@ -30,7 +31,7 @@ pub const EXIT_BAD_INPUT: u8 = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error(transparent)]
-    Policy(#[from] crate::config::PolicyError),
+    Policy(#[from] crate::policy::file::PolicyError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -327,4 +328,59 @@ pub fn run(args: &CheckArgs) -> u8 {
             EXIT_BAD_INPUT
         }
     }
+}
+
+/// What stops a live check; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(
+        "no Kubernetes configuration ({0}): run in a pod, set KUBECONFIG, or check a file with --csr-object"
+    )]
+    NoConfig(String),
+    #[error("CSR {0:?} does not exist (kubectl get csr lists them)")]
+    NoSuchCsr(String),
+    #[error(
+        "cannot read CSR {name:?}: {source}; the caller needs get on certificatesigningrequests"
+    )]
+    ReadCsr {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot list CSRs: {0}; the caller needs list on certificatesigningrequests")]
+    ListCsrs(#[source] kube::Error),
+    #[error(
+        "cannot read the policy ConfigMap {namespace}/{name}: {message}; pass --policy FILE, or --namespace where csr-warden runs"
+    )]
+    PolicyConfigMap {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Policy(#[from] crate::policy::file::PolicyError),
+    #[error(
+        "cannot ask the cluster the facts for CSR {name:?}: {source}; the caller needs create on subjectaccessreviews, list on nodes, get on service default/kubernetes and list on endpointslices in default"
+    )]
+    Facts {
+        name: String,
+        #[source]
+        source: crate::facts::FactsError,
+    },
+    #[error("no async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("--pcr takes NAMESPACE/NAME, got {0:?}")]
+    PcrName(String),
+    #[error(
+        "cannot read PodCertificateRequest {name}: {source}; the caller needs get on podcertificaterequests, and the API server must serve certificates.k8s.io/v1beta1"
+    )]
+    ReadPcr {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "PodCertificateRequest {0} does not exist (kubectl get podcertificaterequests -A lists them)"
+    )]
+    NoSuchPcr(String),
 }

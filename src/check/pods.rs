@@ -1,5 +1,5 @@
 //! `csr-warden check --pcr NAMESPACE/NAME` (live) and `--pcr-object FILE` (offline): what the
-//! policy gives a PodCertificateRequest's pod, with the same [`pod_certificates::decide`] the
+//! policy gives a PodCertificateRequest's pod, with the same [`pods::decide`] the
 //! controller uses. Exit codes as for CSRs: 0 issue, 1 deny, 2 not ours (left alone), 3 bad
 //! input.
 
@@ -9,12 +9,13 @@ use k8s_openapi::api::certificates::v1beta1::PodCertificateRequest;
 use kube::{Api, Client};
 use serde::Serialize;
 
-use super::cluster::LiveError;
+use super::LiveError;
 use super::{EXIT_APPROVE, EXIT_BAD_INPUT, EXIT_DENY, EXIT_LEAVE, print, read};
-use crate::config::{OutputFormat, load_policy};
-use crate::pod_certificates::{self, PcrView, PodDecision};
+use crate::cli::OutputFormat;
 use crate::pods::pcr_view;
 use crate::policy::Policy;
+use crate::policy::file::load_policy;
+use crate::policy::pods::{self, PcrView, PodDecision};
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
@@ -37,7 +38,7 @@ pub fn report(view: &PcrView, policy: &Policy, output: OutputFormat) -> (String,
     let decision = policy
         .pod_signers
         .get(&view.signer_name)
-        .map(|signer| pod_certificates::decide(view, signer));
+        .map(|signer| pods::decide(view, signer));
     let (verb, reason, message, spiffe_id, lifetime, code) = match &decision {
         None => (
             "leave",
@@ -112,7 +113,7 @@ fn emit((text, code): (String, u8)) -> u8 {
 }
 
 /// `--pcr-object FILE --policy FILE`.
-pub fn run_offline(args: &crate::config::CheckArgs, path: &Path) -> u8 {
+pub fn run_offline(args: &crate::cli::CheckArgs, path: &Path) -> u8 {
     let outcome = (|| -> Result<(Policy, PodCertificateRequest), String> {
         let policy_path = args
             .policy

@@ -18,9 +18,9 @@ use prometheus_client::metrics::family::Family;
 use tokio::sync::OnceCell;
 
 use super::REVIEW_REUSE;
-use crate::metrics::PrivilegeReviewLabels;
+use crate::kube::request::{REVIEW_TIMEOUT, within};
+use crate::ops::metrics::PrivilegeReviewLabels;
 use crate::policy::{CertificateIdentity, PrivilegeCheck, PrivilegeReview};
-use crate::request::{REVIEW_TIMEOUT, within};
 
 /// Reviews of one identity asked at once: a handful, so one CSR does not take every connection.
 const CONCURRENT_REVIEWS: usize = 4;

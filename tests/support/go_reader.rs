@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::OnceLock;
 
 use base64::Engine;
-use csr_warden::inspect::CertificateRequest;
+use csr_warden::x509::inspect::CertificateRequest;
 use serde::Deserialize;
 
 /// How to get the pinned Go toolchain when none is found.

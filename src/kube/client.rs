@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, Service, ServiceBuilder};
 
 /// Connections held to the API server at most: the request limit
-/// ([`crate::request::MAX_IN_FLIGHT`]) plus the long-lived watches (CSRs, Nodes, Service and
+/// ([`crate::kube::request::MAX_IN_FLIGHT`]) plus the long-lived watches (CSRs, Nodes, Service and
 /// EndpointSlices) and the Lease, with room to spare.
 pub const MAX_CONNECTIONS: usize = 16;
 

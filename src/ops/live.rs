@@ -14,10 +14,10 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::ca::{CertificateAuthority, ClusterCa, ClusterRelation};
-use crate::config::load_policy;
-use crate::metrics::{Metrics, SignerLabels};
+use crate::ops::metrics::{Metrics, SignerLabels};
+use crate::policy::file::load_policy;
 use crate::policy::{CaPaths, Policy, SIGNER_PREFIX_KUBERNETES};
+use crate::x509::ca::{CertificateAuthority, ClusterCa, ClusterRelation};
 
 /// Warn when the CA expires sooner than this.
 pub const CA_EXPIRY_WARNING: time::Duration = time::Duration::days(30);

@@ -25,9 +25,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::inspect::{CertificateRequest, InspectError};
+use crate::x509::inspect::{CertificateRequest, InspectError};
 
 pub mod ceiling;
+pub mod file;
+pub mod pods;
 
 pub use ceiling::{
     Ceiling, CertificateIdentity, DEFAULT_RESERVED_USERS, PrivilegeCheck, PrivilegeReview,
@@ -166,7 +168,7 @@ pub struct Policy {
     /// What the privilege ceiling asks the cluster: the defaults and `privilegeCeiling.checks`.
     pub privilege_checks: Vec<PrivilegeCheck>,
     /// Pod-certificate signers (PodCertificateRequests), by signerName; never CSR signers.
-    pub pod_signers: BTreeMap<String, crate::pod_certificates::PodSigner>,
+    pub pod_signers: BTreeMap<String, crate::policy::pods::PodSigner>,
 }
 
 impl Policy {
@@ -302,7 +304,7 @@ pub struct CsrView {
     pub usages: Vec<String>,
     pub expiration_seconds: Option<i32>,
     pub requester: Requester,
-    /// `spec.request`, decoded by [`crate::inspect::inspect`], or why it could not be.
+    /// `spec.request`, decoded by [`crate::x509::inspect::inspect`], or why it could not be.
     pub request: Result<CertificateRequest, InspectError>,
 }
 

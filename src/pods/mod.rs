@@ -1,5 +1,5 @@
 //! Pod certificates on the cluster: watch PodCertificateRequests (`certificates.k8s.io/v1beta1`),
-//! ask [`crate::pod_certificates`] what each gets, and write the answer through the `status`
+//! ask [`crate::policy::pods`] what each gets, and write the answer through the `status`
 //! subresource: the certificate chain with `notBefore`, `notAfter`, `beginRefreshAt` and an
 //! `Issued` condition, or a `Denied` or `Failed` condition saying why. Each answer also gets an
 //! Event on the request, a metric and an audit log line, as CSRs do.
@@ -20,23 +20,21 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::ca::{CertificateAuthority, fingerprint_sha256, random_serial};
-use crate::controller::fit;
-use crate::inspect::inspect_der;
-use crate::issue::{CA_UNAVAILABLE, IssueError, issue_pod_certificate, pem_certificate};
-use crate::live::Live;
-use crate::metrics::DecisionLabels;
-use crate::pod_certificates::{self, PcrView, PodDecision, PodValidity};
-use crate::request::{REQUEST_TIMEOUT, within};
+use crate::kube::discovery::wait_until_served;
+use crate::kube::events::{EVENT_NOTE_LIMIT, fit};
+use crate::kube::request::{REQUEST_TIMEOUT, within};
+use crate::ops::live::Live;
+use crate::ops::metrics::DecisionLabels;
+use crate::policy::pods::{self, PcrView, PodDecision, PodValidity};
+use crate::x509::ca::{CertificateAuthority, fingerprint_sha256, random_serial};
+use crate::x509::inspect::inspect_der;
+use crate::x509::issue::{CA_UNAVAILABLE, IssueError, issue_pod_certificate, pem_certificate};
 
-pub const API_GROUP_VERSION: &str = "certificates.k8s.io/v1beta1";
 const ISSUED: &str = "Issued";
 const DENIED: &str = "Denied";
 const FAILED: &str = "Failed";
 /// How many requests are worked at once.
 const CONCURRENCY: u16 = 4;
-/// How often, while the API is not served, to look again (quietly).
-const DISCOVERY_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -48,45 +46,6 @@ pub enum PodError {
     },
     #[error("no system randomness for a certificate serial: {0}; will retry")]
     Randomness(String),
-}
-
-/// Whether the API server serves `resource` in `certificates.k8s.io/v1beta1`. An error other
-/// than "not there" counts as not served now (looked at again later).
-pub async fn served(client: &Client, resource: &str) -> bool {
-    match within(
-        REQUEST_TIMEOUT,
-        client.list_api_group_resources(API_GROUP_VERSION),
-    )
-    .await
-    {
-        Ok(list) => list.resources.iter().any(|r| r.name == resource),
-        Err(error) => {
-            tracing::debug!(%error, "discovery of {API_GROUP_VERSION} failed");
-            false
-        }
-    }
-}
-
-/// Wait until the API server serves `resource`, saying once (with what turns it on) if it does
-/// not. Returns when it does; looks again every few minutes, quietly.
-pub async fn wait_until_served(client: &Client, resource: &str, what: &str) {
-    let mut said = false;
-    loop {
-        if served(client, resource).await {
-            if said {
-                tracing::info!(resource, "the API server serves {resource} now: {what} on");
-            }
-            return;
-        }
-        if !said {
-            tracing::warn!(
-                resource,
-                "the API server does not serve {API_GROUP_VERSION} {resource}: {what} off, CSRs carry on as before. Kubernetes 1.36 serves them with --feature-gates=PodCertificateRequest=true,ClusterTrustBundle=true --runtime-config={API_GROUP_VERSION}=true"
-            );
-            said = true;
-        }
-        tokio::time::sleep(DISCOVERY_INTERVAL).await;
-    }
 }
 
 struct Context {
@@ -204,7 +163,7 @@ async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: Arc<Context>) -> Result
         return Ok(Action::await_change());
     }
     let view = pcr_view(&pcr);
-    let answer = match pod_certificates::decide(&view, signer) {
+    let answer = match pods::decide(&view, signer) {
         PodDecision::Deny { reason, message } => Answer::Denied {
             reason: reason.as_str(),
             message,
@@ -245,7 +204,7 @@ fn issue(
         reason: error.reason(),
         message: error.to_string(),
     };
-    let Some(times) = pod_certificates::validity(max_lifetime_seconds, now, ca.not_after()) else {
+    let Some(times) = pods::validity(max_lifetime_seconds, now, ca.not_after()) else {
         return Ok(failed(IssueError::CaExpiring {
             ca_not_after: ca.not_after(),
         }));
@@ -392,7 +351,7 @@ async fn write(
         let event = Event {
             type_: event_type,
             reason: reason.to_owned(),
-            note: Some(fit(&message, crate::controller::EVENT_NOTE_LIMIT)),
+            note: Some(fit(&message, EVENT_NOTE_LIMIT)),
             action: kind.to_owned(),
             secondary: None,
         };

@@ -30,31 +30,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::sign::Unconfirmed;
 use super::work::Work;
-use crate::csr::{CACHE_TRIMMED, CsrState, LAST_APPLIED, csr_state};
-use crate::live::Live;
+use crate::csr::object::{CACHE_TRIMMED, LAST_APPLIED, wanted};
+use crate::kube::request::{PAGE_SIZE, REQUEST_TIMEOUT, list_metadata_paged, within};
+use crate::ops::live::Live;
 use crate::policy::SignerRole;
-use crate::request::{PAGE_SIZE, REQUEST_TIMEOUT, list_metadata_paged, within};
 
 /// How long the resync lets the watch catch up before it calls a difference a miss.
 const RESYNC_GRACE: Duration = Duration::from_secs(2);
-
-/// Whether the cache keeps a CSR at all: only ours with work left. A finished CSR (Issued,
-/// Denied, Failed) is never acted on again and a foreign signer's is never acted on, so neither
-/// costs memory; a change that makes one interesting again arrives as a watch event.
-pub fn worth_caching(csr: &CertificateSigningRequest, role: Option<SignerRole>) -> bool {
-    match (csr_state(csr), role) {
-        (CsrState::Pending, Some(role)) => role.decides(),
-        (CsrState::ApprovedUnsigned, Some(role)) => role.signs(),
-        _ => false,
-    }
-}
-
-/// The one test of "ours to work on": one of our signers, and something left for us to do in its
-/// role (decide a pending CSR, sign an approved one). The cache, the queue, the resync and
-/// reconcile all ask this.
-pub(super) fn wanted(csr: &CertificateSigningRequest, live: &Live) -> bool {
-    worth_caching(csr, live.policy().role(&csr.spec.signer_name))
-}
 
 /// Our signers' CSRs that the watch delivered with nothing left for us to do (finished, or not
 /// for our role) and the cache therefore does not keep: name -> resourceVersion. With the cache
@@ -135,7 +117,7 @@ fn ours(csr: &CertificateSigningRequest, live: &Live) -> bool {
 
 /// What a cached CSR need not carry: managedFields (the server keeps its own through a
 /// subresource write) and the `kubectl apply` copy of the object, marked as dropped so the
-/// copy is never written whole (see [`crate::csr::status_write`]).
+/// copy is never written whole (see [`crate::csr::object::status_write`]).
 pub fn trim_for_cache(csr: &mut CertificateSigningRequest) {
     csr.metadata.managed_fields = None;
     if let Some(annotations) = csr.metadata.annotations.as_mut()

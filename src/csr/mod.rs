@@ -17,9 +17,8 @@ mod decide;
 mod error;
 mod housekeeping;
 mod memo;
-pub mod queue;
+pub mod object;
 mod record;
-pub use record::{EVENT_BURST, EVENT_NOTE_LIMIT, EVENT_RATE, EventBudget, fit};
 mod sign;
 pub mod watch;
 pub mod work;
@@ -35,9 +34,9 @@ pub use context::{Context, Settings};
 pub use error::Error;
 use error::is_not_found;
 
-use crate::csr::{CsrState, csr_state};
+use crate::csr::object::{CsrState, csr_state};
 use crate::facts::{Facts, NodeChange};
-use crate::live::Live;
+use crate::ops::live::Live;
 
 /// The reporting controller of csr-warden's Events (`reportingComponent` in core/v1).
 const REPORTER: &str = crate::CONTROLLER_NAME;
@@ -49,7 +48,7 @@ const EVENT_ATTEMPTS: u32 = 4;
 /// One reconcile: look at where the CSR stands and do the one thing it needs.
 pub async fn reconcile(csr: Arc<CertificateSigningRequest>, ctx: &Context) -> Result<(), Error> {
     let name = csr.name_any();
-    if !watch::wanted(&csr, &ctx.live) {
+    if !object::wanted(&csr, &ctx.live) {
         tracing::debug!(csr = %name, signer = %csr.spec.signer_name, decision = "ignored", "not ours to decide or sign; untouched");
         return Ok(());
     }

@@ -22,16 +22,14 @@ use x509_cert::ext::pkix::{
 use x509_cert::spki::ObjectIdentifier;
 use x509_cert::time::{Time, Validity};
 
-mod encoding;
-
-pub(crate) use encoding::ExtensionOf;
-use encoding::{
+use super::encoding::ExtensionOf;
+use super::encoding::{
     CertificateExtensions, Encoded, KnownLength, SignedCertificate, TbsCertificate, encode,
 };
 
-use crate::ca::{CertificateAuthority, key_identifier};
-use crate::inspect::{CertificateRequest, SubjectAttribute};
 use crate::policy::{SigningLimits, signer_shape_problem};
+use crate::x509::ca::{CertificateAuthority, key_identifier};
+use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 
 /// Certificates start this far in the past, so clocks that lag a little still accept them.
 pub const BACKDATE: Duration = Duration::minutes(5);
@@ -153,7 +151,7 @@ pub fn issue_pod_certificate(
     ca: &CertificateAuthority,
     request: &CertificateRequest,
     spiffe_id: &str,
-    times: crate::pod_certificates::PodValidity,
+    times: crate::policy::pods::PodValidity,
     serial: [u8; 16],
 ) -> Result<IssuedCertificate, IssueError> {
     let uri = Ia5String::new(spiffe_id)
@@ -163,7 +161,7 @@ pub fn issue_pod_certificate(
         "client auth".to_owned(),
         "server auth".to_owned(),
     ];
-    if matches!(request.key, crate::inspect::KeyAlgorithm::Rsa { .. }) {
+    if matches!(request.key, crate::x509::inspect::KeyAlgorithm::Rsa { .. }) {
         usages.push("key encipherment".to_owned());
     }
     let (key_usages, extended_key_usages) = self::usages(&usages);

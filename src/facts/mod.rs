@@ -28,7 +28,7 @@ use crate::policy::{
 };
 
 mod privilege;
-use crate::request::{PAGE_SIZE, REQUEST_TIMEOUT, REVIEW_TIMEOUT, list_paged, within};
+use crate::kube::request::{PAGE_SIZE, REQUEST_TIMEOUT, REVIEW_TIMEOUT, list_paged, within};
 
 /// Where the API server's Service lives, in every cluster.
 const API_SERVER_NAMESPACE: &str = "default";
@@ -355,7 +355,7 @@ impl Facts {
     pub fn count_privilege_reviews_in(
         self,
         family: prometheus_client::metrics::family::Family<
-            crate::metrics::PrivilegeReviewLabels,
+            crate::ops::metrics::PrivilegeReviewLabels,
             prometheus_client::metrics::counter::Counter,
         >,
     ) -> Self {

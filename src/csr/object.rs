@@ -8,8 +8,9 @@ use k8s_openapi::api::certificates::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use crate::inspect::{CertificateRequest, InspectError, inspect};
-use crate::policy::{CsrView, Requester};
+use crate::ops::live::Live;
+use crate::policy::{CsrView, Requester, SignerRole};
+use crate::x509::inspect::{CertificateRequest, InspectError, inspect};
 
 pub const APPROVED: &str = "Approved";
 pub const DENIED: &str = "Denied";
@@ -151,4 +152,22 @@ pub(crate) fn age_seconds(csr: &CertificateSigningRequest) -> Option<f64> {
     let created = csr.metadata.creation_timestamp.as_ref()?;
     let age = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
     Some(age.as_secs_f64().max(0.0))
+}
+
+/// Whether the cache keeps a CSR at all: only ours with work left. A finished CSR (Issued,
+/// Denied, Failed) is never acted on again and a foreign signer's is never acted on, so neither
+/// costs memory; a change that makes one interesting again arrives as a watch event.
+pub fn worth_caching(csr: &CertificateSigningRequest, role: Option<SignerRole>) -> bool {
+    match (csr_state(csr), role) {
+        (CsrState::Pending, Some(role)) => role.decides(),
+        (CsrState::ApprovedUnsigned, Some(role)) => role.signs(),
+        _ => false,
+    }
+}
+
+/// The one test of "ours to work on": one of our signers, and something left for us to do in its
+/// role (decide a pending CSR, sign an approved one). The cache, the queue, the resync and
+/// reconcile all ask this.
+pub fn wanted(csr: &CertificateSigningRequest, live: &Live) -> bool {
+    worth_caching(csr, live.policy().role(&csr.spec.signer_name))
 }

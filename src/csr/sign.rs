@@ -10,13 +10,14 @@ use kube::runtime::events::EventType;
 
 use super::error::{is_conflict, kube_error, refusal};
 use super::memo::Memo;
-use super::{Context, Error, MAX_CONFLICT_RETRIES, fit};
-use crate::ca::fingerprint_sha256;
-use crate::csr::{CsrState, FAILED, age_seconds, condition, csr_state};
-use crate::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
-use crate::issue::{CA_UNAVAILABLE, CERTIFICATE_REJECTED};
-use crate::metrics::{FailureLabels, SignerLabels};
+use super::{Context, Error, MAX_CONFLICT_RETRIES};
+use crate::csr::object::{CsrState, FAILED, age_seconds, condition, csr_state};
+use crate::kube::events::fit;
+use crate::ops::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, Ceiling, CsrView, PrivilegeReview, Reason};
+use crate::x509::ca::fingerprint_sha256;
+use crate::x509::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
+use crate::x509::issue::{CA_UNAVAILABLE, CERTIFICATE_REJECTED};
 
 /// What signing an approved CSR comes to.
 #[derive(Clone)]
@@ -320,7 +321,8 @@ impl Context {
                 });
             }
         };
-        let serial = crate::ca::random_serial().map_err(|e| Error::Randomness(e.to_string()))?;
+        let serial =
+            crate::x509::ca::random_serial().map_err(|e| Error::Randomness(e.to_string()))?;
         let approved = ApprovedRequest {
             signer_name: &view.signer_name,
             usages: &view.usages,
@@ -390,7 +392,12 @@ pub struct IssueRecord {
 impl IssueRecord {
     /// The one JSON line of an issued certificate, and its metrics. `confirmed_late`: the write's
     /// answer was lost and the certificate was found on the CSR afterwards.
-    fn log(&self, live: &crate::live::Live, csr: &CertificateSigningRequest, confirmed_late: bool) {
+    fn log(
+        &self,
+        live: &crate::ops::live::Live,
+        csr: &CertificateSigningRequest,
+        confirmed_late: bool,
+    ) {
         live.metrics
             .certificates_issued
             .get_or_create(&SignerLabels {
@@ -438,7 +445,7 @@ impl Unconfirmed {
 
     /// `csr` as the server has it now: if it carries a certificate we wrote without an
     /// answer, log it as issued. Either way the CSR is settled.
-    pub fn settle(&self, csr: &CertificateSigningRequest, live: &crate::live::Live) {
+    pub fn settle(&self, csr: &CertificateSigningRequest, live: &crate::ops::live::Live) {
         let Some(uid) = csr.metadata.uid.as_deref() else {
             return;
         };

@@ -9,9 +9,9 @@ use std::time::Duration;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::{Context, watch, work};
-use crate::csr::age_seconds;
-use crate::live::Live;
+use super::{Context, work};
+use crate::csr::object::age_seconds;
+use crate::ops::live::Live;
 
 /// Forever, every five seconds.
 pub(super) async fn keep_house(
@@ -38,7 +38,7 @@ pub(super) async fn keep_house(
         let waiting: Vec<f64> = store
             .state()
             .iter()
-            .filter(|csr| watch::wanted(csr, &live))
+            .filter(|csr| crate::csr::object::wanted(csr, &live))
             .filter_map(|csr| age_seconds(csr))
             .collect();
         live.metrics

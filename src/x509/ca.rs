@@ -11,7 +11,7 @@ use x509_cert::spki::AlgorithmIdentifierOwned;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::issue::ExtensionOf;
+use super::encoding::ExtensionOf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {

@@ -16,12 +16,12 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Notify;
 
-use super::queue::{Placement, WorkQueue};
 use super::{Context, Error, reconcile};
-use crate::csr::{CsrState, csr_state};
+use crate::csr::object::{CsrState, csr_state};
 use crate::facts::NodeChange;
-use crate::live::Live;
-use crate::metrics::ErrorLabels;
+use crate::kube::queue::{Placement, WorkQueue};
+use crate::ops::live::Live;
+use crate::ops::metrics::ErrorLabels;
 use crate::policy::{NODE_USER_PREFIX, SIGNER_KUBELET_CLIENT, SIGNER_KUBELET_SERVING};
 
 /// Retry delay after a failed reconcile of one CSR (429, 5xx, network, conflicts): doubles from
@@ -327,7 +327,7 @@ impl Work {
     }
 
     fn wanted(&self, csr: &CertificateSigningRequest) -> bool {
-        super::watch::wanted(csr, &self.live)
+        crate::csr::object::wanted(csr, &self.live)
     }
 
     /// Stop handing out work; workers finish the CSR they hold and return.

@@ -8,8 +8,8 @@ use kube::runtime::events::EventType;
 use super::error::{is_conflict, kube_error};
 use super::record::log_decision;
 use super::{Context, Error, MAX_CONFLICT_RETRIES};
-use crate::csr::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state};
-use crate::metrics::DecisionLabels;
+use crate::csr::object::{APPROVED, CsrState, DENIED, age_seconds, condition, csr_state};
+use crate::ops::metrics::DecisionLabels;
 use crate::policy::{self, CsrView, Decision, PrivilegeReview, Reason};
 
 impl Context {

@@ -18,8 +18,8 @@ use kube::api::Api;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::sync::oneshot;
 
-use crate::live::Live;
-use crate::request::{REQUEST_TIMEOUT, within};
+use crate::kube::request::{REQUEST_TIMEOUT, within};
+use crate::ops::live::Live;
 
 /// How long ago the holder last renewed `lease` (its renewTime, by this host's clock: the
 /// holder is this replica, so there is no skew to allow for).

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use time::{Duration, OffsetDateTime};
 
-use crate::inspect::{CertificateRequest, InspectError, KeyAlgorithm};
 use crate::policy::CaPaths;
+use crate::x509::inspect::{CertificateRequest, InspectError, KeyAlgorithm};
 
 /// The shortest certificate the API accepts for a PodCertificateRequest (and the floor of
 /// `spec.maxExpirationSeconds`).

@@ -12,13 +12,13 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use super::error::{Error, kube_error};
 use super::memo::Memo;
-use super::{REPORTER, record, sign, work};
-use crate::csr::{StatusWrite, csr_view, csr_view_with, status_write};
+use super::{REPORTER, sign, work};
+use crate::csr::object::{StatusWrite, csr_view, csr_view_with, status_write};
 use crate::facts::Facts;
-use crate::inspect::{CertificateRequest, InspectError, inspect};
-use crate::live::Live;
+use crate::kube::request::{REQUEST_TIMEOUT, within};
+use crate::ops::live::Live;
 use crate::policy::CsrView;
-use crate::request::{REQUEST_TIMEOUT, within};
+use crate::x509::inspect::{CertificateRequest, InspectError, inspect};
 
 /// Fixed for the life of the process; the policy and CA live in [`Live`] and can be reloaded.
 pub struct Settings {
@@ -46,7 +46,7 @@ pub struct Context {
     pub(super) live: Arc<Live>,
     pub(super) settings: Settings,
     /// What is left of the budget for Normal Events.
-    pub(super) event_budget: record::EventBudget,
+    pub(super) event_budget: crate::kube::events::EventBudget,
     /// Certificates written without an answer, whose audit line waits for them to turn up.
     pub(super) unconfirmed: Arc<sign::Unconfirmed>,
     /// The work queue, for what a reconcile needs to know of its CSR's retries.
