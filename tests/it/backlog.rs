@@ -1,7 +1,7 @@
 //! A backlog (CSRs that exist before the controller starts, as after an outage): bounded work,
 //! oldest first, fair between requesters, and finished CSRs never worked again.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

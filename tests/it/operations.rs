@@ -1,7 +1,7 @@
 //! Operating csr-warden: dry-run, metrics and health, live reload, leader election. The real
 //! binary against the fake API server.
 
-mod support;
+use crate::support;
 
 use support::*;
 

@@ -1,7 +1,7 @@
 //! `csr-warden check --csr NAME` / `--all-pending` against the tests' API server, as an operator
 //! runs them (and through kubectl as a plugin): the cluster's own facts, the controller's policy.
 
-mod support;
+use crate::support;
 
 use support::*;
 

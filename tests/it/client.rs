@@ -1,7 +1,7 @@
 //! The kube client csr-warden builds (`src/client.rs`): its connections to the API server stay
 //! within the bound however many requests are in flight, and every request still gets through.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

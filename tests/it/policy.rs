@@ -1,6 +1,6 @@
 //! Policy rules, each with CSRs built in the test (rcgen) or by `openssl req`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

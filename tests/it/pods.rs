@@ -4,7 +4,7 @@
 //! does not. PodCertificateRequests are created as the kubelet does: as the pod's node, for a
 //! pod bound to it, with the pod's, node's and service account's names and UIDs.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

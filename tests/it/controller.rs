@@ -1,7 +1,7 @@
 //! End-to-end: the real csr-warden binary against the fake API server, CSRs made by openssl,
 //! certificates checked by openssl.
 
-mod support;
+use crate::support;
 
 use support::apiserver::ADMIN_TOKEN;
 use support::*;

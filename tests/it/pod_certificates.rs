@@ -1,7 +1,7 @@
 //! Pod certificates, the pure part (`src/pod_certificates.rs`, `issue::issue_pod_certificate`)
 //! and their policy keys: one row per behaviour.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Hostile and malformed input: every nasty request gets a clear Deny reason, and the controller
 //! keeps running and deciding the honest requests beside them.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

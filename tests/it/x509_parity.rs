@@ -8,7 +8,7 @@
 //! whenever csr-warden accepts, Go must read the same identity from the request and from the
 //! certificate csr-warden issues for it.
 
-mod support;
+use crate::support;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{

@@ -2,7 +2,7 @@
 //! API server, whose SubjectAccessReviews are answered from RBAC bindings the test sets (as
 //! kube-apiserver's RBAC authorizer answers them).
 
-mod support;
+use crate::support;
 
 use hyper::Method;
 use support::apiserver::{ErrorFault, PolicyRule, RbacSubject};

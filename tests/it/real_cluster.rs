@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! cargo build --release --locked --bin csr-warden
-//! E2E_KUBECONFIG=$HOME/.kube/config cargo test --release --test real_cluster -- --ignored --nocapture
+//! E2E_KUBECONFIG=$HOME/.kube/config cargo test --release --test it real_cluster -- --ignored --nocapture
 //! # optional: sign with the cluster's client CA, and log in with the issued certificate
 //! E2E_CA_CERT=/etc/kubernetes/pki/ca.crt E2E_CA_KEY=/etc/kubernetes/pki/ca.key ...
 //! ```
@@ -17,7 +17,7 @@
 //! assume kube-controller-manager runs, and every wait is bounded and says what it waited for.
 //! Each step is printed, so a failure on someone's cluster says where.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! everywhere, RoleBindings only in their own namespace. Asked over HTTPS with the client
 //! csr-warden builds, as the controller asks.
 
-mod support;
+use crate::support;
 
 use csr_warden::kube::client::bounded;
 use k8s_openapi::api::authorization::v1::{

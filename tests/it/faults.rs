@@ -2,7 +2,7 @@
 //! says, with one decision condition, at most one certificate and one Event per decision (and
 //! one per CSR left for a human).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //!
 //! Without `KUBEBUILDER_ASSETS` each test prints one `SKIPPED` line and passes.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

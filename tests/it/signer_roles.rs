@@ -2,7 +2,7 @@
 //! approve only (kube-controller-manager issues), sign only (a human approves), or both with the
 //! signer's own CA; and the guard against a custom signer on the cluster's own CA.
 
-mod support;
+use crate::support;
 
 use support::*;
 

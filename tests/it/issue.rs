@@ -1,7 +1,7 @@
 //! Issuing: CA loading in the formats operators have, and certificates checked with x509-parser
 //! and openssl. Each rcgen trap from shared/reference/style.md has a test here.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -192,7 +192,7 @@ fn certificate_fields_come_from_the_csr_and_spec_usages() {
 const SERVING_SIGNER: &str = KUBELET_SERVING_SIGNER;
 
 #[test]
-fn validity_is_backdated_set_clamped_and_never_beyond_the_ca() {
+fn validity_is_backdated_within_the_lifetime_clamped_and_never_beyond_the_ca() {
     let dir = tempfile::tempdir().expect("dir");
     let ca = load(&openssl_ca(dir.path(), KeyKind::P256, 365));
     let request = jane(dir.path(), KeyKind::P256);
@@ -217,13 +217,14 @@ fn validity_is_backdated_set_clamped_and_never_beyond_the_ca() {
     // rcgen would default to 1975..4096: we always set both.
     let (nb, na) = times(Some(3600));
     assert_eq!(nb, now - Duration::minutes(5));
-    assert_eq!(na, now + Duration::hours(1));
-    assert_eq!(times(None).1, now + Duration::days(1), "policy default");
-    assert_eq!(
-        times(Some(i32::MAX)).1,
-        now + Duration::days(30),
-        "clamped to maxExpirationSeconds"
-    );
+    // The whole window, backdate included, is the lifetime granted (as kube-controller-manager).
+    assert_eq!(na - nb, Duration::hours(1));
+    let (nb, na) = times(None);
+    assert_eq!(na - nb, Duration::days(1), "policy default");
+    let (nb, na) = times(Some(i32::MAX));
+    assert_eq!(na - nb, Duration::days(30), "clamped to maxExpirationSeconds");
+    let (nb, na) = times(Some(600));
+    assert_eq!(na - nb, Duration::minutes(10), "the shortest: 10 minutes");
     // A CA that expires in 2 days caps the certificate.
     let short_dir = tempfile::tempdir().expect("dir");
     let short_ca = load(&openssl_ca(short_dir.path(), KeyKind::P256, 2));
