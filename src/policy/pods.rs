@@ -201,8 +201,15 @@ pub fn validity(
     now: OffsetDateTime,
     ca_not_after: OffsetDateTime,
 ) -> Option<PodValidity> {
-    let not_before = now - BACKDATE;
-    let not_after = (not_before + Duration::seconds(max_lifetime_seconds)).min(ca_not_after);
+    let crate::x509::validity::Window {
+        not_before,
+        not_after,
+    } = crate::x509::validity::window(
+        Duration::seconds(max_lifetime_seconds),
+        BACKDATE,
+        now,
+        ca_not_after,
+    );
     let lifetime = not_after - not_before;
     if lifetime < Duration::seconds(MIN_LIFETIME_SECONDS) {
         return None;

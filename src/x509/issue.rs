@@ -28,6 +28,7 @@ use super::encoding::{
 };
 
 use crate::policy::{SigningLimits, signer_shape_problem};
+use super::validity;
 use crate::x509::ca::{CertificateAuthority, key_identifier};
 use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 
@@ -50,7 +51,7 @@ pub const CERTIFICATE_REJECTED: &str = "CertificateRejected";
 pub enum IssueError {
     #[error("{signer} does not issue this request: {problem}")]
     SignerRules { signer: String, problem: String },
-    #[error("the CA expires at {ca_not_after}, less than {} minutes from now; rotate the CA Secret", MIN_LIFETIME.whole_minutes())]
+    #[error("the CA expires at {ca_not_after}, too soon for a certificate of at least {} minutes; rotate the CA Secret", MIN_LIFETIME.whole_minutes())]
     CaExpiring { ca_not_after: OffsetDateTime },
     #[error("building the certificate failed: {0}")]
     Build(String),
@@ -305,8 +306,10 @@ fn time_of(at: OffsetDateTime) -> Result<Time, IssueError> {
     Time::try_from(std::time::SystemTime::from(at)).map_err(build_error("a validity time"))
 }
 
-/// NotBefore = now - 5 min; NotAfter = now + requested (or default), at most the policy maximum
-/// and never beyond the CA.
+/// The requested lifetime (or the policy default), at most the policy maximum and at least
+/// [`MIN_LIFETIME`], as one [`validity::window`]: backdated by [`BACKDATE`], the whole window at
+/// most that lifetime and never beyond the CA. A CA that leaves less than [`MIN_LIFETIME`] issues
+/// nothing.
 pub fn validity(
     expiration_seconds: Option<i32>,
     limits: SigningLimits,
@@ -318,11 +321,11 @@ pub fn validity(
         .unwrap_or(i64::from(limits.default_expiration_seconds));
     let lifetime = Duration::seconds(requested.min(i64::from(limits.max_expiration_seconds)))
         .max(MIN_LIFETIME);
-    let not_after = (now + lifetime).min(ca_not_after);
-    if not_after < now + MIN_LIFETIME {
+    let window = validity::window(lifetime, BACKDATE, now, ca_not_after);
+    if window.length() < MIN_LIFETIME {
         return Err(IssueError::CaExpiring { ca_not_after });
     }
-    Ok((now - BACKDATE, not_after))
+    Ok((window.not_before, window.not_after))
 }
 
 /// The signer's own rules, written once in `policy::signer_shape_problem` and applied here

@@ -5,3 +5,4 @@ pub mod ca;
 mod encoding;
 pub mod inspect;
 pub mod issue;
+pub mod validity;
