@@ -111,6 +111,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             live.clone(),
             args.instance.clone(),
             args.dry_run,
+            usize::from(args.concurrency),
         ))
     });
     let bundles = tokio::spawn(trust_bundles::run(

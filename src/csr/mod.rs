@@ -35,7 +35,8 @@ pub use error::Error;
 use error::is_not_found;
 
 use crate::csr::object::{CsrState, csr_state};
-use crate::facts::{Facts, NodeChange};
+use crate::facts::{FactChange, Facts};
+use crate::kube::work::Lane;
 use crate::ops::live::Live;
 
 /// The reporting controller of csr-warden's Events (`reportingComponent` in core/v1).
@@ -82,18 +83,30 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     let watch_timeout = settings.watch_timeout_seconds;
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let (store, writer) = reflector::store();
-    let work = Arc::new(work::Work::new(store.clone(), live.clone()));
-    // A serving CSR left pending while its Node had no addresses (or before the Node index
-    // synced) is decided again when they change.
+    let work = Arc::new(work::Work::new(
+        store.clone(),
+        work::CsrRules { live: live.clone() },
+    ));
+    // A serving CSR left pending while its Node had no addresses (or before the Node index or
+    // the API server's addresses synced) is decided again when they change.
     let facts = Facts::watched(client.clone(), {
         let work = Arc::downgrade(&work);
-        move |change: NodeChange| {
+        move |change: FactChange| {
             if let Some(work) = work.upgrade() {
-                work.offer_serving(&change);
+                work::offer_serving(&work, &change);
             }
         }
     })
     .count_privilege_reviews_in(live.metrics.privilege_reviews.clone());
+    if live
+        .policy()
+        .role(crate::policy::SIGNER_KUBELET_SERVING)
+        .is_some_and(|role| role.decides())
+    {
+        // Synced before the first kubelet serving request, not started by it.
+        facts.watch();
+    }
+    let probe_client = client.clone();
     let unconfirmed = Arc::new(sign::Unconfirmed::default());
     let ctx = Arc::new(Context::new(
         client,
@@ -103,7 +116,10 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
         work.clone(),
         unconfirmed.clone(),
     ));
-    let retrying = tokio::spawn(work::retry_forever(work.clone()));
+    let retrying = tokio::spawn(crate::kube::work::retry_forever(work.clone(), move || {
+        let client = probe_client.clone();
+        async move { crate::kube::request::ready(&client).await }
+    }));
 
     tokio::spawn(housekeeping::keep_house(
         store.clone(),
@@ -138,9 +154,15 @@ pub async fn run(client: Client, live: Arc<Live>, settings: Settings) {
     // up only the kubelet client CSRs that wait for one.
     let reviewers = (concurrency / 2).max(1);
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| work::Lane::Main)
-        .chain((0..reviewers).map(|_| work::Lane::Reviews))
-        .map(|lane| tokio::spawn(work::work_forever(work.clone(), ctx.clone(), lane)))
+        .map(|_| Lane::Main)
+        .chain((0..reviewers).map(|_| Lane::Reviews))
+        .map(|lane| {
+            tokio::spawn(crate::kube::work::work_forever(
+                work.clone(),
+                ctx.clone(),
+                lane,
+            ))
+        })
         .collect();
 
     shutdown_signal().await;

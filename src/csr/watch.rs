@@ -26,7 +26,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 
 use super::sign::Unconfirmed;
 use super::work::Work;
@@ -157,21 +157,12 @@ pub async fn watch_forever(
             .list_semantic(watcher::ListSemantic::MostRecent)
             .page_size(PAGE_SIZE)
             .timeout(timeout_seconds);
-        let mut events = watcher(api.clone(), config).default_backoff().boxed();
+        let mut events = std::pin::pin!(crate::kube::watch::events(api.clone(), config, "CSR"));
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(Ok(event)) => {
+                    Some(event) => {
                         apply(event, &mut writer, &work, &live, &mut listed_once, &seen);
-                    }
-                    Some(Err(error)) if needs_relist(&error) => {
-                        // kube-runtime would resume from the same resourceVersion forever;
-                        // client-go relists here, and so do we.
-                        tracing::warn!(%error, "the API server cannot resume the CSR watch from where it was; relisting");
-                        break;
-                    }
-                    Some(Err(error)) => {
-                        tracing::info!(%error, "CSR watch interrupted; resuming");
                     }
                     None => break,
                 },
@@ -194,31 +185,6 @@ pub async fn watch_forever(
                 }
             }
         }
-    }
-}
-
-/// Errors after which resuming from the same resourceVersion cannot work:
-/// - "Too large resource version" (504, cause ResourceVersionTooLarge): the server is behind the
-///   resourceVersion we hold, e.g. etcd restored from a backup, or a watch cache that came back
-///   behind; kube-runtime retries the same resourceVersion, client-go relists.
-/// - 410 Gone answered to the watch request itself rather than in the stream (kube-runtime
-///   relists only on the in-stream form).
-fn needs_relist(error: &watcher::Error) -> bool {
-    let too_large = |status: &kube::core::Status| {
-        status.code == 504
-            && (status.message.contains("Too large resource version")
-                || status.details.as_ref().is_some_and(|d| {
-                    d.causes
-                        .iter()
-                        .any(|c| c.reason == "ResourceVersionTooLarge")
-                }))
-    };
-    match error {
-        watcher::Error::WatchError(status) => too_large(status),
-        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => {
-            status.code == 410 || too_large(status)
-        }
-        _ => false,
     }
 }
 

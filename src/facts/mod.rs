@@ -20,7 +20,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::policy::{
@@ -29,6 +29,7 @@ use crate::policy::{
 
 mod privilege;
 use crate::kube::request::{PAGE_SIZE, REQUEST_TIMEOUT, REVIEW_TIMEOUT, list_paged, within};
+use crate::kube::watch;
 
 /// Where the API server's Service lives, in every cluster.
 const API_SERVER_NAMESPACE: &str = "default";
@@ -111,11 +112,11 @@ impl NodeTable {
     }
 }
 
-/// What changed in the Node index, for re-deciding the CSRs that waited on it.
+/// What changed in the facts, for re-deciding exactly the CSRs that waited on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeChange {
-    /// A (re)list completed: anything may have changed.
-    Relisted,
+pub enum FactChange {
+    /// A (re)list completed, or the API server's addresses changed: anything may have changed.
+    Everything,
     /// This Node's addresses changed, or it came or went.
     Node(String),
 }
@@ -284,7 +285,7 @@ fn slice_addresses(slice: &EndpointSlice) -> Vec<IpAddr> {
 enum Feed {
     Watch {
         started: Mutex<bool>,
-        on_node_change: Arc<dyn Fn(NodeChange) + Send + Sync>,
+        on_change: Arc<dyn Fn(FactChange) + Send + Sync>,
     },
     List {
         loaded: tokio::sync::OnceCell<()>,
@@ -319,18 +320,15 @@ struct ReviewKey {
 
 impl Facts {
     /// For the controller: the indexes are fed by watches, started the first time a kubelet
-    /// serving request needs them; `on_node_change` hears when a Node's addresses change.
-    pub fn watched(
-        client: Client,
-        on_node_change: impl Fn(NodeChange) + Send + Sync + 'static,
-    ) -> Self {
+    /// serving request needs them; `on_change` hears when a Node's addresses change.
+    pub fn watched(client: Client, on_change: impl Fn(FactChange) + Send + Sync + 'static) -> Self {
         Facts {
             client,
             nodes: Default::default(),
             api_server: Default::default(),
             feed: Feed::Watch {
                 started: Mutex::new(false),
-                on_node_change: Arc::new(on_node_change),
+                on_change: Arc::new(on_change),
             },
             reviews: Default::default(),
             privilege: Default::default(),
@@ -408,17 +406,8 @@ impl Facts {
     /// The indexes are filled: watched and synced, or listed.
     async fn ready(&self) -> Result<(), FactsError> {
         match &self.feed {
-            Feed::Watch {
-                started,
-                on_node_change,
-            } => {
-                let start = {
-                    let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
-                    !std::mem::replace(&mut *started, true)
-                };
-                if start {
-                    self.start_watches(on_node_change);
-                }
+            Feed::Watch { .. } => {
+                self.watch();
                 if !self.nodes.is_synced() {
                     return Err(FactsError::NotSynced("Nodes' addresses"));
                 }
@@ -428,19 +417,42 @@ impl Facts {
         }
     }
 
-    fn start_watches(&self, on_node_change: &Arc<dyn Fn(NodeChange) + Send + Sync>) {
+    /// Start the watches that feed the indexes, once (the controller does at start when it
+    /// decides kubelet serving requests, so that the first one finds them synced; else the
+    /// first lookup does). For `check`, nothing: it lists.
+    pub fn watch(&self) {
+        if let Feed::Watch { started, on_change } = &self.feed {
+            let start = {
+                let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
+                !std::mem::replace(&mut *started, true)
+            };
+            if start {
+                self.start_watches(on_change);
+            }
+        }
+    }
+
+    fn start_watches(&self, on_change: &Arc<dyn Fn(FactChange) + Send + Sync>) {
         tracing::info!(
             "watching Nodes, Service default/kubernetes and its EndpointSlices for kubelet serving requests"
         );
         tokio::spawn(watch_nodes(
             Api::all(self.client.clone()),
             self.nodes.clone(),
-            on_node_change.clone(),
+            on_change.clone(),
         ));
         let services = Api::namespaced(self.client.clone(), API_SERVER_NAMESPACE);
-        tokio::spawn(watch_service(services, self.api_server.clone()));
+        tokio::spawn(watch_service(
+            services,
+            self.api_server.clone(),
+            on_change.clone(),
+        ));
         let slices = Api::namespaced(self.client.clone(), API_SERVER_NAMESPACE);
-        tokio::spawn(watch_slices(slices, self.api_server.clone()));
+        tokio::spawn(watch_slices(
+            slices,
+            self.api_server.clone(),
+            on_change.clone(),
+        ));
     }
 
     async fn list_all(&self) -> Result<(), FactsError> {
@@ -551,79 +563,98 @@ fn serving_sans(view: &CsrView) -> Vec<String> {
 async fn watch_nodes(
     api: Api<Node>,
     index: Arc<NodeIndex>,
-    on_change: Arc<dyn Fn(NodeChange) + Send + Sync>,
+    on_change: Arc<dyn Fn(FactChange) + Send + Sync>,
 ) {
     let config = watcher::Config::default().page_size(PAGE_SIZE);
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = std::pin::pin!(watch::events(api, config, "Node"));
     let mut listing: Vec<(String, Vec<String>)> = Vec::new();
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(node)) => {
+            watcher::Event::Init => listing.clear(),
+            watcher::Event::InitApply(node) => {
                 listing.push((node.name_any(), node_addresses(&node)));
             }
-            Ok(watcher::Event::InitDone) => {
+            watcher::Event::InitDone => {
                 let first = !index.is_synced();
                 index.replace(std::mem::take(&mut listing));
                 if first {
                     tracing::info!(nodes = index.len(), "Node addresses synced");
                 }
-                on_change(NodeChange::Relisted);
+                on_change(FactChange::Everything);
             }
-            Ok(watcher::Event::Apply(node)) => {
+            watcher::Event::Apply(node) => {
                 let name = node.name_any();
                 if index.write().set(&name, node_addresses(&node)) {
-                    on_change(NodeChange::Node(name));
+                    on_change(FactChange::Node(name));
                 }
             }
-            Ok(watcher::Event::Delete(node)) => {
+            watcher::Event::Delete(node) => {
                 let name = node.name_any();
                 if index.write().remove(&name) {
-                    on_change(NodeChange::Node(name));
+                    on_change(FactChange::Node(name));
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Node watch failed; retrying (kubelet serving CSRs wait meanwhile)")
             }
         }
     }
 }
 
-/// Keep the ClusterIPs of Service default/kubernetes current.
-async fn watch_service(api: Api<Service>, index: Arc<ApiServerIndex>) {
+/// Keep the ClusterIPs of Service default/kubernetes current; the CSRs that waited on them
+/// hear of every sync and change.
+async fn watch_service(
+    api: Api<Service>,
+    index: Arc<ApiServerIndex>,
+    on_change: Arc<dyn Fn(FactChange) + Send + Sync>,
+) {
     let config = watcher::Config::default().fields(&format!("metadata.name={API_SERVER_SERVICE}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = std::pin::pin!(watch::events(api, config, "Service default/kubernetes"));
     let mut listing: Option<Service> = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => listing = None,
-            Ok(watcher::Event::InitApply(service)) => listing = Some(service),
-            Ok(watcher::Event::InitDone) => index.set_service(listing.take().as_ref()),
-            Ok(watcher::Event::Apply(service)) => index.set_service(Some(&service)),
-            Ok(watcher::Event::Delete(_)) => index.set_service(None),
-            Err(error) => {
-                tracing::warn!(%error, "watch of Service default/kubernetes failed; retrying (kubelet serving CSRs wait meanwhile)")
+            watcher::Event::Init => {
+                listing = None;
+                continue;
             }
+            watcher::Event::InitApply(service) => {
+                listing = Some(service);
+                continue;
+            }
+            watcher::Event::InitDone => index.set_service(listing.take().as_ref()),
+            watcher::Event::Apply(service) => index.set_service(Some(&service)),
+            watcher::Event::Delete(_) => index.set_service(None),
         }
+        on_change(FactChange::Everything);
     }
 }
 
-/// Keep the addresses of the EndpointSlices of Service default/kubernetes current.
-async fn watch_slices(api: Api<EndpointSlice>, index: Arc<ApiServerIndex>) {
+/// Keep the addresses of the EndpointSlices of Service default/kubernetes current; the CSRs
+/// that waited on them hear of every sync and change.
+async fn watch_slices(
+    api: Api<EndpointSlice>,
+    index: Arc<ApiServerIndex>,
+    on_change: Arc<dyn Fn(FactChange) + Send + Sync>,
+) {
     let config =
         watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={API_SERVER_SERVICE}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = std::pin::pin!(watch::events(
+        api,
+        config,
+        "EndpointSlices of Service default/kubernetes"
+    ));
     let mut listing: Vec<EndpointSlice> = Vec::new();
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(slice)) => listing.push(slice),
-            Ok(watcher::Event::InitDone) => index.set_slices(&std::mem::take(&mut listing)),
-            Ok(watcher::Event::Apply(slice)) => index.apply_slice(&slice, false),
-            Ok(watcher::Event::Delete(slice)) => index.apply_slice(&slice, true),
-            Err(error) => {
-                tracing::warn!(%error, "watch of the EndpointSlices of Service default/kubernetes failed; retrying (kubelet serving CSRs wait meanwhile)")
+            watcher::Event::Init => {
+                listing.clear();
+                continue;
             }
+            watcher::Event::InitApply(slice) => {
+                listing.push(slice);
+                continue;
+            }
+            watcher::Event::InitDone => index.set_slices(&std::mem::take(&mut listing)),
+            watcher::Event::Apply(slice) => index.apply_slice(&slice, false),
+            watcher::Event::Delete(slice) => index.apply_slice(&slice, true),
         }
+        on_change(FactChange::Everything);
     }
 }

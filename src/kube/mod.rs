@@ -8,3 +8,5 @@ pub mod events;
 pub mod leader;
 pub mod queue;
 pub mod request;
+pub mod watch;
+pub mod work;

@@ -108,3 +108,18 @@ impl WorkQueue {
         self.working.len()
     }
 }
+
+/// A delay after `failures` failures in a row: `first`, doubling each time, at most `last`,
+/// times a random factor in [1, 1.5) (`jitter` in [0, 1]) so that objects that failed together
+/// (an outage) do not all come back in the same instant.
+pub fn doubling(
+    failures: u32,
+    first: std::time::Duration,
+    last: std::time::Duration,
+    jitter: f64,
+) -> std::time::Duration {
+    first
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(last)
+        .mul_f64(1.0 + 0.5 * jitter.clamp(0.0, 1.0))
+}

@@ -95,3 +95,24 @@ where
         }
     }
 }
+
+/// The API server could not be reached, or answered that it cannot serve now (429, 5xx:
+/// starting up, overloaded, etcd away): a failure that says nothing about the object asked about.
+pub fn is_unavailable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        _ => true,
+    }
+}
+
+/// Whether the API server answers `/readyz` with 200 now (within a short deadline): what the
+/// workers' retry asks before retrying what failed for want of it.
+pub async fn ready(client: &kube::Client) -> bool {
+    let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), client.request_text(request)).await,
+        Ok(Ok(_))
+    )
+}

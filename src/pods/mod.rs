@@ -15,14 +15,17 @@ use futures::StreamExt;
 use k8s_openapi::api::certificates::v1beta1::PodCertificateRequest;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
 use crate::kube::discovery::wait_until_served;
-use crate::kube::events::{EVENT_NOTE_LIMIT, fit};
-use crate::kube::request::{REQUEST_TIMEOUT, within};
+use crate::kube::events::{EVENT_NOTE_LIMIT, EventBudget, fit};
+use crate::kube::queue::Placement;
+use crate::kube::request::{PAGE_SIZE, REQUEST_TIMEOUT, is_unavailable, within};
+use crate::kube::watch;
+use crate::kube::work::{self, Lane, Reconciler, Rules};
 use crate::ops::live::Live;
 use crate::ops::metrics::DecisionLabels;
 use crate::policy::pods::{self, PcrView, PodDecision, PodValidity};
@@ -33,8 +36,6 @@ use crate::x509::issue::{CA_UNAVAILABLE, IssueError, issue_pod_certificate, pem_
 const ISSUED: &str = "Issued";
 const DENIED: &str = "Denied";
 const FAILED: &str = "Failed";
-/// How many requests are worked at once.
-const CONCURRENCY: u16 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -46,6 +47,10 @@ pub enum PodError {
     },
     #[error("no system randomness for a certificate serial: {0}; will retry")]
     Randomness(String),
+    #[error(
+        "the CA of {signer} is not available ({why}); the request waits and is answered once it loads"
+    )]
+    CaUnavailable { signer: String, why: String },
 }
 
 struct Context {
@@ -53,11 +58,82 @@ struct Context {
     live: Arc<Live>,
     recorder: Recorder,
     dry_run: bool,
+    /// Normal Events (Issued) within a budget; Warnings always.
+    event_budget: EventBudget,
 }
 
-/// Sign PodCertificateRequests for the policy's pod-certificate signers, for ever. Only the
-/// leader acts; gaining leadership (or a policy or CA reload) looks at every request again.
-pub async fn run(client: Client, live: Arc<Live>, instance: String, dry_run: bool) {
+/// The PodCertificateRequest work queue.
+type Work = work::Work<PodCertificateRequest, PodRules>;
+
+/// Which requests are ours to work, and where they queue.
+struct PodRules {
+    live: Arc<Live>,
+}
+
+impl Rules<PodCertificateRequest> for PodRules {
+    fn wanted(&self, pcr: &PodCertificateRequest) -> bool {
+        wanted(pcr, &self.live)
+    }
+
+    /// Fair between Nodes (each kubelet asks for its own pods), oldest first within one.
+    fn placement(&self, pcr: &PodCertificateRequest) -> Placement {
+        Placement {
+            requester: pcr.spec.node_name.clone(),
+            created: pcr
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// One of our pod signers' requests, not answered yet.
+fn wanted(pcr: &PodCertificateRequest, live: &Live) -> bool {
+    live.policy()
+        .pod_signers
+        .contains_key(&pcr.spec.signer_name)
+        && pending(pcr)
+}
+
+impl Reconciler<PodCertificateRequest> for Context {
+    type Error = PodError;
+
+    fn reconcile(
+        &self,
+        pcr: Arc<PodCertificateRequest>,
+    ) -> impl std::future::Future<Output = Result<(), PodError>> + Send {
+        reconcile(pcr, self)
+    }
+
+    fn is_connection_error(&self, error: &PodError) -> bool {
+        matches!(error, PodError::Write { source, .. } if is_unavailable(source))
+    }
+
+    fn failed(&self, key: &str, error: &PodError, failures: u32, retry_in: Duration) {
+        match error {
+            PodError::CaUnavailable { .. } if failures > 1 => {
+                tracing::debug!(pcr = %key, %error, failures, ?retry_in, "pod certificate still waiting for its CA")
+            }
+            _ => {
+                tracing::warn!(pcr = %key, %error, failures, ?retry_in, "pod certificate request not answered yet; retrying")
+            }
+        }
+    }
+}
+
+/// Sign PodCertificateRequests for the policy's pod-certificate signers, for ever, on the same
+/// runtime as CSRs: one watch (relisting as the CSR watch does, nothing queued until a relist
+/// is complete), per-request backoff, `concurrency` workers. Only the leader acts; gaining
+/// leadership (or a policy or CA reload) looks at every request again.
+pub async fn run(
+    client: Client,
+    live: Arc<Live>,
+    instance: String,
+    dry_run: bool,
+    concurrency: usize,
+) {
     wait_until_served(&client, "podcertificaterequests", "pod certificates").await;
     let recorder = Recorder::new(
         client.clone(),
@@ -71,31 +147,85 @@ pub async fn run(client: Client, live: Arc<Live>, instance: String, dry_run: boo
         live: live.clone(),
         recorder,
         dry_run,
+        event_budget: EventBudget::default(),
     });
-    let pcrs: Api<PodCertificateRequest> = Api::all(client);
-    let recheck = changes(live.recheck_events());
+    let (store, writer) = reflector::store();
+    let work = Arc::new(Work::new(store, PodRules { live: live.clone() }));
     tracing::info!(
         signers = ?live.policy().pod_signers.keys().collect::<Vec<_>>(),
         "signing PodCertificateRequests"
     );
-    Controller::new(pcrs, watcher::Config::default())
-        .with_config(ControllerConfig::default().concurrency(CONCURRENCY))
-        .reconcile_all_on(recheck)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    let probe_client = client.clone();
+    tokio::spawn(work::retry_forever(work.clone(), move || {
+        let client = probe_client.clone();
+        async move { crate::kube::request::ready(&client).await }
+    }));
+    for _ in 0..concurrency.max(1) {
+        tokio::spawn(work::work_forever(work.clone(), ctx.clone(), Lane::Main));
+    }
+    watch_forever(Api::all(client), writer, work, live).await;
 }
 
-/// A stream that yields each time `receiver` sees a change.
-fn changes(receiver: tokio::sync::watch::Receiver<u64>) -> impl futures::Stream<Item = ()> {
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.changed().await.ok().map(|_| ((), receiver))
-    })
-}
-
-fn error_policy(_pcr: Arc<PodCertificateRequest>, error: &PodError, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "pod certificate request not answered yet");
-    Action::requeue(Duration::from_secs(5))
+/// Watch every PodCertificateRequest: keep the cache of ours still pending and queue them. As
+/// for CSRs, nothing is queued while a list is under way (the cache swaps the list in at its
+/// end, and work queued before would find nothing), and everything cached is queued once it is
+/// complete, with what failed for want of the API server retried at once.
+async fn watch_forever(
+    api: Api<PodCertificateRequest>,
+    mut writer: Writer<PodCertificateRequest>,
+    work: Arc<Work>,
+    live: Arc<Live>,
+) {
+    let mut recheck = live.recheck_events();
+    let config = watcher::Config::default()
+        .list_semantic(watcher::ListSemantic::MostRecent)
+        .page_size(PAGE_SIZE);
+    let mut events = std::pin::pin!(watch::events(api, config, "PodCertificateRequest"));
+    let mut listed_once = false;
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else { return };
+                match event {
+                    watcher::Event::Init => {
+                        if listed_once {
+                            tracing::info!("PodCertificateRequest watch restarted; relisting");
+                        }
+                        writer.apply_watcher_event(&watcher::Event::Init);
+                    }
+                    watcher::Event::InitApply(pcr) => {
+                        if wanted(&pcr, &live) {
+                            writer.apply_watcher_event(&watcher::Event::InitApply(pcr));
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        writer.apply_watcher_event(&watcher::Event::InitDone);
+                        listed_once = true;
+                        work.offer_everything();
+                        work.retry_connection_failures_now();
+                    }
+                    watcher::Event::Apply(pcr) if wanted(&pcr, &live) => {
+                        // Cache first: a worker may take it at once and must find this copy.
+                        let event = watcher::Event::Apply(pcr);
+                        writer.apply_watcher_event(&event);
+                        if let watcher::Event::Apply(pcr) = &event {
+                            work.offer(pcr);
+                        }
+                    }
+                    watcher::Event::Apply(pcr) | watcher::Event::Delete(pcr) => {
+                        work.forget(&work::key_of(&pcr));
+                        writer.apply_watcher_event(&watcher::Event::Delete(pcr));
+                    }
+                }
+            }
+            changed = recheck.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                work.offer_everything();
+            }
+        }
+    }
 }
 
 /// Whether the request is still waiting for a signer (no Issued, Denied or Failed condition).
@@ -153,14 +283,15 @@ enum Answer {
     },
 }
 
-async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: Arc<Context>) -> Result<Action, PodError> {
+async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: &Context) -> Result<(), PodError> {
     let policy = ctx.live.policy();
     let Some(signer) = policy.pod_signers.get(&pcr.spec.signer_name) else {
         // Another signer's request: never touched.
-        return Ok(Action::await_change());
+        return Ok(());
     };
     if !pending(&pcr) || !ctx.live.is_leader() {
-        return Ok(Action::await_change());
+        // Gaining leadership looks at every request again.
+        return Ok(());
     }
     let view = pcr_view(&pcr);
     let answer = match pods::decide(&view, signer) {
@@ -177,14 +308,16 @@ async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: Arc<Context>) -> Result
                 Err(why) => {
                     // Our fault, not the request's: wait for the CA rather than fail it.
                     tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = CA_UNAVAILABLE, "pod certificate not issued yet: {why}");
-                    return Ok(Action::requeue(Duration::from_secs(30)));
+                    return Err(PodError::CaUnavailable {
+                        signer: view.signer_name.clone(),
+                        why: why.to_string(),
+                    });
                 }
                 Ok(ca) => issue(ca, &view, spiffe_id, max_lifetime_seconds)?,
             }
         }
     };
-    write(&pcr, &view, answer, &ctx).await?;
-    Ok(Action::await_change())
+    write(&pcr, &view, answer, ctx).await
 }
 
 fn issue(
@@ -307,9 +440,23 @@ async fn write(
             Ok(_) => {}
             // Changed meanwhile (another replica, a human): the watch brings the new version.
             Err(kube::Error::Api(status)) if status.is_conflict() || status.is_not_found() => {
+                lost(
+                    &name,
+                    &answer,
+                    "the request changed or went meanwhile; not written",
+                );
                 return Ok(());
             }
-            Err(source) => return Err(PodError::Write { pcr: name, source }),
+            Err(source) => {
+                lost(
+                    &name,
+                    &answer,
+                    &format!(
+                        "writing it failed ({source}); it may have landed, and a retry issues another"
+                    ),
+                );
+                return Err(PodError::Write { pcr: name, source });
+            }
         }
     }
     let decision = match &answer {
@@ -342,7 +489,9 @@ async fn write(
             tracing::warn!(pcr = %name, signer = %view.signer_name, pod = %view.pod_name, service_account = %view.service_account_name, node = %view.node_name, decision, %reason, dry_run = ctx.dry_run, "pod certificate not issued: {message}");
         }
     }
-    if !ctx.dry_run {
+    // Normal Events within the budget (a storm of pods gets its first hundred, then ten a
+    // second); Warnings always.
+    if !ctx.dry_run && (kind != ISSUED || ctx.event_budget.take(std::time::Instant::now())) {
         let event_type = if kind == ISSUED {
             EventType::Normal
         } else {
@@ -362,4 +511,19 @@ async fn write(
         }
     }
     Ok(())
+}
+
+/// The audit line of a certificate issued whose answer did not land (or may not have): every
+/// certificate csr-warden signs is in its log, whatever became of it.
+fn lost(name: &str, answer: &Answer, what: &str) {
+    if let Answer::Issued {
+        times,
+        spiffe_id,
+        serial_hex,
+        fingerprint,
+        ..
+    } = answer
+    {
+        tracing::warn!(pcr = %name, spiffe_id = %spiffe_id, serial = %serial_hex, sha256_fingerprint = %fingerprint, not_before = %times.not_before, not_after = %times.not_after, decision = "issued-unwritten", "pod certificate issued but its answer is not confirmed: {what}");
+    }
 }

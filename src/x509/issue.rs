@@ -27,8 +27,8 @@ use super::encoding::{
     CertificateExtensions, Encoded, KnownLength, SignedCertificate, TbsCertificate, encode,
 };
 
-use crate::policy::{SigningLimits, signer_shape_problem};
 use super::validity;
+use crate::policy::{SigningLimits, signer_shape_problem};
 use crate::x509::ca::{CertificateAuthority, key_identifier};
 use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 

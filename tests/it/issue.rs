@@ -222,7 +222,11 @@ fn validity_is_backdated_within_the_lifetime_clamped_and_never_beyond_the_ca() {
     let (nb, na) = times(None);
     assert_eq!(na - nb, Duration::days(1), "policy default");
     let (nb, na) = times(Some(i32::MAX));
-    assert_eq!(na - nb, Duration::days(30), "clamped to maxExpirationSeconds");
+    assert_eq!(
+        na - nb,
+        Duration::days(30),
+        "clamped to maxExpirationSeconds"
+    );
     let (nb, na) = times(Some(600));
     assert_eq!(na - nb, Duration::minutes(10), "the shortest: 10 minutes");
     // A CA that expires in 2 days caps the certificate.

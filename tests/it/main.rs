@@ -25,4 +25,5 @@ mod queue;
 mod real_apiserver;
 mod real_cluster;
 mod signer_roles;
+mod work;
 mod x509_parity;

@@ -1,4 +1,4 @@
-//! The work queue (src/controller/queue.rs): oldest first, fair between requesters, each CSR
+//! The work queue (src/kube/queue.rs): oldest first, fair between requesters, each CSR
 //! queued once and held by one worker at a time.
 
 use csr_warden::kube::queue::{Placement, WorkQueue};

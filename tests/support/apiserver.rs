@@ -1290,6 +1290,19 @@ async fn handle_authenticated(
         Err(_) => Bytes::new(),
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    // What kube-apiserver answers any authenticated caller (system:public-info-viewer) once
+    // it is up: csr-warden asks it after an outage before retrying what failed for want of it.
+    if method == Method::GET && segments == ["readyz"] {
+        let mut response = Response::new(
+            Full::new(Bytes::from_static(b"ok"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        response
+            .headers_mut()
+            .insert("content-type", "text/plain".parse().expect("header"));
+        return response;
+    }
 
     const CSRS: [&str; 4] = [
         "apis",
