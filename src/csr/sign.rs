@@ -17,7 +17,6 @@ use crate::ops::metrics::{FailureLabels, SignerLabels};
 use crate::policy::{self, Ceiling, CsrView, PrivilegeReview, Reason};
 use crate::x509::ca::fingerprint_sha256;
 use crate::x509::issue::{ApprovedRequest, IssueError, IssuedCertificate, issue};
-use crate::x509::issue::{CA_UNAVAILABLE, CERTIFICATE_REJECTED};
 
 /// What signing an approved CSR comes to.
 #[derive(Clone)]
@@ -27,7 +26,7 @@ enum Signing {
     /// What is wrong with the request itself: a Failed condition, final. `serial`: that of the
     /// certificate the API server refused to store, when that is why.
     Fail {
-        reason: String,
+        reason: Reason,
         message: String,
         serial: Option<String>,
     },
@@ -104,7 +103,7 @@ impl Context {
                     status
                         .conditions
                         .get_or_insert_with(Vec::new)
-                        .push(condition(FAILED, reason, message))
+                        .push(condition(FAILED, reason.as_str(), message))
                 }
                 Signing::WaitForCa { .. } | Signing::WaitForReview { .. } => {}
             }
@@ -129,11 +128,11 @@ impl Context {
                                 .issuance_failures
                                 .get_or_create(&FailureLabels {
                                     signer: view.signer_name.clone(),
-                                    reason: reason.clone(),
+                                    reason: reason.as_str().to_owned(),
                                 })
                                 .inc();
                             tracing::warn!(csr = %name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "failed", %reason, serial = serial.as_deref(), "certificate not issued: {message}");
-                            self.event(&csr, EventType::Warning, &reason, &message, "Sign")
+                            self.event(&csr, EventType::Warning, reason.as_str(), &message, "Sign")
                                 .await;
                         }
                         Signing::WaitForCa { .. } | Signing::WaitForReview { .. } => {}
@@ -165,7 +164,7 @@ impl Context {
                     if let (Signing::Issue(issued), Some(answer)) = (&outcome, refusal(&error)) {
                         tracing::info!(csr = %name, serial = %issued.serial_hex, %error, "the API server refused the certificate; marking the request Failed");
                         refused = Some(Signing::Fail {
-                            reason: CERTIFICATE_REJECTED.to_owned(),
+                            reason: Reason::CertificateRejected,
                             message: rejected(&issued.serial_hex, answer),
                             serial: Some(issued.serial_hex.clone()),
                         });
@@ -236,10 +235,16 @@ impl Context {
         if !first {
             return;
         }
-        tracing::warn!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "waiting", reason = CA_UNAVAILABLE, "approved, not issued yet: {message}");
+        tracing::warn!(csr = %view.name, requester = %view.requester.username, signer = %view.signer_name, subject = %view.subject(), decision = "waiting", reason = Reason::CaUnavailable.as_str(), "approved, not issued yet: {message}");
         if !self.settings.dry_run {
-            self.event(csr, EventType::Warning, CA_UNAVAILABLE, message, "Sign")
-                .await;
+            self.event(
+                csr,
+                EventType::Warning,
+                Reason::CaUnavailable.as_str(),
+                message,
+                "Sign",
+            )
+            .await;
         }
     }
 
@@ -268,7 +273,7 @@ impl Context {
         // Approved by a human or not, we never sign what the policy forbids.
         if let Some((reason, message)) = policy::signing_refusal(view, &policy) {
             return Ok(Signing::Fail {
-                reason: reason.as_str().to_owned(),
+                reason,
                 message,
                 serial: None,
             });
@@ -286,7 +291,7 @@ impl Context {
             Ceiling::Clear(_) => {}
             Ceiling::Exceeded { message, .. } => {
                 return Ok(Signing::Fail {
-                    reason: Reason::PrivilegedIdentity.as_str().to_owned(),
+                    reason: Reason::PrivilegedIdentity,
                     message,
                     serial: None,
                 });
@@ -303,7 +308,7 @@ impl Context {
             Ok(request) => request,
             Err(error) => {
                 return Ok(Signing::Fail {
-                    reason: Reason::InvalidRequest.as_str().to_owned(),
+                    reason: Reason::InvalidRequest,
                     message: error.to_string(),
                     serial: None,
                 });
@@ -345,7 +350,7 @@ impl Context {
                     ),
                 },
                 Err(error) => Signing::Fail {
-                    reason: error.reason().to_owned(),
+                    reason: error.reason(),
                     message: error.to_string(),
                     serial: None,
                 },

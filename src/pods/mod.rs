@@ -28,10 +28,11 @@ use crate::kube::watch;
 use crate::kube::work::{self, Lane, Reconciler, Rules};
 use crate::ops::live::Live;
 use crate::ops::metrics::DecisionLabels;
+use crate::policy::Reason;
 use crate::policy::pods::{self, PcrView, PodDecision, PodValidity};
 use crate::x509::ca::{CertificateAuthority, fingerprint_sha256, random_serial};
 use crate::x509::inspect::inspect_der;
-use crate::x509::issue::{CA_UNAVAILABLE, IssueError, issue_pod_certificate, pem_certificate};
+use crate::x509::issue::{IssueError, issue_pod_certificate, pem_certificate};
 
 const ISSUED: &str = "Issued";
 const DENIED: &str = "Denied";
@@ -274,11 +275,11 @@ enum Answer {
         ca_key_id: String,
     },
     Denied {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     Failed {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
 }
@@ -295,10 +296,7 @@ async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: &Context) -> Result<(),
     }
     let view = pcr_view(&pcr);
     let answer = match pods::decide(&view, signer) {
-        PodDecision::Deny { reason, message } => Answer::Denied {
-            reason: reason.as_str(),
-            message,
-        },
+        PodDecision::Deny { reason, message } => Answer::Denied { reason, message },
         PodDecision::Issue {
             spiffe_id,
             max_lifetime_seconds,
@@ -307,7 +305,7 @@ async fn reconcile(pcr: Arc<PodCertificateRequest>, ctx: &Context) -> Result<(),
             match ca.as_ref() {
                 Err(why) => {
                     // Our fault, not the request's: wait for the CA rather than fail it.
-                    tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = CA_UNAVAILABLE, "pod certificate not issued yet: {why}");
+                    tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = Reason::CaUnavailable.as_str(), "pod certificate not issued yet: {why}");
                     return Err(PodError::CaUnavailable {
                         signer: view.signer_name.clone(),
                         why: why.to_string(),
@@ -328,7 +326,7 @@ fn issue(
 ) -> Result<Answer, PodError> {
     let Ok(request) = &view.request else {
         return Ok(Answer::Denied {
-            reason: "InvalidRequest",
+            reason: Reason::InvalidRequest,
             message: "spec.stubPKCS10Request cannot be read".into(),
         });
     };
@@ -412,15 +410,15 @@ async fn write(
         }
         Answer::Denied { reason, message } => (
             DENIED,
-            *reason,
+            reason.as_str(),
             message.clone(),
-            serde_json::json!({"conditions": [condition(DENIED, reason, message, generation)]}),
+            serde_json::json!({"conditions": [condition(DENIED, reason.as_str(), message, generation)]}),
         ),
         Answer::Failed { reason, message } => (
             FAILED,
-            *reason,
+            reason.as_str(),
             message.clone(),
-            serde_json::json!({"conditions": [condition(FAILED, reason, message, generation)]}),
+            serde_json::json!({"conditions": [condition(FAILED, reason.as_str(), message, generation)]}),
         ),
     };
     let name = format!("{}/{}", view.namespace, view.name);

@@ -362,8 +362,9 @@ pub struct FactsNeeded {
     pub privilege: Option<CertificateIdentity>,
 }
 
-/// Stable reason codes: written into conditions and Events and used as metric labels. Operators
-/// alert on these; do not rename them.
+/// Stable reason codes, one set for every answer csr-warden gives: CSR decisions, pod
+/// certificate decisions and signing. Written into conditions and Events and used as metric
+/// labels. Operators alert on these; do not rename them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     NotOurSigner,
@@ -398,6 +399,25 @@ pub enum Reason {
     RequesterNotAllowed,
     NoMatchingRule,
     NotAllowListed,
+    // Pod certificates (the Denied condition of a PodCertificateRequest).
+    /// The API's own reason for a key type the signer does not sign.
+    UnsupportedKeyType,
+    NamespaceNotAllowed,
+    ServiceAccountNotAllowed,
+    /// `unverifiedUserAnnotations` this signer does not know (the API asks signers to deny).
+    UnrecognizedAnnotations,
+    // Signing (a Failed condition, or a wait).
+    /// The signer's own rules refuse what was approved (a human approved it).
+    SignerValidationFailure,
+    /// The CA expires too soon for the shortest certificate.
+    CaExpiring,
+    /// The certificate could not be built or signed.
+    SigningFailed,
+    /// The API server refused to store the issued certificate (400, 413, 422).
+    CertificateRejected,
+    /// The signer's CA is not there (missing, unreadable, not loaded yet): the request waits,
+    /// and is issued once the CA loads; never Failed for it.
+    CaUnavailable,
 }
 
 impl Reason {
@@ -435,6 +455,15 @@ impl Reason {
             Reason::RequesterNotAllowed => "RequesterNotAllowed",
             Reason::NoMatchingRule => "NoMatchingRule",
             Reason::NotAllowListed => "NotAllowListed",
+            Reason::UnsupportedKeyType => "UnsupportedKeyType",
+            Reason::NamespaceNotAllowed => "NamespaceNotAllowed",
+            Reason::ServiceAccountNotAllowed => "ServiceAccountNotAllowed",
+            Reason::UnrecognizedAnnotations => "UnrecognizedAnnotations",
+            Reason::SignerValidationFailure => "SignerValidationFailure",
+            Reason::CaExpiring => "CAExpiring",
+            Reason::SigningFailed => "SigningFailed",
+            Reason::CertificateRejected => "CertificateRejected",
+            Reason::CaUnavailable => "CAUnavailable",
         }
     }
 }

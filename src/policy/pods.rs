@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use time::{Duration, OffsetDateTime};
 
-use crate::policy::CaPaths;
+use crate::policy::{CaPaths, Reason};
 use crate::x509::inspect::{CertificateRequest, InspectError, KeyAlgorithm};
 
 /// The shortest certificate the API accepts for a PodCertificateRequest (and the floor of
@@ -63,30 +63,6 @@ pub struct PcrView {
     pub request: Result<CertificateRequest, InspectError>,
 }
 
-/// Why a PodCertificateRequest is denied: the reason of its `Denied` condition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PodReason {
-    /// The API's own reason for a key type the signer does not sign.
-    UnsupportedKeyType,
-    NamespaceNotAllowed,
-    ServiceAccountNotAllowed,
-    /// `unverifiedUserAnnotations` this signer does not know (the API asks signers to deny).
-    UnrecognizedAnnotations,
-    InvalidRequest,
-}
-
-impl PodReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PodReason::UnsupportedKeyType => "UnsupportedKeyType",
-            PodReason::NamespaceNotAllowed => "NamespaceNotAllowed",
-            PodReason::ServiceAccountNotAllowed => "ServiceAccountNotAllowed",
-            PodReason::UnrecognizedAnnotations => "UnrecognizedAnnotations",
-            PodReason::InvalidRequest => "InvalidRequest",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodDecision {
     /// Issue a certificate for this SPIFFE ID, living at most this long.
@@ -95,7 +71,7 @@ pub enum PodDecision {
         max_lifetime_seconds: i64,
     },
     Deny {
-        reason: PodReason,
+        reason: Reason,
         message: String,
     },
 }
@@ -109,7 +85,7 @@ impl PodDecision {
     }
 }
 
-fn deny(reason: PodReason, message: String) -> PodDecision {
+fn deny(reason: Reason, message: String) -> PodDecision {
     PodDecision::Deny { reason, message }
 }
 
@@ -117,7 +93,7 @@ fn deny(reason: PodReason, message: String) -> PodDecision {
 pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
     if !pcr.annotation_keys.is_empty() {
         return deny(
-            PodReason::UnrecognizedAnnotations,
+            Reason::UnrecognizedAnnotations,
             format!(
                 "{} understands no unverifiedUserAnnotations; remove [{}] from the pod's podCertificate volume",
                 signer.signer_name,
@@ -129,7 +105,7 @@ pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
         Ok(request) => request,
         Err(error @ (InspectError::UnsupportedKey(_) | InspectError::WeakKey { .. })) => {
             return deny(
-                PodReason::UnsupportedKeyType,
+                Reason::UnsupportedKeyType,
                 format!(
                     "{} does not sign this key ({error}); use {SUPPORTED_KEYS} (the podCertificate volume's keyType)",
                     signer.signer_name
@@ -138,7 +114,7 @@ pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
         }
         Err(error) => {
             return deny(
-                PodReason::InvalidRequest,
+                Reason::InvalidRequest,
                 format!("spec.stubPKCS10Request cannot be used: {error}"),
             );
         }
@@ -148,7 +124,7 @@ pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
         && bits != 4096
     {
         return deny(
-            PodReason::UnsupportedKeyType,
+            Reason::UnsupportedKeyType,
             format!("RSA-{bits} is not a pod certificate key type; use {SUPPORTED_KEYS}"),
         );
     }
@@ -156,7 +132,7 @@ pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
     let account = &pcr.service_account_name;
     match signer.allow.get(namespace) {
         None => deny(
-            PodReason::NamespaceNotAllowed,
+            Reason::NamespaceNotAllowed,
             format!(
                 "pods in namespace {namespace:?} may not get certificates from {} (allowed namespaces: {})",
                 signer.signer_name,
@@ -164,7 +140,7 @@ pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
             ),
         ),
         Some(Some(accounts)) if !accounts.contains(account) => deny(
-            PodReason::ServiceAccountNotAllowed,
+            Reason::ServiceAccountNotAllowed,
             format!(
                 "service account {namespace}/{account} may not get certificates from {} (allowed in {namespace}: {})",
                 signer.signer_name,

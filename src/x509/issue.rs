@@ -28,7 +28,7 @@ use super::encoding::{
 };
 
 use super::validity;
-use crate::policy::{SigningLimits, signer_shape_problem};
+use crate::policy::{Reason, SigningLimits, signer_shape_problem};
 use crate::x509::ca::{CertificateAuthority, key_identifier};
 use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 
@@ -36,15 +36,6 @@ use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 pub const BACKDATE: Duration = Duration::minutes(5);
 /// Shortest certificate we issue (kube-controller-manager's floor).
 pub const MIN_LIFETIME: Duration = Duration::minutes(10);
-
-/// The reason given while a signer's CA is not there (missing, unreadable, not loaded yet): the
-/// request waits, approved, and is issued once the CA loads; never Failed for it.
-pub const CA_UNAVAILABLE: &str = "CAUnavailable";
-
-/// The reason given when the API server refuses to store an issued certificate with an answer
-/// that sending it again cannot change (400, 413, 422): the request is Failed, no certificate is
-/// stored.
-pub const CERTIFICATE_REJECTED: &str = "CertificateRejected";
 
 /// Why a certificate was not issued. Written as the CSR's Failed condition.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,11 +50,11 @@ pub enum IssueError {
 
 impl IssueError {
     /// The reason of the Failed condition and the Warning Event.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            IssueError::SignerRules { .. } => "SignerValidationFailure",
-            IssueError::CaExpiring { .. } => "CAExpiring",
-            IssueError::Build(_) => "SigningFailed",
+            IssueError::SignerRules { .. } => Reason::SignerValidationFailure,
+            IssueError::CaExpiring { .. } => Reason::CaExpiring,
+            IssueError::Build(_) => Reason::SigningFailed,
         }
     }
 }

@@ -384,7 +384,7 @@ fn signer_rules_refuse_usages_and_shapes_the_signer_does_not_issue() {
     ] {
         let err =
             issue_for(&ca, &request, CLIENT_SIGNER, &usages(bad), None, now).expect_err("refused");
-        assert_eq!(err.reason(), "SignerValidationFailure", "{err}");
+        assert_eq!(err.reason().as_str(), "SignerValidationFailure", "{err}");
     }
     let err = issue_for(
         &ca,

@@ -6,6 +6,7 @@ use crate::support;
 use std::path::Path;
 
 use csr_warden::policy::file::parse_policy;
+use csr_warden::policy::Reason;
 use csr_warden::policy::pods::*;
 use csr_warden::x509::ca::{CertificateAuthority, random_serial};
 use csr_warden::x509::inspect::inspect_der;
@@ -62,7 +63,7 @@ type Row<'a> = (
     &'a str,
     &'a [u8],
     &'a [&'a str],
-    Result<(String, i64), PodReason>,
+    Result<(String, i64), Reason>,
 );
 
 #[test]
@@ -77,7 +78,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
     let rsa2048 = stub(dir.path(), "rsa2048", &["-newkey", "rsa:2048"]);
     let rsa3072 = stub(dir.path(), "rsa3072", &["-newkey", "rsa:3072"]);
     let ed25519 = stub(dir.path(), "ed25519", &["-newkey", "ed25519"]);
-    let issue = |id: &str| Ok::<_, PodReason>((format!("spiffe://cluster.local/ns/{id}"), 7200));
+    let issue = |id: &str| Ok::<_, Reason>((format!("spiffe://cluster.local/ns/{id}"), 7200));
     let rows: Vec<Row> = vec![
         (
             "listed service account",
@@ -109,7 +110,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
             "intruder",
             &p256,
             &[],
-            Err(PodReason::ServiceAccountNotAllowed),
+            Err(Reason::ServiceAccountNotAllowed),
         ),
         (
             "a namespace not listed",
@@ -117,7 +118,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
             "api",
             &p256,
             &[],
-            Err(PodReason::NamespaceNotAllowed),
+            Err(Reason::NamespaceNotAllowed),
         ),
         (
             "P-521, which the API allows and csr-warden does not sign",
@@ -125,7 +126,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
             "a",
             &p521,
             &[],
-            Err(PodReason::UnsupportedKeyType),
+            Err(Reason::UnsupportedKeyType),
         ),
         (
             "RSA-2048, not a pod certificate key type",
@@ -133,7 +134,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
             "a",
             &rsa2048,
             &[],
-            Err(PodReason::UnsupportedKeyType),
+            Err(Reason::UnsupportedKeyType),
         ),
         (
             "not a PKCS#10 request",
@@ -141,7 +142,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
             "a",
             b"garbage",
             &[],
-            Err(PodReason::InvalidRequest),
+            Err(Reason::InvalidRequest),
         ),
         (
             "annotations nobody understands",
@@ -149,7 +150,7 @@ fn who_gets_a_certificate_and_why_the_others_are_denied() {
             "a",
             &p256,
             &["example.com/wish"],
-            Err(PodReason::UnrecognizedAnnotations),
+            Err(Reason::UnrecognizedAnnotations),
         ),
     ];
     let signer = signer();
