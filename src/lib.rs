@@ -1,14 +1,22 @@
-//! csr-warden: approves, denies and signs Kubernetes CertificateSigningRequests by policy.
+//! csr-warden: approves, denies and signs Kubernetes CertificateSigningRequests by policy, and
+//! signs PodCertificateRequests.
 //!
-//! Where to look:
-//! - [`policy`]: why a CSR was approved, denied or left pending (pure, one file).
-//! - [`inspect`]: what a PEM request asks for (pure).
-//! - [`issue`]: how an approved request becomes a certificate (pure).
-//! - [`ca`]: loading the signing CA.
-//! - [`config`]: the policy file.
-//! - [`facts`]: what the cluster answers that a CSR cannot say (reviews, Nodes, the API server).
-//! - [`csr`]: what a CSR object says (its state, the policy's view of it).
-//! - [`controller`]: all Kubernetes I/O.
+//! Where to look (each room depends only on the ones above it):
+//! - [`policy`]: PURE. Why a CSR was approved, denied or left pending (`policy/mod.rs`: the model,
+//!   the rule order, `decide`), each rule family beside it, pod certificate decisions, the one
+//!   `Reason` type, and the policy file's schema and validation (`policy/file.rs`).
+//! - [`x509`]: PURE. Reading a request strictly, the CA, issuing a certificate, its validity.
+//! - [`kube`]: talking to the API server, for every controller: the client, request deadlines,
+//!   leader election, discovery, Events within limits, the one watch driver and the generic
+//!   work queue, workers and retries.
+//! - [`facts`]: what the cluster answers that a request cannot say (reviews, Nodes, the API
+//!   server's addresses).
+//! - [`ops`]: the policy and CA in force and their reloads, metrics, health, logs.
+//! - [`csr`]: the CSR controller, on [`kube`]'s runtime.
+//! - [`pods`]: the PodCertificateRequest controller, on the same runtime.
+//! - [`trust_bundles`]: ClusterTrustBundles for the signers that publish one.
+//! - [`check`]: `csr-warden check`, offline and live explain.
+//! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
 /// The name csr-warden reports under: its Events' reporting controller (`reportingComponent`

@@ -24,7 +24,11 @@ pub(super) fn node_subject_problem(request: &CertificateRequest) -> Option<Strin
     None
 }
 
-pub(super) fn kubelet_client(csr: &CsrView, request: &CertificateRequest, facts: &ClusterFacts) -> Decision {
+pub(super) fn kubelet_client(
+    csr: &CsrView,
+    request: &CertificateRequest,
+    facts: &ClusterFacts,
+) -> Decision {
     if let Some((reason, problem)) = signer_shape_problem(&csr.signer_name, &csr.usages, request) {
         return deny(reason, problem);
     }
@@ -321,7 +325,8 @@ pub(super) fn serving_sans(request: &CertificateRequest) -> Vec<ServingSan> {
 }
 
 /// The names of the API server's Service in every cluster domain.
-pub(super) const API_SERVER_NAMES: &[&str] = &["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+pub(super) const API_SERVER_NAMES: &[&str] =
+    &["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
 
 /// A SAN no node may hold: the API server's in-cluster names, anything under the Service or
 /// cluster domain, localhost, and addresses that are not one host's unicast address.
@@ -409,7 +414,10 @@ pub(super) fn non_unicast_kind(ip: &IpAddr) -> Option<&'static str> {
     }
 }
 
-pub(super) fn outside_serving_addresses(sans: &[ServingSan], allowed: &ServingAddresses) -> Option<Decision> {
+pub(super) fn outside_serving_addresses(
+    sans: &[ServingSan],
+    allowed: &ServingAddresses,
+) -> Option<Decision> {
     for san in sans {
         let outside = match san {
             ServingSan::Ip { ip, .. } => {
@@ -559,4 +567,3 @@ impl std::fmt::Display for IpRange {
         write!(f, "{}/{}", self.network, self.prefix)
     }
 }
-

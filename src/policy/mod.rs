@@ -26,7 +26,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use crate::x509::inspect::{CertificateRequest, InspectError};
 
@@ -35,10 +34,14 @@ pub mod ceiling;
 pub mod file;
 mod kubelet;
 pub mod pods;
+pub mod reason;
 
+pub use crate::x509::ca::CaPaths;
+pub use crate::x509::validity::SigningLimits;
 use allow_list::*;
-pub use kubelet::{IpRange, ServingAddresses, normalize_dns};
 use kubelet::*;
+pub use kubelet::{IpRange, ServingAddresses, normalize_dns};
+pub use reason::Reason;
 
 pub use ceiling::{
     Ceiling, CertificateIdentity, DEFAULT_RESERVED_USERS, PrivilegeCheck, PrivilegeReview,
@@ -130,13 +133,6 @@ impl SignerRole {
             SignerRole::ApproveAndSign => "approveAndSign",
         }
     }
-}
-
-/// A CA's mounted files (tls.crt, tls.key of a kubernetes.io/tls Secret).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CaPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// One signerName of the policy.
@@ -246,12 +242,6 @@ impl Policy {
 pub enum Unmatched {
     Leave,
     Deny,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SigningLimits {
-    pub default_expiration_seconds: u32,
-    pub max_expiration_seconds: u32,
 }
 
 /// One allow-list entry: who may hold a certificate for which subject.
@@ -369,118 +359,6 @@ pub struct FactsNeeded {
     pub node_name: Option<String>,
     /// The certificate identity whose privileges the ceiling must review.
     pub privilege: Option<CertificateIdentity>,
-}
-
-/// Stable reason codes, one set for every answer csr-warden gives: CSR decisions, pod
-/// certificate decisions and signing. Written into conditions and Events and used as metric
-/// labels. Operators alert on these; do not rename them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Reason {
-    NotOurSigner,
-    SignOnlySigner,
-    InvalidRequest,
-    WeakKey,
-    UnsupportedKey,
-    UnsupportedSubject,
-    ForbiddenGroup,
-    AutoApprovedKubeletClient,
-    KubeletClientNotAuthorized,
-    AutoApprovedKubeletServing,
-    SubjectMismatch,
-    DisallowedUsages,
-    DisallowedSANs,
-    NodeAddressMismatch,
-    NodeFactsUnavailable,
-    NodeAddressesPending,
-    ApiServerName,
-    ApiServerAddress,
-    ServiceDomainName,
-    LocalhostName,
-    NonUnicastAddress,
-    AddressOfAnotherNode,
-    OutsideServingAddresses,
-    AutoApprovedAllowList,
-    DisallowedGroups,
-    DisallowedUid,
-    ReservedIdentity,
-    PrivilegedIdentity,
-    PrivilegeReviewUnavailable,
-    RequesterNotAllowed,
-    NoMatchingRule,
-    NotAllowListed,
-    // Pod certificates (the Denied condition of a PodCertificateRequest).
-    /// The API's own reason for a key type the signer does not sign.
-    UnsupportedKeyType,
-    NamespaceNotAllowed,
-    ServiceAccountNotAllowed,
-    /// `unverifiedUserAnnotations` this signer does not know (the API asks signers to deny).
-    UnrecognizedAnnotations,
-    // Signing (a Failed condition, or a wait).
-    /// The signer's own rules refuse what was approved (a human approved it).
-    SignerValidationFailure,
-    /// The CA expires too soon for the shortest certificate.
-    CaExpiring,
-    /// The certificate could not be built or signed.
-    SigningFailed,
-    /// The API server refused to store the issued certificate (400, 413, 422).
-    CertificateRejected,
-    /// The signer's CA is not there (missing, unreadable, not loaded yet): the request waits,
-    /// and is issued once the CA loads; never Failed for it.
-    CaUnavailable,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NotOurSigner => "NotOurSigner",
-            Reason::SignOnlySigner => "SignOnlySigner",
-            Reason::InvalidRequest => "InvalidRequest",
-            Reason::WeakKey => "WeakKey",
-            Reason::UnsupportedKey => "UnsupportedKey",
-            Reason::UnsupportedSubject => "UnsupportedSubject",
-            Reason::ForbiddenGroup => "ForbiddenGroup",
-            Reason::AutoApprovedKubeletClient => "AutoApprovedKubeletClient",
-            Reason::KubeletClientNotAuthorized => "KubeletClientNotAuthorized",
-            Reason::AutoApprovedKubeletServing => "AutoApprovedKubeletServing",
-            Reason::SubjectMismatch => "SubjectMismatch",
-            Reason::DisallowedUsages => "DisallowedUsages",
-            Reason::DisallowedSANs => "DisallowedSANs",
-            Reason::NodeAddressMismatch => "NodeAddressMismatch",
-            Reason::NodeFactsUnavailable => "NodeFactsUnavailable",
-            Reason::NodeAddressesPending => "NodeAddressesPending",
-            Reason::ApiServerName => "ApiServerName",
-            Reason::ApiServerAddress => "ApiServerAddress",
-            Reason::ServiceDomainName => "ServiceDomainName",
-            Reason::LocalhostName => "LocalhostName",
-            Reason::NonUnicastAddress => "NonUnicastAddress",
-            Reason::AddressOfAnotherNode => "AddressOfAnotherNode",
-            Reason::OutsideServingAddresses => "OutsideServingAddresses",
-            Reason::AutoApprovedAllowList => "AutoApprovedAllowList",
-            Reason::DisallowedGroups => "DisallowedGroups",
-            Reason::DisallowedUid => "DisallowedUID",
-            Reason::ReservedIdentity => "ReservedIdentity",
-            Reason::PrivilegedIdentity => "PrivilegedIdentity",
-            Reason::PrivilegeReviewUnavailable => "PrivilegeReviewUnavailable",
-            Reason::RequesterNotAllowed => "RequesterNotAllowed",
-            Reason::NoMatchingRule => "NoMatchingRule",
-            Reason::NotAllowListed => "NotAllowListed",
-            Reason::UnsupportedKeyType => "UnsupportedKeyType",
-            Reason::NamespaceNotAllowed => "NamespaceNotAllowed",
-            Reason::ServiceAccountNotAllowed => "ServiceAccountNotAllowed",
-            Reason::UnrecognizedAnnotations => "UnrecognizedAnnotations",
-            Reason::SignerValidationFailure => "SignerValidationFailure",
-            Reason::CaExpiring => "CAExpiring",
-            Reason::SigningFailed => "SigningFailed",
-            Reason::CertificateRejected => "CertificateRejected",
-            Reason::CaUnavailable => "CAUnavailable",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,21 +11,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use time::{Duration, OffsetDateTime};
-
-use crate::policy::{CaPaths, Reason};
+use crate::policy::reason::Reason;
+use crate::x509::ca::CaPaths;
 use crate::x509::inspect::{CertificateRequest, InspectError, KeyAlgorithm};
 
 /// The shortest certificate the API accepts for a PodCertificateRequest (and the floor of
 /// `spec.maxExpirationSeconds`).
-pub const MIN_LIFETIME_SECONDS: i64 = 3600;
+pub use crate::x509::validity::POD_MIN_LIFETIME_SECONDS as MIN_LIFETIME_SECONDS;
+pub use crate::x509::validity::{PodValidity, pod_validity as validity};
 /// The API's default and ceiling for `spec.maxExpirationSeconds` (91 days).
 pub const DEFAULT_MAX_EXPIRATION_SECONDS: i32 = 86_400;
 pub const MAX_MAX_EXPIRATION_SECONDS: i32 = 7_862_400;
-/// notBefore must lie within 5 minutes of the API server's clock: backdate by less.
-pub const BACKDATE: Duration = Duration::minutes(1);
-/// beginRefreshAt must be at least this far from both ends of the validity.
-const REFRESH_MARGIN: Duration = Duration::minutes(10);
 
 /// The key types to suggest when denying one we do not sign (the API's list, less P-521).
 pub const SUPPORTED_KEYS: &str = "ECDSAP256, ECDSAP384, ED25519, RSA3072 or RSA4096";
@@ -160,44 +156,6 @@ pub fn decide(pcr: &PcrView, signer: &PodSigner) -> PodDecision {
 
 pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
-}
-
-/// What a pod certificate's times are: notBefore a minute ago, notAfter at most the lifetime
-/// later and never past the CA, and the kubelet asked to refresh two-thirds of the way through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PodValidity {
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    pub begin_refresh_at: OffsetDateTime,
-}
-
-/// None when the CA expires too soon for the shortest certificate the API accepts.
-pub fn validity(
-    max_lifetime_seconds: i64,
-    now: OffsetDateTime,
-    ca_not_after: OffsetDateTime,
-) -> Option<PodValidity> {
-    let crate::x509::validity::Window {
-        not_before,
-        not_after,
-    } = crate::x509::validity::window(
-        Duration::seconds(max_lifetime_seconds),
-        BACKDATE,
-        now,
-        ca_not_after,
-    );
-    let lifetime = not_after - not_before;
-    if lifetime < Duration::seconds(MIN_LIFETIME_SECONDS) {
-        return None;
-    }
-    let begin_refresh_at = (not_before + Duration::seconds(lifetime.whole_seconds() * 2 / 3))
-        .max(not_before + REFRESH_MARGIN)
-        .min(not_after - REFRESH_MARGIN);
-    Some(PodValidity {
-        not_before,
-        not_after,
-        begin_refresh_at,
-    })
 }
 
 /// A SPIFFE trust domain: lower-case letters, digits, dots, dashes and underscores (the SPIFFE

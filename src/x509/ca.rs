@@ -13,6 +13,13 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::encoding::ExtensionOf;
 
+/// A CA's mounted files (tls.crt, tls.key of a kubernetes.io/tls Secret).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CaPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     #[error(

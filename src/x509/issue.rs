@@ -28,7 +28,9 @@ use super::encoding::{
 };
 
 use super::validity;
-use crate::policy::{Reason, SigningLimits, signer_shape_problem};
+use super::validity::SigningLimits;
+use crate::policy::reason::Reason;
+use crate::policy::signer_shape_problem;
 use crate::x509::ca::{CertificateAuthority, key_identifier};
 use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 
@@ -143,7 +145,7 @@ pub fn issue_pod_certificate(
     ca: &CertificateAuthority,
     request: &CertificateRequest,
     spiffe_id: &str,
-    times: crate::policy::pods::PodValidity,
+    times: super::validity::PodValidity,
     serial: [u8; 16],
 ) -> Result<IssuedCertificate, IssueError> {
     let uri = Ia5String::new(spiffe_id)

@@ -5,8 +5,8 @@ use crate::support;
 
 use std::path::Path;
 
-use csr_warden::policy::file::parse_policy;
 use csr_warden::policy::Reason;
+use csr_warden::policy::file::parse_policy;
 use csr_warden::policy::pods::*;
 use csr_warden::x509::ca::{CertificateAuthority, random_serial};
 use csr_warden::x509::inspect::inspect_der;
