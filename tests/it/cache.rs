@@ -1,4 +1,4 @@
-//! What the watch caches (src/controller/watch.rs): CSRs of ours with work left, less
+//! What the watch caches (src/csr/watch.rs, src/csr/object.rs): CSRs of ours with work left, less
 //! managedFields and the `kubectl apply` copy; finished and foreign CSRs not at all.
 
 use csr_warden::csr::object::worth_caching;

@@ -1,4 +1,4 @@
-//! Pod certificates, the pure part (`src/pod_certificates.rs`, `issue::issue_pod_certificate`)
+//! Pod certificates, the pure part (`src/policy/pods.rs`, `x509::issue::issue_pod_certificate`)
 //! and their policy keys: one row per behaviour.
 
 use crate::support;
