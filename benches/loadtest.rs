@@ -65,12 +65,22 @@ async fn main() {
             .and_then(|v| v.parse::<usize>().ok())
     };
     let backlog = args.iter().any(|a| a == "--backlog");
+    // --outage S: once a third of the CSRs are decided, the API server goes down for S seconds
+    // (connections dropped and refused) and comes back with a new watch cache (410 to the old
+    // watch); reports how long after its return the last CSR was issued.
+    let outage = flag_value("--outage").map(|s| Duration::from_secs(s as u64));
     let finished = flag_value("--finished").unwrap_or(0);
     let concurrency = flag_value("--concurrency");
     let total: usize = args
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i == 0 || !matches!(args[i - 1].as_str(), "--finished" | "--concurrency"))
+        .filter(|(i, _)| {
+            *i == 0
+                || !matches!(
+                    args[i - 1].as_str(),
+                    "--finished" | "--concurrency" | "--outage"
+                )
+        })
         .find_map(|(_, a)| a.parse().ok())
         .unwrap_or(10_000);
     let quarter = total / 4;
@@ -211,6 +221,8 @@ async fn main() {
         (controller, start, start.elapsed())
     };
     let expected_certificates = 3 * quarter;
+    let mut came_back: Option<Instant> = None;
+    let mut outage = outage;
     let done = loop {
         let writes = server.writes();
         let decided = writes
@@ -223,6 +235,16 @@ async fn main() {
             .count();
         if decided == total && issued == expected_certificates {
             break start.elapsed();
+        }
+        if let Some(down_for) = outage
+            && decided >= total / 3
+        {
+            outage = None;
+            eprintln!("API server down for {down_for:?} after {decided} decisions ...");
+            server.go_down();
+            tokio::time::sleep(down_for).await;
+            server.come_up();
+            came_back = Some(Instant::now());
         }
         if start.elapsed() > Duration::from_secs(1800) {
             panic!("not done after 30 minutes: {decided} decided, {issued} issued");
@@ -262,6 +284,18 @@ async fn main() {
         }
     );
     println!("  created in                 {:>9.2?}", created_in);
+    if let Some(back) = came_back {
+        let last = writes
+            .iter()
+            .filter(|w| w.outcome == 200)
+            .map(|w| w.at)
+            .max()
+            .unwrap_or(back);
+        println!(
+            "  last write after the API server came back {:>9.2?}",
+            last.saturating_duration_since(back)
+        );
+    }
     println!("  all final after            {:>9.2?}", done);
     println!(
         "  throughput                 {:>9.0} CSRs/s",

@@ -133,6 +133,25 @@ impl Context {
         }
     }
 
+    /// A context of its own, for reconciling one CSR at a time in-process (tests, tools): its
+    /// own facts (listed when needed, not watched), queue and memory; no watch, no workers.
+    pub fn standalone(client: Client, live: Arc<Live>, settings: Settings) -> Self {
+        let (store, _) = kube::runtime::reflector::store();
+        let work = Arc::new(work::Work::new(
+            store,
+            work::CsrRules { live: live.clone() },
+        ));
+        let facts = Facts::listed(client.clone());
+        Self::new(
+            client,
+            live,
+            settings,
+            facts,
+            work,
+            Arc::new(sign::Unconfirmed::default()),
+        )
+    }
+
     /// Consecutive failed reconciles of this CSR so far.
     pub(super) fn failures_of(&self, name: &str) -> u32 {
         self.work.failures_of(name)

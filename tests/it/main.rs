@@ -24,6 +24,7 @@ mod policy;
 mod queue;
 mod real_apiserver;
 mod real_cluster;
+mod reconcile;
 mod signer_roles;
 mod work;
 mod x509_parity;

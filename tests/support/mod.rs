@@ -584,7 +584,11 @@ impl ControllerProcess {
         if !policy.exists() {
             std::fs::write(&policy, POLICY).expect("write policy");
         }
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_csr-warden"));
+        // CSR_WARDEN_BIN: another build of csr-warden, for a bench's before-and-after.
+        let binary = std::env::var_os("CSR_WARDEN_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_csr-warden")));
+        let mut command = tokio::process::Command::new(binary);
         command
             .args(["run", "--policy"])
             .arg(&policy)
