@@ -49,11 +49,20 @@ fn read(h: &Harness, name: &str) -> Arc<CertificateSigningRequest> {
     Arc::new(serde_json::from_value(object).expect("a CSR"))
 }
 
+/// (name, token, subject, conditions after one reconcile, after two, certificate after two)
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+    bool,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconcile_decides_and_the_next_signs_what_was_approved() {
     let h = harness().await;
-    // (name, token, subject, conditions after one reconcile, after two, certificate after two)
-    let rows: [(&str, &str, &str, &[&str], &[&str], bool); 3] = [
+    let rows: [Row; 3] = [
         (
             "jane",
             "jane-token",
