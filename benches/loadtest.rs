@@ -285,15 +285,16 @@ async fn main() {
     );
     println!("  created in                 {:>9.2?}", created_in);
     if let Some(back) = came_back {
-        let last = writes
+        let after: Vec<Instant> = writes
             .iter()
-            .filter(|w| w.outcome == 200)
+            .filter(|w| w.outcome == 200 && w.at >= back)
             .map(|w| w.at)
-            .max()
-            .unwrap_or(back);
+            .collect();
+        let since = |at: Option<&Instant>| at.map(|at| at.saturating_duration_since(back));
         println!(
-            "  last write after the API server came back {:>9.2?}",
-            last.saturating_duration_since(back)
+            "  after the API server came back: first write {:.2?}, last {:.2?}",
+            since(after.iter().min()).unwrap_or_default(),
+            since(after.iter().max()).unwrap_or_default()
         );
     }
     println!("  all final after            {:>9.2?}", done);
