@@ -284,8 +284,11 @@ fn slice_addresses(slice: &EndpointSlice) -> Vec<IpAddr> {
 /// How the indexes are filled: by watches (the controller), or by one list (`check`).
 enum Feed {
     Watch {
-        started: Mutex<bool>,
+        /// When the watches were started; None until then.
+        started: Mutex<Option<tokio::time::Instant>>,
         on_change: Arc<dyn Fn(FactChange) + Send + Sync>,
+        /// Woken on every sync and change of the indexes.
+        changed: Arc<tokio::sync::Notify>,
     },
     List {
         loaded: tokio::sync::OnceCell<()>,
@@ -309,6 +312,10 @@ pub struct Facts {
 /// binding revoked (or granted) this moment is honoured for up to this long.
 pub const REVIEW_REUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long after the watches behind the indexes start a kubelet serving CSR's decision waits
+/// for their first sync (a few list requests) rather than failing and waiting to be requeued.
+pub const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Who asks, exactly as the review is asked: user, uid, groups, and what for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ReviewKey {
@@ -327,8 +334,9 @@ impl Facts {
             nodes: Default::default(),
             api_server: Default::default(),
             feed: Feed::Watch {
-                started: Mutex::new(false),
+                started: Mutex::new(None),
                 on_change: Arc::new(on_change),
+                changed: Default::default(),
             },
             reviews: Default::default(),
             privilege: Default::default(),
@@ -403,15 +411,39 @@ impl Facts {
         Ok(facts)
     }
 
-    /// The indexes are filled: watched and synced, or listed.
+    /// The indexes are filled: watched and synced, or listed. Within [`FIRST_SYNC_WAIT`] of
+    /// the watches' start this waits for their first sync: the controller starts them with
+    /// itself, and the first kubelet serving CSR of a start (listed with the CSRs, decided at
+    /// once) would otherwise race their first lists, fail, and wait to be requeued by them.
+    /// Later, an index not synced (the watch cannot list: RBAC) fails at once, so that no
+    /// worker is held.
     async fn ready(&self) -> Result<(), FactsError> {
         match &self.feed {
-            Feed::Watch { .. } => {
+            Feed::Watch {
+                started, changed, ..
+            } => {
                 self.watch();
-                if !self.nodes.is_synced() {
-                    return Err(FactsError::NotSynced("Nodes' addresses"));
+                let started = started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(tokio::time::Instant::now);
+                let deadline = started + FIRST_SYNC_WAIT;
+                loop {
+                    // Registered before looking, so a sync between the look and the wait wakes it.
+                    let woken = changed.notified();
+                    if !self.nodes.is_synced() {
+                        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                            return Err(FactsError::NotSynced("Nodes' addresses"));
+                        }
+                    } else if self.api_server.addresses().is_none() {
+                        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                            // lookup says which.
+                            return Ok(());
+                        }
+                    } else {
+                        return Ok(());
+                    }
                 }
-                Ok(())
             }
             Feed::List { loaded } => loaded.get_or_try_init(|| self.list_all()).await.copied(),
         }
@@ -421,13 +453,26 @@ impl Facts {
     /// decides kubelet serving requests, so that the first one finds them synced; else the
     /// first lookup does). For `check`, nothing: it lists.
     pub fn watch(&self) {
-        if let Feed::Watch { started, on_change } = &self.feed {
+        if let Feed::Watch {
+            started,
+            on_change,
+            changed,
+        } = &self.feed
+        {
             let start = {
                 let mut started = started.lock().unwrap_or_else(|p| p.into_inner());
-                !std::mem::replace(&mut *started, true)
+                let first = started.is_none();
+                started.get_or_insert_with(tokio::time::Instant::now);
+                first
             };
             if start {
-                self.start_watches(on_change);
+                let changed = changed.clone();
+                let on_change = on_change.clone();
+                let notifying: Arc<dyn Fn(FactChange) + Send + Sync> = Arc::new(move |change| {
+                    changed.notify_waiters();
+                    on_change(change)
+                });
+                self.start_watches(&notifying);
             }
         }
     }

@@ -19,6 +19,7 @@ mod hostile;
 mod issue;
 mod operations;
 mod pod_certificates;
+mod pod_runtime;
 mod pods;
 mod policy;
 mod queue;

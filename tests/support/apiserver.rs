@@ -5,7 +5,9 @@
 //! certificate changes, Events (events.k8s.io/v1, also served as core/v1 for kubectl),
 //! SubjectAccessReviews answered as kube-apiserver answers them from the ClusterRoleBindings and
 //! RoleBindings the test sets (RBAC's rule matching, and system:masters allowed everything),
-//! and Nodes.
+//! Nodes, and (once [`FakeApiServer::serve_pod_certificates`] turns the API on, as
+//! kube-apiserver needs a feature gate and a runtime-config for it) PodCertificateRequests in
+//! certificates.k8s.io/v1beta1 with their `status` subresource.
 //!
 //! Like a real API server without admission plugins, it sets spec.username/groups/uid from the
 //! caller's token and does not stop a CSR for O=system:masters: the controller must.
@@ -50,6 +52,17 @@ pub struct CsrWrite {
     /// When the server answered, for latency figures in the load test.
     pub at: std::time::Instant,
 }
+
+/// One write a client made to a PodCertificateRequest's status, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrWrite {
+    /// namespace/name
+    pub pcr: String,
+    pub outcome: u16,
+}
+
+/// The resource name of PodCertificateRequests, as in their path and in `other_history`.
+pub const PCRS: &str = "podcertificaterequests";
 
 #[derive(Debug, Clone)]
 struct WatchEvent {
@@ -323,7 +336,16 @@ struct State {
     /// Service default/kubernetes and its EndpointSlices, by name.
     services: BTreeMap<String, Value>,
     endpoint_slices: BTreeMap<String, Value>,
-    /// Watch events of Nodes, Services and EndpointSlices: (resource, event).
+    /// PodCertificateRequests by namespace/name.
+    pcrs: BTreeMap<String, Value>,
+    /// Whether certificates.k8s.io/v1beta1 PodCertificateRequests are served at all.
+    pod_certificates_served: bool,
+    /// Writes to PodCertificateRequests' status, in order, with their answers.
+    pcr_writes: Vec<PcrWrite>,
+    /// Pages of PodCertificateRequest lists served.
+    pcr_list_pages: usize,
+    /// Watch events of Nodes, Services, EndpointSlices and PodCertificateRequests:
+    /// (resource, event).
     other_history: Vec<(&'static str, WatchEvent)>,
     /// core/v1 ConfigMaps by namespace/name.
     configmaps: BTreeMap<String, Value>,
@@ -388,7 +410,8 @@ struct Shared {
     max_open: std::sync::atomic::AtomicUsize,
     state: Arc<Mutex<State>>,
     events_tx: broadcast::Sender<WatchEvent>,
-    /// Events of Nodes, Services and EndpointSlices, with their resource.
+    /// Events of Nodes, Services, EndpointSlices and PodCertificateRequests, with their
+    /// resource.
     other_tx: broadcast::Sender<(&'static str, WatchEvent)>,
     changes_tx: watch::Sender<u64>,
 }
@@ -524,7 +547,7 @@ impl FakeApiServer {
             max_open: Default::default(),
             state: state.clone(),
             events_tx,
-            other_tx: broadcast::channel(4096).0,
+            other_tx: broadcast::channel(65_536).0,
             changes_tx,
         });
 
@@ -817,6 +840,7 @@ impl FakeApiServer {
         self.shared.mutate(|state| {
             state.history_floor = state.rv;
             state.history.clear();
+            state.other_history.clear();
         });
         self.shared
             .down
@@ -992,6 +1016,54 @@ impl FakeApiServer {
 
     pub fn csr(&self, name: &str) -> Option<Value> {
         self.state.lock().expect("state").csrs.get(name).cloned()
+    }
+
+    /// Serve certificates.k8s.io/v1beta1 PodCertificateRequests from now on, as kube-apiserver
+    /// 1.36 does with `--feature-gates=PodCertificateRequest=true
+    /// --runtime-config=certificates.k8s.io/v1beta1=true` (off by default, as there).
+    pub fn serve_pod_certificates(&self) {
+        self.shared
+            .mutate(|state| state.pod_certificates_served = true);
+    }
+
+    /// Create PodCertificateRequest `namespace/name` with `spec` (as the kubelet would, for a
+    /// pod bound to its node); watchers see ADDED. The server sets uid, resourceVersion,
+    /// creationTimestamp and generation, as kube-apiserver does.
+    pub fn create_pcr(&self, namespace: &str, name: &str, spec: Value) -> Value {
+        create_pcr(&self.shared, namespace, name, spec).expect("create pcr")
+    }
+
+    /// PodCertificateRequest `namespace/name` as stored now.
+    pub fn pcr(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .expect("state")
+            .pcrs
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    /// Every write to a PodCertificateRequest's status so far, in order, with its answer
+    /// (injected error answers come before a write is recorded, as for CSRs).
+    pub fn pcr_writes(&self) -> Vec<PcrWrite> {
+        self.state.lock().expect("state").pcr_writes.clone()
+    }
+
+    /// Status writes to `namespace/name` that the server stored (answered 200).
+    pub fn pcr_status_writes(&self, namespace: &str, name: &str) -> usize {
+        let key = format!("{namespace}/{name}");
+        self.state
+            .lock()
+            .expect("state")
+            .pcr_writes
+            .iter()
+            .filter(|w| w.pcr == key && w.outcome == 200)
+            .count()
+    }
+
+    /// Pages of PodCertificateRequest lists served so far.
+    pub fn pcr_list_pages(&self) -> usize {
+        self.state.lock().expect("state").pcr_list_pages
     }
 
     /// How many requests were refused with 401 (unknown or rotated-away tokens).
@@ -1320,7 +1392,15 @@ async fn handle_authenticated(
             json!({"kind": "APIVersions", "versions": ["v1"],
                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
         ),
-        (&Method::GET, ["apis"]) => full(StatusCode::OK, api_groups()),
+        (&Method::GET, ["apis"]) => {
+            let served = shared.state.lock().expect("state").pod_certificates_served;
+            full(StatusCode::OK, api_groups(served))
+        }
+        (_, ["apis", "certificates.k8s.io", "v1beta1", rest @ ..])
+            if shared.state.lock().expect("state").pod_certificates_served =>
+        {
+            pod_certificates(&shared, rest, &method, &params, &content_type, &body)
+        }
         (&Method::GET, ["api", "v1"]) => full(StatusCode::OK, core_resources()),
         (&Method::GET, ["apis", group, version]) => match group_resources(group, version) {
             Some(list) => full(StatusCode::OK, list),
@@ -1692,6 +1772,184 @@ async fn handle_authenticated(
     }
 }
 
+/// Requests under /apis/certificates.k8s.io/v1beta1 (`rest` is the path after it), once
+/// PodCertificateRequests are served: discovery, the cluster-wide list and watch, one request,
+/// its status written by merge patch.
+fn pod_certificates(
+    shared: &Shared,
+    rest: &[&str],
+    method: &Method,
+    params: &HashMap<String, String>,
+    content_type: &str,
+    body: &[u8],
+) -> Response<Body> {
+    match (method, rest) {
+        (&Method::GET, []) => full(StatusCode::OK, pod_certificate_resources()),
+        (&Method::GET, [PCRS]) => list_or_watch_other(shared, PCRS, params),
+        (&Method::GET, ["namespaces", namespace, PCRS, name]) => {
+            match shared
+                .state
+                .lock()
+                .expect("state")
+                .pcrs
+                .get(&format!("{namespace}/{name}"))
+            {
+                Some(pcr) => full(StatusCode::OK, pcr.clone()),
+                None => not_found("podcertificaterequests.certificates.k8s.io", name),
+            }
+        }
+        (&Method::PATCH, ["namespaces", namespace, PCRS, name, "status"]) => {
+            if !content_type.contains("merge-patch") {
+                return status_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    "the fake takes merge patches only",
+                );
+            }
+            match serde_json::from_slice::<Value>(body) {
+                Ok(patch) => patch_pcr_status(shared, namespace, name, &patch),
+                Err(e) => status_error(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+            }
+        }
+        _ => status_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "the fake API server does not serve {method} /apis/certificates.k8s.io/v1beta1/{}",
+                rest.join("/")
+            ),
+        ),
+    }
+}
+
+/// The spec fields kube-apiserver requires of a PodCertificateRequest.
+const PCR_REQUIRED: [&str; 8] = [
+    "signerName",
+    "podName",
+    "podUID",
+    "serviceAccountName",
+    "serviceAccountUID",
+    "nodeName",
+    "nodeUID",
+    "stubPKCS10Request",
+];
+
+fn create_pcr(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> Result<Value, Response<Body>> {
+    if let Some(missing) = PCR_REQUIRED
+        .iter()
+        .find(|field| spec[**field].as_str().unwrap_or_default().is_empty())
+    {
+        return Err(invalid(&format!("spec.{missing}: Required value")));
+    }
+    let key = format!("{namespace}/{name}");
+    shared.mutate(|state| {
+        if state.pcrs.contains_key(&key) {
+            return Err(status_error(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                &format!("podcertificaterequests.certificates.k8s.io \"{name}\" already exists"),
+            ));
+        }
+        state.rv += 1;
+        // One second apart, in creation order, as CSRs (the API's timestamps have whole seconds).
+        let created = time::OffsetDateTime::from_unix_timestamp(
+            1_795_305_600 + i64::try_from(state.rv).unwrap_or(0),
+        )
+        .expect("timestamp")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+        let pcr = json!({
+            "apiVersion": "certificates.k8s.io/v1beta1", "kind": "PodCertificateRequest",
+            "metadata": {"name": name, "namespace": namespace,
+                         "uid": format!("pcr-uid-{}", state.rv),
+                         "resourceVersion": state.rv.to_string(),
+                         "generation": 1, "creationTimestamp": created},
+            "spec": spec,
+            "status": {},
+        });
+        state.pcrs.insert(key, pcr.clone());
+        shared.record_other(state, PCRS, "ADDED", pcr.clone());
+        Ok(pcr)
+    })
+}
+
+/// The terminal conditions of a PodCertificateRequest: once one is set, its status is final.
+const PCR_TERMINAL: [&str; 3] = ["Issued", "Denied", "Failed"];
+
+/// A merge patch of a PodCertificateRequest's status, as kube-apiserver takes one through the
+/// `status` subresource: only status changes; a resourceVersion in the patch is a precondition
+/// (409 Conflict if the request has changed since); a status with Issued, Denied or Failed is
+/// final (422 for any change after). Recorded in `pcr_writes` with its answer.
+fn patch_pcr_status(shared: &Shared, namespace: &str, name: &str, patch: &Value) -> Response<Body> {
+    let key = format!("{namespace}/{name}");
+    shared.mutate(|state| {
+        let answer = patch_pcr_status_locked(shared, state, &key, name, patch);
+        state.pcr_writes.push(PcrWrite {
+            pcr: key.clone(),
+            outcome: answer.status().as_u16(),
+        });
+        answer
+    })
+}
+
+fn patch_pcr_status_locked(
+    shared: &Shared,
+    state: &mut State,
+    key: &str,
+    name: &str,
+    patch: &Value,
+) -> Response<Body> {
+    let Some(current) = state.pcrs.get(key).cloned() else {
+        return not_found("podcertificaterequests.certificates.k8s.io", name);
+    };
+    if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+        && rv
+            != current["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+    {
+        return status_error(
+            StatusCode::CONFLICT,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on podcertificaterequests.certificates.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        );
+    }
+    let mut merged = current.clone();
+    merge_patch(&mut merged, patch);
+    let terminal = |pcr: &Value| {
+        pcr["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| PCR_TERMINAL.iter().any(|t| c["type"] == *t) && c["status"] == "True")
+            .count()
+    };
+    if terminal(&current) > 0 && merged["status"] != current["status"] {
+        return invalid(&format!(
+            "PodCertificateRequest.certificates.k8s.io \"{name}\" is invalid: status: Forbidden: immutable after PodCertificateRequest is issued, denied, or failed"
+        ));
+    }
+    if terminal(&merged) > 1 {
+        return invalid(&format!(
+            "PodCertificateRequest.certificates.k8s.io \"{name}\" is invalid: status.conditions: Invalid value: at most one of Issued, Denied or Failed"
+        ));
+    }
+    let mut next = current;
+    next["status"] = merged["status"].clone();
+    state.rv += 1;
+    next["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+    state.pcrs.insert(key.to_owned(), next.clone());
+    shared.record_other(state, PCRS, "MODIFIED", next.clone());
+    full(StatusCode::OK, next)
+}
+
 fn not_found(resource: &str, name: &str) -> Response<Body> {
     status_error(
         StatusCode::NOT_FOUND,
@@ -1700,13 +1958,20 @@ fn not_found(resource: &str, name: &str) -> Response<Body> {
     )
 }
 
-fn api_groups() -> Value {
+fn api_groups(pod_certificates_served: bool) -> Value {
     let group = |name: &str| {
         json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
                "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
     };
+    let mut certificates = group("certificates.k8s.io");
+    if pod_certificates_served {
+        certificates["versions"]
+            .as_array_mut()
+            .expect("versions")
+            .push(json!({"groupVersion": "certificates.k8s.io/v1beta1", "version": "v1beta1"}));
+    }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-        group("certificates.k8s.io"), group("events.k8s.io"), group("authorization.k8s.io"),
+        certificates, group("events.k8s.io"), group("authorization.k8s.io"),
         group("coordination.k8s.io"), group("authentication.k8s.io")
     ]})
 }
@@ -1722,6 +1987,18 @@ fn core_resources() -> Value {
         resource("services", "Service", true, &["get", "list", "watch"], &["svc"]),
         resource("events", "Event", true, &["get", "list"], &["ev"]),
         resource("configmaps", "ConfigMap", true, &["get"], &["cm"]),
+    ]})
+}
+
+/// certificates.k8s.io/v1beta1 as kube-apiserver 1.36 serves it with the PodCertificateRequest
+/// gate and runtime-config on (ClusterTrustBundles are not modelled).
+fn pod_certificate_resources() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1",
+           "groupVersion": "certificates.k8s.io/v1beta1", "resources": [
+        resource(PCRS, "PodCertificateRequest", true,
+                 &["create", "delete", "get", "list", "patch", "update", "watch"], &["pcr"]),
+        resource("podcertificaterequests/status", "PodCertificateRequest", true,
+                 &["get", "patch", "update"], &[]),
     ]})
 }
 
@@ -1787,22 +2064,15 @@ fn group_resources(group: &str, version: &str) -> Option<Value> {
                 "groupVersion": format!("{group}/{version}"), "resources": resources}))
 }
 
-/// A list, paginated as kube-apiserver does with `limit`: every page of one list reads the
-/// same snapshot, and the list's resourceVersion is the snapshot's.
-fn list_csrs(
-    shared: &Shared,
+/// One page of a list, paginated as kube-apiserver does with `limit` (capped by the
+/// `page_limit` fault, as a real server may return fewer): every page of one list reads the same
+/// snapshot, taken by `snapshot` for the first page, and the list's resourceVersion is the
+/// snapshot's. The page, and the list's metadata (resourceVersion, continue).
+fn page_of(
+    state: &mut State,
     params: &HashMap<String, String>,
-    metadata_only: bool,
-) -> Response<Body> {
-    let mut state = shared.state.lock().expect("state");
-    if metadata_only {
-        state.reads.metadata_pages += 1;
-    } else if params
-        .get("fieldSelector")
-        .is_some_and(|selector| selector.contains("spec.signerName="))
-    {
-        state.reads.whole_pages_by_signer += 1;
-    }
+    snapshot: impl FnOnce(&State) -> Vec<Value>,
+) -> Result<(Vec<Value>, Value), Response<Body>> {
     let limit = params
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -1817,34 +2087,22 @@ fn list_csrs(
                 .split_once(':')
                 .and_then(|(id, offset)| Some((id.parse().ok()?, offset.parse().ok()?)));
             let Some((id, offset)) = parsed else {
-                return status_error(StatusCode::BAD_REQUEST, "BadRequest", "bad continue token");
+                return Err(status_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "bad continue token",
+                ));
             };
             let Some((rv, items)) = state.list_snapshots.get(&id).cloned() else {
-                return status_error(StatusCode::GONE, "Expired", "continue token expired");
+                return Err(status_error(
+                    StatusCode::GONE,
+                    "Expired",
+                    "continue token expired",
+                ));
             };
             (rv, items, offset)
         }
-        None => {
-            // spec.signerName is a field selector CSRs support (and all csr-warden's resync
-            // uses).
-            let signer = params.get("fieldSelector").and_then(|selector| {
-                selector
-                    .split(',')
-                    .find_map(|term| term.strip_prefix("spec.signerName="))
-                    .map(str::to_owned)
-            });
-            let items = state
-                .csrs
-                .values()
-                .filter(|csr| {
-                    signer
-                        .as_ref()
-                        .is_none_or(|s| csr["spec"]["signerName"] == s.as_str())
-                })
-                .cloned()
-                .collect::<Vec<_>>();
-            (state.rv, Arc::new(items), 0usize)
-        }
+        None => (state.rv, Arc::new(snapshot(state)), 0usize),
     };
     let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
     let page: Vec<Value> = items[offset.min(end)..end].to_vec();
@@ -1866,6 +2124,47 @@ fn list_csrs(
         };
         metadata["continue"] = json!(format!("{id}:{end}"));
     }
+    Ok((page, metadata))
+}
+
+/// A list of CSRs, paged ([`page_of`]).
+fn list_csrs(
+    shared: &Shared,
+    params: &HashMap<String, String>,
+    metadata_only: bool,
+) -> Response<Body> {
+    let mut state = shared.state.lock().expect("state");
+    if metadata_only {
+        state.reads.metadata_pages += 1;
+    } else if params
+        .get("fieldSelector")
+        .is_some_and(|selector| selector.contains("spec.signerName="))
+    {
+        state.reads.whole_pages_by_signer += 1;
+    }
+    // spec.signerName is a field selector CSRs support (and all csr-warden's resync uses).
+    let signer = params.get("fieldSelector").and_then(|selector| {
+        selector
+            .split(',')
+            .find_map(|term| term.strip_prefix("spec.signerName="))
+            .map(str::to_owned)
+    });
+    let listed = page_of(&mut state, params, |state| {
+        state
+            .csrs
+            .values()
+            .filter(|csr| {
+                signer
+                    .as_ref()
+                    .is_none_or(|s| csr["spec"]["signerName"] == s.as_str())
+            })
+            .cloned()
+            .collect()
+    });
+    let (page, metadata) = match listed {
+        Ok(listed) => listed,
+        Err(response) => return response,
+    };
     if metadata_only {
         let items: Vec<Value> = page
             .iter()
@@ -1885,6 +2184,26 @@ fn list_csrs(
         json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequestList",
                "metadata": metadata, "items": page}),
     )
+}
+
+/// What kube-apiserver's watch cache sends after waiting for a resourceVersion it has not
+/// reached (etcd restored from an older backup).
+fn too_large_resource_version(since: u64, current: u64) -> Response<Body> {
+    let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "reason": "Timeout", "code": 504,
+        "message": format!("Too large resource version: {since}, current: {current}"),
+        "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                    "retryAfterSeconds": 1}}});
+    full(StatusCode::OK, error)
+}
+
+/// What kube-apiserver sends when the resourceVersion has been compacted away, or is older
+/// than a restarted server's new watch cache.
+fn too_old_resource_version(since: u64) -> Response<Body> {
+    let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+        "message": format!("too old resource version: {since}")}});
+    full(StatusCode::OK, error)
 }
 
 fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Body> {
@@ -1937,21 +2256,10 @@ fn watch_csrs(shared: &Shared, params: &HashMap<String, String>) -> Response<Bod
         return response;
     }
     if too_large {
-        // What kube-apiserver's watch cache sends after waiting for a resourceVersion it has
-        // not reached.
-        let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
-            "metadata": {}, "status": "Failure", "reason": "Timeout", "code": 504,
-            "message": format!("Too large resource version: {since}, current: {current}"),
-            "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
-                        "retryAfterSeconds": 1}}});
-        return full(StatusCode::OK, error);
+        return too_large_resource_version(since, current);
     }
     if gone {
-        // What kube-apiserver sends when the resourceVersion has been compacted away.
-        let error = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
-            "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
-            "message": format!("too old resource version: {since}")}});
-        return full(StatusCode::OK, error);
+        return too_old_resource_version(since);
     }
     let last_sent = backlog.last().map(|e| e.rv).unwrap_or(since);
     let live = futures::stream::unfold((receiver, last_sent), |(mut receiver, last)| async move {
@@ -2481,8 +2789,22 @@ fn selected(object: &Value, params: &HashMap<String, String>) -> bool {
     by_name && by_label
 }
 
-/// List or watch Nodes, Services or EndpointSlices: no faults, no paging, everything in one
-/// page; a watch sends what happened after the resourceVersion, then live events.
+/// The stored objects of a resource served through [`list_or_watch_other`].
+fn other_map<'a>(state: &'a State, resource: &str) -> &'a BTreeMap<String, Value> {
+    match resource {
+        "nodes" => &state.nodes,
+        "services" => &state.services,
+        PCRS => &state.pcrs,
+        _ => &state.endpoint_slices,
+    }
+}
+
+/// List or watch Nodes, Services, EndpointSlices or PodCertificateRequests (every namespace).
+/// A list is paged as CSR lists are ([`page_of`], with the `page_limit` fault); a watch sends
+/// what happened after the resourceVersion, then live events, and is refused as
+/// kube-apiserver's watch cache refuses it: 410 Gone from before a restart
+/// ([`FakeApiServer::come_up`]), "Too large resource version" from beyond the server's
+/// ([`FakeApiServer::restore_older_backup`]).
 fn list_or_watch_other(
     shared: &Shared,
     resource: &'static str,
@@ -2490,45 +2812,59 @@ fn list_or_watch_other(
 ) -> Response<Body> {
     let watching = params.get("watch").is_some_and(|w| w == "true" || w == "1");
     if !watching {
-        let state = shared.state.lock().expect("state");
-        let map = match resource {
-            "nodes" => &state.nodes,
-            "services" => &state.services,
-            _ => &state.endpoint_slices,
+        let mut state = shared.state.lock().expect("state");
+        if resource == PCRS {
+            state.pcr_list_pages += 1;
+        }
+        let listed = page_of(&mut state, params, |state| {
+            other_map(state, resource)
+                .values()
+                .filter(|o| selected(o, params))
+                .cloned()
+                .collect()
+        });
+        let (items, metadata) = match listed {
+            Ok(listed) => listed,
+            Err(response) => return response,
         };
-        let items: Vec<Value> = map
-            .values()
-            .filter(|o| selected(o, params))
-            .cloned()
-            .collect();
         let (api_version, kind) = match resource {
             "nodes" => ("v1", "NodeList"),
             "services" => ("v1", "ServiceList"),
+            PCRS => ("certificates.k8s.io/v1beta1", "PodCertificateRequestList"),
             _ => ("discovery.k8s.io/v1", "EndpointSliceList"),
         };
         return full(
             StatusCode::OK,
             json!({"apiVersion": api_version, "kind": kind,
-                   "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+                   "metadata": metadata, "items": items}),
         );
     }
-    let since: u64 = params
+    let from: Option<u64> = params
         .get("resourceVersion")
         .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0);
+        .filter(|rv| *rv > 0);
     let timeout = params
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
         .unwrap_or(300u64);
-    let (backlog, receiver) = {
+    // Subscribe under the lock so no event falls between the backlog and the live stream.
+    let (backlog, receiver, since) = {
         let state = shared.state.lock().expect("state");
+        // Without a resourceVersion (or "0") a watch starts from now.
+        let since = from.unwrap_or(state.rv);
+        if since > state.rv {
+            return too_large_resource_version(since, state.rv);
+        }
+        if since < state.history_floor {
+            return too_old_resource_version(since);
+        }
         let backlog: Vec<WatchEvent> = state
             .other_history
             .iter()
             .filter(|(r, e)| *r == resource && e.rv > since)
             .map(|(_, e)| e.clone())
             .collect();
-        (backlog, shared.other_tx.subscribe())
+        (backlog, shared.other_tx.subscribe(), since)
     };
     let params = params.clone();
     let live = futures::stream::unfold(receiver, move |mut receiver| async move {
