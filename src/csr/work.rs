@@ -55,15 +55,7 @@ pub fn lane_of(csr: &CertificateSigningRequest) -> Lane {
 
 /// Where a CSR goes in the queue: its requester's lane, by creation time.
 pub fn placement(csr: &CertificateSigningRequest) -> Placement {
-    Placement {
-        requester: csr.spec.username.clone().unwrap_or_default(),
-        created: csr
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(i64::MAX),
-    }
+    Placement::of(csr.spec.username.clone().unwrap_or_default(), &csr.metadata)
 }
 
 /// The kubelet serving CSRs that a change of the facts concerns: those of that Node (the

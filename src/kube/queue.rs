@@ -19,6 +19,23 @@ pub struct Placement {
     pub created: i64,
 }
 
+impl Placement {
+    /// `requester`'s lane, by the object's creationTimestamp (last when it has none).
+    pub fn of(
+        requester: String,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Self {
+        Placement {
+            requester,
+            created: meta
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second())
+                .unwrap_or(i64::MAX),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct WorkQueue {
     /// Per requester, the CSRs waiting, oldest first.

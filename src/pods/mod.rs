@@ -78,15 +78,7 @@ impl Rules<PodCertificateRequest> for PodRules {
 
     /// Fair between Nodes (each kubelet asks for its own pods), oldest first within one.
     fn placement(&self, pcr: &PodCertificateRequest) -> Placement {
-        Placement {
-            requester: pcr.spec.node_name.clone(),
-            created: pcr
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second())
-                .unwrap_or(i64::MAX),
-        }
+        Placement::of(pcr.spec.node_name.clone(), &pcr.metadata)
     }
 }
 
