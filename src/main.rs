@@ -68,6 +68,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         default_ca: CaPaths {
             cert: args.ca_cert.clone(),
             key: args.ca_key.clone(),
+            pkcs11: None,
         },
         cluster_ca: cluster_ca(&config, &args.cluster_ca_file)?,
     };

@@ -349,6 +349,12 @@ impl Context {
                         view.signer_name
                     ),
                 },
+                Err(error @ IssueError::CaUnavailable(_)) => Signing::WaitForCa {
+                    message: format!(
+                        "the CA of signer {} cannot sign now: {error}; the request stays approved and is issued as soon as the token is back",
+                        view.signer_name
+                    ),
+                },
                 Err(error) => Signing::Fail {
                     reason: error.reason(),
                     message: error.to_string(),

@@ -39,6 +39,9 @@ pub type CaSlot = Result<CertificateAuthority, String>;
 struct LoadedCa {
     files: Option<FilesDigest>,
     slot: Arc<CaSlot>,
+    /// A token that refused the PIN is not asked again with the same PIN (a real HSM locks
+    /// the PIN after a few tries): only a changed PIN file is tried.
+    pin_refused: bool,
 }
 
 /// Every CA some signing signer needs, by its files.
@@ -184,6 +187,22 @@ impl Live {
             });
         }
         *reported = signing;
+        self.metrics.pkcs11_token_up.clear();
+        for (signer, paths) in policy.signing_signers(&self.default_ca) {
+            if paths.pkcs11.is_some() {
+                let up = self
+                    .slot(paths)
+                    .as_ref()
+                    .as_ref()
+                    .is_ok_and(|ca| ca.token_key().is_some_and(|key| !key.is_broken()));
+                self.metrics
+                    .pkcs11_token_up
+                    .get_or_create(&SignerLabels {
+                        signer: signer.to_owned(),
+                    })
+                    .set(i64::from(up));
+            }
+        }
         for (signer, paths) in policy.signing_signers(&self.default_ca) {
             let ca = self.slot(paths);
             let Ok(ca) = ca.as_ref() else { continue };
@@ -239,8 +258,14 @@ impl Live {
         }
         let policy = self.policy();
         for (signer, paths) in policy.signing_signers(&self.default_ca) {
-            if let Err(why) = self.slot(paths).as_ref() {
-                return Err(format!("the CA of signer {signer} is not loaded: {why}"));
+            match self.slot(paths).as_ref() {
+                Err(why) => return Err(format!("the CA of signer {signer} is not loaded: {why}")),
+                Ok(ca) if ca.token_key().is_some_and(|key| key.is_broken()) => {
+                    return Err(format!(
+                        "the PKCS#11 token of signer {signer} failed; csr-warden is reopening it"
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         if !self.leader_known.load(Ordering::SeqCst) {
@@ -269,6 +294,31 @@ fn digest_of(paths: &[&PathBuf]) -> Option<FilesDigest> {
     context.finish().as_ref().try_into().ok()
 }
 
+/// What to watch for changes of a CA: its certificate, and its key file or its token's PIN file.
+fn ca_digest(paths: &CaPaths) -> Option<FilesDigest> {
+    match &paths.pkcs11 {
+        Some(token) => digest_of(&[&paths.cert, &token.pin_file]),
+        None => digest_of(&[&paths.cert, &paths.key]),
+    }
+}
+
+fn load_ca(paths: &CaPaths) -> Result<CertificateAuthority, crate::x509::ca::CaError> {
+    match &paths.pkcs11 {
+        Some(token) => CertificateAuthority::load_with_token(&paths.cert, token),
+        None => CertificateAuthority::load(&paths.cert, &paths.key),
+    }
+}
+
+/// A CA whose key is in a token that is missing, locked or failed: opened again on every
+/// reload tick until it signs, so csr-warden reconnects without a restart.
+fn needs_reopen(paths: &CaPaths, loaded: &LoadedCa) -> bool {
+    paths.pkcs11.is_some()
+        && match loaded.slot.as_ref() {
+            Err(_) => !loaded.pin_refused,
+            Ok(ca) => ca.token_key().is_some_and(|key| key.is_broken()),
+        }
+}
+
 /// The signers of `policy` that sign with `paths`, for log lines.
 fn signers_of(policy: &Policy, sources: &Sources, paths: &CaPaths) -> Vec<String> {
     policy
@@ -284,30 +334,50 @@ fn signers_of(policy: &Policy, sources: &Sources, paths: &CaPaths) -> Vec<String
 fn load_cas(policy: &Policy, sources: &Sources, previous: &CaTable) -> CaTable {
     let mut table = CaTable::new();
     for paths in policy.cas_needed(&sources.default_ca) {
-        let files = digest_of(&[&paths.cert, &paths.key]);
+        let files = ca_digest(paths);
         let before = previous.get(paths);
-        if let Some(before) = before.filter(|b| b.files == files) {
+        if let Some(before) = before.filter(|b| b.files == files && !needs_reopen(paths, b)) {
             table.insert(paths.clone(), before.clone());
             continue;
         }
         let signers = signers_of(policy, sources, paths);
-        let slot = match CertificateAuthority::load(&paths.cert, &paths.key) {
+        let loaded = load_ca(paths);
+        let pin_refused = matches!(
+            loaded,
+            Err(crate::x509::ca::CaError::Token(
+                crate::x509::pkcs11::TokenError::Login { .. }
+            ))
+        );
+        let slot = match loaded {
             Ok(ca) => {
                 tracing::info!(?signers, subject = ca.subject(), not_after = %ca.not_after(), "CA loaded");
                 Arc::new(Ok(ca))
             }
-            Err(error) => match before.filter(|b| b.slot.is_ok()) {
+            Err(error) => match before.filter(|b| b.slot.is_ok() && !needs_reopen(paths, b)) {
                 Some(before) => {
                     tracing::error!(?signers, %error, "new CA rejected; the previous CA stays in force");
                     before.slot.clone()
                 }
                 None => {
-                    tracing::error!(?signers, %error, "CA not loaded: these signers' approved CSRs wait (approved, not Failed) until it is fixed");
-                    Arc::new(Err(error.to_string()))
+                    let error = error.to_string();
+                    // A token still missing is retried every tick: said once, not every tick.
+                    if before.is_some_and(|b| b.slot.as_ref().as_ref().err() == Some(&error)) {
+                        tracing::debug!(?signers, %error, "CA still not loaded");
+                    } else {
+                        tracing::error!(?signers, %error, "CA not loaded: these signers' approved CSRs wait (approved, not Failed) until it is fixed");
+                    }
+                    Arc::new(Err(error))
                 }
             },
         };
-        table.insert(paths.clone(), LoadedCa { files, slot });
+        table.insert(
+            paths.clone(),
+            LoadedCa {
+                files,
+                slot,
+                pin_refused,
+            },
+        );
     }
     table
 }
@@ -406,16 +476,45 @@ pub async fn reload_forever(live: Arc<Live>, sources: Sources, interval: Duratio
         let wanted: Vec<(CaPaths, Option<FilesDigest>)> = policy
             .cas_needed(&sources.default_ca)
             .into_iter()
-            .map(|paths| (paths.clone(), digest_of(&[&paths.cert, &paths.key])))
+            .map(|paths| (paths.clone(), ca_digest(paths)))
             .collect();
         let in_force: Vec<(CaPaths, Option<FilesDigest>)> = before
             .iter()
             .map(|(paths, ca)| (paths.clone(), ca.files))
             .collect();
-        if new_policy.is_none() && (wanted == in_force || last_refused.as_ref() == Some(&wanted)) {
+        // A token CA that signs is asked whether it still does; one that does not is reopened.
+        for (paths, loaded) in before.iter() {
+            if let (Some(_), Ok(ca)) = (&paths.pkcs11, loaded.slot.as_ref())
+                && let Some(key) = ca.token_key()
+                && !key.is_broken()
+                && let Err(error) = key.probe()
+            {
+                tracing::error!(signers = ?signers_of(policy, &sources, paths), %error, "the CA's PKCS#11 token stopped answering: these signers' approved requests wait (CAUnavailable) until it is back; csr-warden reopens it by itself");
+            }
+        }
+        let reopen = before
+            .iter()
+            .any(|(paths, loaded)| needs_reopen(paths, loaded));
+        if new_policy.is_none()
+            && !reopen
+            && (wanted == in_force || last_refused.as_ref() == Some(&wanted))
+        {
             continue;
         }
         let cas = load_cas(policy, &sources, &before);
+        // A token still missing: nothing changed, nothing to recheck.
+        let unchanged = new_policy.is_none()
+            && cas.len() == before.len()
+            && cas.iter().all(|(paths, ca)| {
+                before.get(paths).is_some_and(|b| {
+                    Arc::ptr_eq(&b.slot, &ca.slot)
+                        || (b.files == ca.files && b.slot.is_err() && ca.slot.is_err())
+                })
+            });
+        if unchanged {
+            live.report_cas(OffsetDateTime::now_utc());
+            continue;
+        }
         if let Err(refused) = guard_cluster_ca(policy, &sources, &cas) {
             tracing::error!(error = %refused, "new policy or CA rejected; the previous ones stay in force");
             live.metrics

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub events_dropped: Family<EventDropLabels, Counter>,
     pub events_shed: Counter,
     pub waiting_for_ca: Gauge,
+    /// Per signer whose CA key is in a PKCS#11 token: 1 while the token signs, 0 while it is
+    /// missing, locked or failing (its requests wait with CAUnavailable).
+    pub pkcs11_token_up: Family<SignerLabels, Gauge>,
     /// The privilege ceiling's SubjectAccessReviews asked (not the reused answers), by check and
     /// answer.
     pub privilege_reviews: Family<PrivilegeReviewLabels, Counter>,
@@ -114,6 +117,7 @@ impl Metrics {
             events_dropped: Family::default(),
             events_shed: Counter::default(),
             waiting_for_ca: Gauge::default(),
+            pkcs11_token_up: Family::default(),
             privilege_reviews: Family::default(),
             pod_certificates: Family::default(),
             trust_bundle_writes: Family::default(),
@@ -233,6 +237,11 @@ impl Metrics {
             "csrs_waiting_for_ca",
             "Approved CSRs waiting for their signer's CA to load (issued once it does)",
             metrics.waiting_for_ca.clone(),
+        );
+        registry.register(
+            "pkcs11_token_up",
+            "1 while a signer's PKCS#11 token signs, 0 while it is missing, locked or failing (its requests wait with CAUnavailable)",
+            metrics.pkcs11_token_up.clone(),
         );
         Metrics {
             registry,

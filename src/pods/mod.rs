@@ -335,6 +335,15 @@ fn issue(
     let serial = random_serial().map_err(|e| PodError::Randomness(e.to_string()))?;
     let issued = match issue_pod_certificate(ca, request, &spiffe_id, times, serial) {
         Ok(issued) => issued,
+        // The CA's PKCS#11 token failed under the signature: our fault, waited out as a
+        // missing CA is.
+        Err(IssueError::CaUnavailable(why)) => {
+            tracing::warn!(pcr = %format!("{}/{}", view.namespace, view.name), signer = %view.signer_name, decision = "waiting", reason = Reason::CaUnavailable.as_str(), "pod certificate not issued yet: {why}");
+            return Err(PodError::CaUnavailable {
+                signer: view.signer_name.clone(),
+                why,
+            });
+        }
         Err(error) => return Ok(failed(error)),
     };
     let mut chain = issued.pem.clone();

@@ -160,7 +160,59 @@ struct SignerFile {
 #[serde(deny_unknown_fields)]
 struct CaFile {
     cert: PathBuf,
-    key: PathBuf,
+    /// The private key file; or `pkcs11`, never both.
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    pkcs11: Option<Pkcs11File>,
+}
+
+/// `ca.pkcs11`: the CA key stays in a PKCS#11 token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Pkcs11File {
+    module: PathBuf,
+    uri: String,
+    pin_file: PathBuf,
+}
+
+/// A `ca` entry as the policy holds it, its key a file or a token key (exactly one).
+fn ca_paths(ca: CaFile, whose: &str, line: u64, problem: &mut impl FnMut(u64, String)) -> CaPaths {
+    match (&ca.key, &ca.pkcs11) {
+        (Some(_), Some(_)) => problem(
+            line,
+            format!(
+                "{whose}: ca sets both key and pkcs11; keep key for a key file, or pkcs11 for a key in a token"
+            ),
+        ),
+        (None, None) => problem(
+            line,
+            format!(
+                "{whose}: ca has no key; add key: <tls.key path>, or pkcs11: {{module, uri, pinFile}} for a key in a token"
+            ),
+        ),
+        _ => {}
+    }
+    if let Some(token) = &ca.pkcs11 {
+        if let Err(error) = crate::x509::pkcs11::Pkcs11Uri::parse(&token.uri) {
+            problem(line, format!("{whose}: ca.pkcs11.uri: {error}"));
+        }
+        if !token.module.is_absolute() || !token.pin_file.is_absolute() {
+            problem(
+                line,
+                format!("{whose}: ca.pkcs11.module and pinFile must be absolute paths"),
+            );
+        }
+    }
+    CaPaths {
+        cert: ca.cert,
+        key: ca.key.unwrap_or_default(),
+        pkcs11: ca.pkcs11.map(|token| crate::x509::pkcs11::TokenKeyConfig {
+            module: token.module,
+            uri: token.uri,
+            pin_file: token.pin_file,
+        }),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -624,10 +676,12 @@ fn pod_signers(
         }
         let signer = PodSigner {
             signer_name: name.clone(),
-            ca: CaPaths {
-                cert: entry.ca.cert,
-                key: entry.ca.key,
-            },
+            ca: ca_paths(
+                entry.ca,
+                &format!("podCertificates signer {name}"),
+                line,
+                problem,
+            ),
             trust_domain: entry.trust_domain,
             allow,
             max_expiration_seconds: max,
@@ -737,10 +791,9 @@ fn signers(
                 let config = SignerConfig {
                     trust_bundle: entry.trust_bundle && role.signs(),
                     role,
-                    ca: entry.ca.map(|ca| CaPaths {
-                        cert: ca.cert,
-                        key: ca.key,
-                    }),
+                    ca: entry
+                        .ca
+                        .map(|ca| ca_paths(ca, &format!("signer {:?}", entry.name), line, problem)),
                     allow_cluster_ca: entry.allow_cluster_ca,
                     line,
                 };

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use der::Encode;
 use der::asn1::{ObjectIdentifier, OctetString};
-use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm};
+use rcgen::{KeyPair, PublicKeyData, SignatureAlgorithm, SigningKey as _};
 use time::OffsetDateTime;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, BasicConstraints};
 use x509_cert::spki::AlgorithmIdentifierOwned;
@@ -12,12 +12,17 @@ use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::encoding::ExtensionOf;
+use super::pkcs11::{TokenError, TokenKey, TokenKeyConfig, TokenKeyKind};
 
-/// A CA's mounted files (tls.crt, tls.key of a kubernetes.io/tls Secret).
+/// A CA's mounted files (tls.crt, tls.key of a kubernetes.io/tls Secret), or its certificate
+/// and a key kept in a PKCS#11 token.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CaPaths {
     pub cert: PathBuf,
+    /// Empty (and unused) when the key is in a token.
     pub key: PathBuf,
+    /// The key is in a PKCS#11 token, not in `key`.
+    pub pkcs11: Option<TokenKeyConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,13 +54,39 @@ pub enum CaError {
         "CA private key {path} is of a kind csr-warden cannot sign with; use RSA, ECDSA P-256/P-384/P-521 or Ed25519"
     )]
     UnsupportedKey { path: PathBuf },
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error(
+        "the CA certificate {cert}'s key is of a kind csr-warden cannot sign with through PKCS#11; use ECDSA P-256/P-384, RSA or Ed25519"
+    )]
+    UnsupportedTokenKey { cert: PathBuf },
+    #[error(
+        "the token key {uri} does not belong to the CA certificate {cert} (a test signature does not verify with its public key); point the URI at the key of that certificate, or mount the certificate made for the token's key"
+    )]
+    TokenKeyMismatch { cert: PathBuf, uri: String },
+}
+
+/// The CA's private key: a file loaded into memory, or a key that stays in a PKCS#11 token.
+pub enum SigningKey {
+    File(KeyPair),
+    Token(TokenKey),
+}
+
+/// Why a signature was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The token is not usable now: csr-warden's fault, waited out (`CAUnavailable`).
+    #[error("{0}")]
+    Unavailable(TokenError),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The CA that signs approved requests. The private key never reaches logs: Debug redacts it.
 /// What every certificate it issues repeats (issuer name, AKI, signature algorithm) is worked out
 /// once, when it is loaded.
 pub struct CertificateAuthority {
-    key: KeyPair,
+    key: SigningKey,
     /// The CA certificate's subject, exactly as encoded: every certificate's issuer.
     issuer_der: Vec<u8>,
     /// AuthorityKeyIdentifier naming the CA's key identifier (its SKI, else derived from its
@@ -100,12 +131,98 @@ impl CertificateAuthority {
         Self::from_pem(&cert_pem, &key_pem, cert_path, key_path)
     }
 
+    /// Load the certificate from its file and use the key in a PKCS#11 token. The token must
+    /// sign something the certificate's public key verifies: a key that is not the
+    /// certificate's is refused here, not found out by relying parties.
+    pub fn load_with_token(cert_path: &Path, token: &TokenKeyConfig) -> Result<Self, CaError> {
+        let cert_pem = std::fs::read_to_string(cert_path).map_err(|source| CaError::Read {
+            what: "certificate",
+            path: cert_path.to_owned(),
+            source,
+        })?;
+        Self::from_certificate(&cert_pem, cert_path, |cert| {
+            let spki = &cert.tbs_certificate.subject_pki;
+            let unsupported = || CaError::UnsupportedTokenKey {
+                cert: cert_path.to_owned(),
+            };
+            let (kind, algorithm, verifier): (
+                _,
+                _,
+                &dyn aws_lc_rs::signature::VerificationAlgorithm,
+            ) = match token_key_kind(spki).ok_or_else(unsupported)? {
+                TokenKeyKind::EcdsaP256 => (
+                    TokenKeyKind::EcdsaP256,
+                    "1.2.840.10045.4.3.2",
+                    &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+                ),
+                TokenKeyKind::EcdsaP384 => (
+                    TokenKeyKind::EcdsaP384,
+                    "1.2.840.10045.4.3.3",
+                    &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
+                ),
+                TokenKeyKind::Rsa => (
+                    TokenKeyKind::Rsa,
+                    "1.2.840.113549.1.1.11",
+                    &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+                ),
+                TokenKeyKind::Ed25519 => (
+                    TokenKeyKind::Ed25519,
+                    "1.3.101.112",
+                    &aws_lc_rs::signature::ED25519,
+                ),
+            };
+            let key = TokenKey::open(token, kind)?;
+            let probe = b"csr-warden: does this token key belong to the CA certificate?";
+            let signature = key.sign(probe)?;
+            aws_lc_rs::signature::UnparsedPublicKey::new(verifier, &spki.subject_public_key.data)
+                .verify(probe, &signature)
+                .map_err(|_| CaError::TokenKeyMismatch {
+                    cert: cert_path.to_owned(),
+                    uri: token.uri.clone(),
+                })?;
+            let algorithm = AlgorithmIdentifierOwned {
+                oid: ObjectIdentifier::new(algorithm).map_err(|_| unsupported())?,
+                // RSA PKCS#1 v1.5 identifiers carry NULL parameters (RFC 4055).
+                parameters: (kind == TokenKeyKind::Rsa).then(|| der::asn1::Null.into()),
+            };
+            Ok((SigningKey::Token(key), algorithm))
+        })
+    }
+
     /// Build from PEM text; the paths only name the files in errors.
     pub fn from_pem(
         cert_pem: &str,
         key_pem: &str,
         cert_path: &Path,
         key_path: &Path,
+    ) -> Result<Self, CaError> {
+        Self::from_certificate(cert_pem, cert_path, |cert| {
+            let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadKey {
+                path: key_path.to_owned(),
+                message: e.to_string(),
+            })?;
+            if key.subject_public_key_info() != cert.tbs_certificate.subject_pki.raw {
+                return Err(CaError::KeyMismatch {
+                    cert: cert_path.to_owned(),
+                    key: key_path.to_owned(),
+                });
+            }
+            let signature_algorithm =
+                signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
+                    path: key_path.to_owned(),
+                })?;
+            Ok((SigningKey::File(key), signature_algorithm))
+        })
+    }
+
+    /// The CA from its certificate's PEM and the key `key_for` finds for it (and the
+    /// signature algorithm that key signs with).
+    fn from_certificate(
+        cert_pem: &str,
+        cert_path: &Path,
+        key_for: impl FnOnce(
+            &X509Certificate<'_>,
+        ) -> Result<(SigningKey, AlgorithmIdentifierOwned), CaError>,
     ) -> Result<Self, CaError> {
         let bad_cert = |message: String| CaError::BadCertificate {
             path: cert_path.to_owned(),
@@ -129,16 +246,7 @@ impl CertificateAuthority {
                 path: cert_path.to_owned(),
             });
         }
-        let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadKey {
-            path: key_path.to_owned(),
-            message: e.to_string(),
-        })?;
-        if key.subject_public_key_info() != cert.tbs_certificate.subject_pki.raw {
-            return Err(CaError::KeyMismatch {
-                cert: cert_path.to_owned(),
-                key: key_path.to_owned(),
-            });
-        }
+        let (key, signature_algorithm) = key_for(&cert)?;
         let not_after = cert.validity().not_after.to_datetime();
         let subject = cert.subject().to_string();
         let public_key = cert.tbs_certificate.subject_pki.raw.to_vec();
@@ -153,10 +261,6 @@ impl CertificateAuthority {
             .unwrap_or_else(|| {
                 key_identifier(&cert.tbs_certificate.subject_pki.subject_public_key.data)
             });
-        let signature_algorithm =
-            signature_algorithm(key.algorithm()).ok_or_else(|| CaError::UnsupportedKey {
-                path: key_path.to_owned(),
-            })?;
         let unencodable =
             |e: der::Error| bad_cert(format!("cannot encode its key identifier: {e}"));
         let authority_key_extension = ExtensionOf::new(
@@ -198,9 +302,28 @@ impl CertificateAuthority {
         })
     }
 
-    /// The signing key (aws-lc-rs underneath).
-    pub fn key(&self) -> &KeyPair {
+    /// The signing key: a file's (aws-lc-rs underneath) or a token's.
+    pub fn key(&self) -> &SigningKey {
         &self.key
+    }
+
+    /// Sign `message` (a TBSCertificate) with the CA's key, as the certificate's signature
+    /// field wants it.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        match &self.key {
+            SigningKey::File(key) => key
+                .sign(message)
+                .map_err(|e| SignError::Failed(e.to_string())),
+            SigningKey::Token(key) => key.sign(message).map_err(SignError::Unavailable),
+        }
+    }
+
+    /// The token key, when the CA's key is in a token.
+    pub fn token_key(&self) -> Option<&TokenKey> {
+        match &self.key {
+            SigningKey::Token(key) => Some(key),
+            SigningKey::File(_) => None,
+        }
     }
 
     /// The CA certificate's subject DER: the issuer of what it signs.
@@ -383,6 +506,31 @@ impl ClusterCa {
             missing_issuer: current.issuer().to_string(),
         }
     }
+}
+
+/// Which token key kind signs for a certificate with this public key, if csr-warden can.
+fn token_key_kind(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<TokenKeyKind> {
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+        OID_SIG_ED25519,
+    };
+    let algorithm = &spki.algorithm.algorithm;
+    if *algorithm == OID_PKCS1_RSAENCRYPTION {
+        return Some(TokenKeyKind::Rsa);
+    }
+    if *algorithm == OID_SIG_ED25519 {
+        return Some(TokenKeyKind::Ed25519);
+    }
+    if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki.algorithm.parameters.as_ref()?.as_oid().ok()?;
+        if curve == OID_EC_P256 {
+            return Some(TokenKeyKind::EcdsaP256);
+        }
+        if curve == OID_NIST_EC_P384 {
+            return Some(TokenKeyKind::EcdsaP384);
+        }
+    }
+    None
 }
 
 /// `AB:CD:...`, the form openssl prints fingerprints and key identifiers in.

@@ -13,7 +13,6 @@
 
 use der::asn1::{BitStringRef, Ia5String, OctetString, UintRef};
 use der::referenced::OwnedToRef;
-use rcgen::SigningKey;
 use time::{Duration, OffsetDateTime};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
@@ -31,7 +30,7 @@ use super::validity;
 use super::validity::SigningLimits;
 use crate::policy::reason::Reason;
 use crate::policy::signer_shape_problem;
-use crate::x509::ca::{CertificateAuthority, key_identifier};
+use crate::x509::ca::{CertificateAuthority, SignError, key_identifier};
 use crate::x509::inspect::{CertificateRequest, SubjectAttribute};
 
 /// Certificates start this far in the past, so clocks that lag a little still accept them.
@@ -48,6 +47,9 @@ pub enum IssueError {
     CaExpiring { ca_not_after: OffsetDateTime },
     #[error("building the certificate failed: {0}")]
     Build(String),
+    /// The CA's token failed under the signature: our side's fault, waited out.
+    #[error("the CA's key cannot sign now: {0}")]
+    CaUnavailable(String),
 }
 
 impl IssueError {
@@ -57,6 +59,7 @@ impl IssueError {
             IssueError::SignerRules { .. } => Reason::SignerValidationFailure,
             IssueError::CaExpiring { .. } => Reason::CaExpiring,
             IssueError::Build(_) => Reason::SigningFailed,
+            IssueError::CaUnavailable(_) => Reason::CaUnavailable,
         }
     }
 }
@@ -237,10 +240,10 @@ fn sign_leaf(
         .map_err(build_error("the extensions"))?,
     };
     let to_be_signed = encode(&tbs_certificate).map_err(build_error("the certificate"))?;
-    let signature = ca
-        .key()
-        .sign(&to_be_signed)
-        .map_err(|e| IssueError::Build(format!("signing failed: {e}")))?;
+    let signature = ca.sign(&to_be_signed).map_err(|e| match e {
+        SignError::Unavailable(e) => IssueError::CaUnavailable(e.to_string()),
+        SignError::Failed(e) => IssueError::Build(format!("signing failed: {e}")),
+    })?;
     let certificate = SignedCertificate {
         tbs_certificate: Encoded(&to_be_signed),
         signature_algorithm,

@@ -83,6 +83,7 @@ signers:
     let default = CaPaths {
         cert: "/default/tls.crt".into(),
         key: "/default/tls.key".into(),
+        pkcs11: None,
     };
     assert_eq!(
         policy.role("kubernetes.io/kubelet-serving"),

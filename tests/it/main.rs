@@ -18,6 +18,7 @@ mod faults;
 mod hostile;
 mod issue;
 mod operations;
+mod pkcs11;
 mod pod_certificates;
 mod pod_runtime;
 mod pods;

@@ -300,6 +300,7 @@ fn policy_mistakes_are_refused_with_their_line() {
     let default = csr_warden::policy::CaPaths {
         cert: "/d.crt".into(),
         key: "/d.key".into(),
+        pkcs11: None,
     };
     let published: Vec<&str> = policy
         .trust_bundle_signers(&default)

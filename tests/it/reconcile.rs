@@ -23,6 +23,7 @@ async fn context(h: &Harness) -> Context {
         default_ca: CaPaths {
             cert: h.ca.0.clone(),
             key: h.ca.1.clone(),
+            pkcs11: None,
         },
         cluster_ca: ClusterCa::default(),
     };

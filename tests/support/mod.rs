@@ -8,6 +8,7 @@ pub mod bench;
 pub mod control_plane;
 pub mod go_reader;
 pub mod procfs;
+pub mod softhsm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
