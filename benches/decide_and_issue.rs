@@ -1,6 +1,7 @@
 //! Per-CSR cost: parsing + policy decision, and issuing one certificate with P-256, P-384,
 //! RSA-2048 and Ed25519 CAs, against the floor of the raw signature with the same key. The CSR is
 //! a user in two groups (/CN=maria/O=developers/O=ops), its subject carried over whole.
+//! With SoftHSM2 installed, the same with the CA key in a PKCS#11 token (`pkcs11` rows).
 //! `cargo bench --bench decide_and_issue`; figures in BENCHMARKS.md.
 
 #[path = "../tests/support/mod.rs"]
@@ -16,7 +17,8 @@ use csr_warden::policy::{CsrView, Requester, decide};
 use csr_warden::x509::ca::CertificateAuthority;
 use csr_warden::x509::inspect::inspect;
 use csr_warden::x509::issue::{ApprovedRequest, issue};
-use rcgen::SigningKey;
+use csr_warden::x509::pkcs11::TokenKeyKind;
+use support::softhsm::SoftHsm;
 use support::{KeyKind, openssl_ca, openssl_csr, unprivileged};
 
 const POLICY: &str = "allowList:\n  - commonName: maria\n    groups: [developers, ops]\n";
@@ -72,25 +74,50 @@ fn benches(c: &mut Criterion) {
         expiration_seconds: Some(3600),
         request: &request,
     };
+    let mut cas = Vec::new();
+    let ca_dir = tempfile::tempdir().expect("dir");
     for (name, kind) in [
         ("ECDSA P-256", KeyKind::P256),
         ("ECDSA P-384", KeyKind::P384),
         ("RSA-2048", KeyKind::Rsa(2048)),
         ("Ed25519", KeyKind::Ed25519),
     ] {
-        let dir = tempfile::tempdir().expect("dir");
         // A CA made by openssl, as operators have them.
-        let (cert, key) = openssl_ca(dir.path(), kind, 30);
-        let ca = CertificateAuthority::load(&cert, &key).expect("CA");
+        let dir = ca_dir.path().join(name.replace(' ', "-"));
+        std::fs::create_dir(&dir).expect("dir");
+        let (cert, key) = openssl_ca(&dir, kind, 30);
+        cas.push((
+            format!("{name} CA"),
+            CertificateAuthority::load(&cert, &key).expect("CA"),
+            200,
+        ));
+    }
+    // The same kinds with the key in a SoftHSM2 token (generated there, never extractable),
+    // signing through C_Sign: what the `pkcs11` rows measure. Skipped without SoftHSM.
+    if let Some(hsm) = SoftHsm::get("decide_and_issue pkcs11 rows") {
+        let token = hsm.token("bench", ca_dir.path());
+        for (name, object, kind) in [
+            ("ECDSA P-256", "p256", TokenKeyKind::EcdsaP256),
+            ("ECDSA P-384", "p384", TokenKeyKind::EcdsaP384),
+            ("RSA-2048", "rsa", TokenKeyKind::Rsa),
+            ("Ed25519", "ed25519", TokenKeyKind::Ed25519),
+        ] {
+            let (cert, _) = token.generate_ca(object, kind, ca_dir.path());
+            let ca = CertificateAuthority::load_with_token(&cert, &token.config(object))
+                .expect("token CA");
+            // A token signature costs far more than a file key's: fewer per round.
+            cas.push((format!("{name} CA, pkcs11 SoftHSM"), ca, 50));
+        }
+    }
+    for (name, ca, per_round) in &cas {
         let now = time::OffsetDateTime::now_utc();
-        c.bench_function(&format!("issue ({name} CA)"), |b| {
-            b.iter(|| {
-                black_box(issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue"))
-            })
+        c.bench_function(&format!("issue ({name})"), |b| {
+            b.iter(|| black_box(issue(ca, &approved, policy.signing, now, [1; 16]).expect("issue")))
         });
-        if name == "ECDSA P-256" {
+        if name.starts_with("ECDSA P-256") {
             // What one CSR costs csr-warden from request to certificate.
-            c.bench_function("inspect+decide+issue (P-256 CSR and CA)", |b| {
+            let label = name.replace("ECDSA P-256 CA", "P-256 CSR and CA");
+            c.bench_function(&format!("inspect+decide+issue ({label})"), |b| {
                 b.iter(|| {
                     let view = view_of(&pem);
                     let verdict = decide(&view, &facts, &policy);
@@ -103,37 +130,38 @@ fn benches(c: &mut Criterion) {
                     };
                     black_box((
                         verdict,
-                        issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue"),
+                        issue(ca, &approved, policy.signing, now, [1; 16]).expect("issue"),
                     ))
                 })
             });
         }
         // The floor: one signature with the same key over a message as long as the real
         // TBSCertificate (what `issue` signs).
-        let issued = issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue");
+        let issued = issue(ca, &approved, policy.signing, now, [1; 16]).expect("issue");
         let message = vec![0x5a_u8; tbs_len(&issued.pem)];
-        c.bench_function(&format!("raw signature ({name} CA key)"), |b| {
-            b.iter(|| black_box(ca.key().sign(black_box(&message)).expect("sign")))
+        let raw_name = name.replace(" CA", " CA key");
+        c.bench_function(&format!("raw signature ({raw_name})"), |b| {
+            b.iter(|| black_box(ca.sign(black_box(&message)).expect("sign")))
         });
         // The ratio, measured interleaved (rounds of each, alternating) so that this VM's
         // drifting clock speed hits both alike: the median round's issue / raw.
         let mut ratios: Vec<f64> = (0..40)
             .map(|_| {
                 let start = Instant::now();
-                for _ in 0..200 {
-                    black_box(issue(&ca, &approved, policy.signing, now, [1; 16]).expect("issue"));
+                for _ in 0..*per_round {
+                    black_box(issue(ca, &approved, policy.signing, now, [1; 16]).expect("issue"));
                 }
                 let issuing = start.elapsed();
                 let start = Instant::now();
-                for _ in 0..200 {
-                    black_box(ca.key().sign(black_box(&message)).expect("sign"));
+                for _ in 0..*per_round {
+                    black_box(ca.sign(black_box(&message)).expect("sign"));
                 }
                 issuing.as_secs_f64() / start.elapsed().as_secs_f64()
             })
             .collect();
         ratios.sort_by(f64::total_cmp);
         println!(
-            "ratio issue / raw signature ({name} CA): median {:.2} (quartiles {:.2} .. {:.2}), TBSCertificate {} bytes",
+            "ratio issue / raw signature ({name}): median {:.2} (quartiles {:.2} .. {:.2}), TBSCertificate {} bytes",
             ratios[ratios.len() / 2],
             ratios[ratios.len() / 4],
             ratios[3 * ratios.len() / 4],

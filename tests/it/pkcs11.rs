@@ -301,3 +301,76 @@ async fn a_token_deleted_while_running_waits_and_recovers_when_it_is_restored() 
     let (status, body) = controller.http_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The policy's `ca.pkcs11`: read into the signer's CA, and each mistake said with its line.
+#[test]
+fn the_policy_names_a_token_key_and_refuses_mistakes_by_line() {
+    use csr_warden::policy::file::{PolicyError, parse_policy};
+    let policy = parse_policy(
+        "\
+signers:
+  - name: example.com/hsm
+    ca:
+      cert: /cas/hsm/tls.crt
+      pkcs11:
+        module: /usr/lib/softhsm/libsofthsm2.so
+        uri: \"pkcs11:token=csr-warden;object=team-ca\"
+        pinFile: /etc/csr-warden/pin/pin
+",
+        Path::new("p.yaml"),
+    )
+    .expect("valid");
+    let ca = policy.signers["example.com/hsm"]
+        .ca
+        .as_ref()
+        .expect("its CA");
+    let token = ca.pkcs11.as_ref().expect("a token key");
+    assert_eq!(token.uri, "pkcs11:token=csr-warden;object=team-ca");
+    assert_eq!(token.pin_file, Path::new("/etc/csr-warden/pin/pin"));
+
+    let problems = |text: &str| match parse_policy(text, Path::new("p.yaml")) {
+        Err(PolicyError::Invalid { problems, .. }) => problems
+            .into_iter()
+            .map(|p| (p.line, p.message))
+            .collect::<Vec<_>>(),
+        other => panic!("expected problems, got {other:?}"),
+    };
+    let token = "pkcs11: { module: /m.so, uri: \"pkcs11:object=k\", pinFile: /pin }";
+    for (ca, says) in [
+        (format!("{{ cert: /c, key: /k, {token} }}"), "both key and pkcs11"),
+        ("{ cert: /c }".to_owned(), "has no key"),
+        (
+            "{ cert: /c, pkcs11: { module: /m.so, uri: \"pkcs11:token=t\", pinFile: /pin } }"
+                .to_owned(),
+            "names no key",
+        ),
+        (
+            "{ cert: /c, pkcs11: { module: /m.so, uri: \"pkcs11:object=k?pin-value=1\", pinFile: /pin } }"
+                .to_owned(),
+            "pinFile",
+        ),
+        (
+            "{ cert: /c, pkcs11: { module: m.so, uri: \"pkcs11:object=k\", pinFile: /pin } }"
+                .to_owned(),
+            "absolute",
+        ),
+    ] {
+        let found = problems(&format!(
+            "signers:\n  - name: example.com/ok\n  - name: example.com/hsm\n    ca: {ca}\n"
+        ));
+        assert!(
+            found.iter().any(|(line, message)| *line == 3 && message.contains(says)),
+            "{ca}: {found:?}"
+        );
+    }
+    // A pod certificate signer's CA the same way.
+    let found = problems(&format!(
+        "podCertificates:\n  - signerName: example.com/pods\n    trustDomain: cluster.local\n    ca: {{ cert: /c, key: /k, {token} }}\n    allow: [{{ namespace: default }}]\n"
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|(line, m)| *line == 2 && m.contains("both key and pkcs11")),
+        "{found:?}"
+    );
+}

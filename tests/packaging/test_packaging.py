@@ -43,6 +43,10 @@ FULL_VALUES = {
     ],
     "podCertificates": [{"signerName": "example.com/workload-identity", "caSecretName": "workload-ca",
                          "allow": [{"namespace": "apps"}], "trustBundle": True}],
+    "pkcs11": {"module": "/opt/hsm/lib/libvendor-pkcs11.so",
+               "mounts": [{"name": "hsm-client", "mountPath": "/opt/hsm",
+                           "volume": {"hostPath": {"path": "/opt/hsm", "type": "Directory"}}}],
+               "env": [{"name": "VENDOR_PKCS11_CONF", "value": "/opt/hsm/etc/client.conf"}]},
     "policy": {
         "signerNames": ["example.com/internal-client"],
         "forbiddenGroups": ["system:masters", "cluster-admins"],
@@ -142,6 +146,10 @@ def test_full_values_reach_the_objects():
     assert spec["tolerations"] == FULL_VALUES["tolerations"]
     secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
     assert secrets == {"ca": "my-ca", "signer-ca-0": "internal-ca", "signer-ca-1": "workload-ca"}
+    hsm = [v for v in spec["volumes"] if v["name"] == "hsm-client"]
+    assert hsm == [{"name": "hsm-client", "hostPath": {"path": "/opt/hsm", "type": "Directory"}}]
+    assert {"name": "hsm-client", "mountPath": "/opt/hsm", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "VENDOR_PKCS11_CONF", "value": "/opt/hsm/etc/client.conf"} in container["env"]
     assert deploy["metadata"]["labels"]["team"] == "platform"
     assert signer_rules(objects) == {"approve": ["example.com/internal-client", "kubernetes.io/kubelet-serving"],
                                      "sign": ["example.com/internal-client", "example.com/legacy",
@@ -467,3 +475,60 @@ def test_requester_values_bind_the_role_to_users_and_groups():
     only_groups["requesters"] = {"users": [], "groups": ["ops"]}
     binding = named(render_manifests.render(only_groups), "ClusterRoleBinding", "csr-warden-requester")
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "ops"}]
+
+
+PKCS11_VALUES = {
+    "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so"},
+    "signers": [{"name": "example.com/team", "caSecretName": "team-ca",
+                 "pkcs11": {"uri": "pkcs11:token=csr-warden;object=team-ca", "pinSecretName": "team-pin"}}],
+    "podCertificates": [{"signerName": "example.com/workload-identity", "caSecretName": "workload-ca",
+                         "allow": [{"namespace": "apps"}],
+                         "pkcs11": {"uri": "pkcs11:token=csr-warden;object=workload-ca",
+                                    "pinSecretName": "team-pin", "module": "/opt/other/pkcs11.so"}}],
+}
+
+
+def test_a_signer_key_in_a_pkcs11_token_mounts_its_pin_and_names_its_module(tmp_path):
+    objects = render_manifests.render(copy.deepcopy(PKCS11_VALUES))
+    spec = deployment(objects)["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    pins = [v for v in spec["volumes"] if v["name"].startswith("pkcs11-pin-")]
+    # One PIN Secret shared by two signers is mounted once, only its `pin` key.
+    assert pins == [{"name": "pkcs11-pin-0", "secret": {"secretName": "team-pin", "defaultMode": 0o440,
+                                                        "items": [{"key": "pin", "path": "pin"}]}}]
+    assert {"name": "pkcs11-pin-0", "mountPath": "/etc/csr-warden/pins/team-pin",
+            "readOnly": True} in container["volumeMounts"]
+    policy = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
+    assert policy["signers"][0]["ca"] == {
+        "cert": "/etc/csr-warden/cas/team-ca/tls.crt",
+        "pkcs11": {"module": "/usr/lib/softhsm/libsofthsm2.so", "uri": "pkcs11:token=csr-warden;object=team-ca",
+                   "pinFile": "/etc/csr-warden/pins/team-pin/pin"}}
+    assert policy["podCertificates"][0]["ca"]["pkcs11"]["module"] == "/opt/other/pkcs11.so"
+    kubernetes_validate(tmp_path, objects)
+
+
+def test_a_pkcs11_signer_without_a_module_or_certificate_is_refused_by_the_chart():
+    chart = helm.Chart.load(str(CHART))
+    no_module = copy.deepcopy(PKCS11_VALUES)
+    no_module["pkcs11"] = {}
+    no_cert = {"signers": [{"name": "example.com/team",
+                            "pkcs11": {"uri": "pkcs11:object=k", "pinSecretName": "p"}}],
+               "pkcs11": {"module": "/m.so"}}
+    for bad, says in ((no_module, "names no module"), (no_cert, "no caSecretName")):
+        with pytest.raises(helm.HelmError, match=says):
+            chart.render(bad, name="csr-warden", namespace="csr-warden", is_install=True)
+    for bad in ({"signers": [{"name": "example.com/t", "caSecretName": "c",
+                              "pkcs11": {"uri": "token=x", "pinSecretName": "p"}}]},
+                {"pkcs11": {"module": "relative.so"}}):
+        with pytest.raises(helm.HelmError):
+            chart.validate_schema(bad)
+
+
+def test_the_pkcs11_example_renders_and_validates(tmp_path):
+    values = yaml.safe_load((ROOT / "examples" / "pkcs11" / "values.yaml").read_text())
+    objects = render_manifests.render(values)
+    policy = yaml.safe_load(by_kind(objects, "ConfigMap")[0]["data"]["policy.yaml"])
+    assert policy["signers"][0]["ca"]["pkcs11"]["pinFile"].startswith("/etc/csr-warden/pins/")
+    kubernetes_validate(tmp_path, objects)
+    extra = [doc for doc in yaml.safe_load_all((ROOT / "examples" / "pkcs11" / "secrets.yaml").read_text()) if doc]
+    kubernetes_validate(tmp_path, extra)

@@ -219,9 +219,17 @@ impl Token {
     /// the public key as rcgen wants it and the private key's protection attributes.
     fn generate(&self, object: &str, kind: TokenKeyKind) -> (Vec<u8>, KeyAttributes) {
         let context = Pkcs11::new(&self.module).expect("load SoftHSM");
-        context
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .expect("C_Initialize");
+        // Initialised already when a token key of this process is open (the bench keeps its CAs):
+        // then it is not finalized here either.
+        let initialized_here =
+            match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+                Ok(()) => true,
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::CryptokiAlreadyInitialized,
+                    _,
+                )) => false,
+                Err(error) => panic!("C_Initialize: {error}"),
+            };
         let slot = context
             .get_slots_with_token()
             .expect("slots")
@@ -234,9 +242,15 @@ impl Token {
             .expect("the token's slot");
         let result = {
             let session = context.open_rw_session(slot).expect("session");
-            session
-                .login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned())))
-                .expect("login");
+            match session.login(UserType::User, Some(&AuthPin::from(USER_PIN.to_owned()))) {
+                // Logged in by an open token key of this process (the bench's CAs).
+                Ok(())
+                | Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserAlreadyLoggedIn,
+                    _,
+                )) => {}
+                Err(error) => panic!("login: {error}"),
+            }
             let label = Attribute::Label(object.as_bytes().to_vec());
             let id = Attribute::Id(object.as_bytes().to_vec());
             let private = vec![
@@ -332,7 +346,9 @@ impl Token {
                 },
             )
         };
-        context.finalize().expect("C_Finalize");
+        if initialized_here {
+            context.finalize().expect("C_Finalize");
+        }
         result
     }
 }

@@ -50,7 +50,10 @@ with the default CA (caSecretName). */}}
 {{- if and (eq $role "approve") .caSecretName -}}
 {{- fail (printf "signers: %s has role approve, which never signs, but sets caSecretName; remove it or use approveAndSign" .name) -}}
 {{- end -}}
-{{- $out = append $out (dict "name" .name "role" $role "caSecretName" (.caSecretName | default "") "allowClusterCA" (.allowClusterCA | default false) "trustBundle" (.trustBundle | default false)) -}}
+{{- if and .pkcs11 (not .caSecretName) -}}
+{{- fail (printf "signers: %s sets pkcs11 but no caSecretName; the CA certificate (tls.crt) comes from that Secret" .name) -}}
+{{- end -}}
+{{- $out = append $out (dict "name" .name "role" $role "caSecretName" (.caSecretName | default "") "allowClusterCA" (.allowClusterCA | default false) "trustBundle" (.trustBundle | default false) "pkcs11" (.pkcs11 | default dict)) -}}
 {{- end -}}
 {{- else -}}
 {{- range .Values.policy.signerNames -}}
@@ -106,7 +109,7 @@ signerNames when .Values.signers is set. */}}
 {{- range (include "csr-warden.signers" . | fromJsonArray) -}}
 {{- $entry := dict "name" .name "role" .role -}}
 {{- if and .caSecretName (ne .role "approve") -}}
-{{- $_ := set $entry "ca" (dict "cert" (printf "/etc/csr-warden/cas/%s/tls.crt" .caSecretName) "key" (printf "/etc/csr-warden/cas/%s/tls.key" .caSecretName)) -}}
+{{- $_ := set $entry "ca" (include "csr-warden.ca" (dict "secret" .caSecretName "pkcs11" .pkcs11 "root" $) | fromYaml) -}}
 {{- end -}}
 {{- if .allowClusterCA }}{{ $_ := set $entry "allowClusterCA" true }}{{ end -}}
 {{- if and .trustBundle (ne .role "approve") }}{{ $_ := set $entry "trustBundle" true }}{{ end -}}
@@ -123,7 +126,7 @@ CA at its mounted Secret's path. */}}
 {{- define "csr-warden.podCertificatesPolicy" -}}
 {{- $out := list -}}
 {{- range .Values.podCertificates -}}
-{{- $entry := dict "signerName" .signerName "trustDomain" (.trustDomain | default "cluster.local") "allow" .allow "ca" (dict "cert" (printf "/etc/csr-warden/cas/%s/tls.crt" .caSecretName) "key" (printf "/etc/csr-warden/cas/%s/tls.key" .caSecretName)) -}}
+{{- $entry := dict "signerName" .signerName "trustDomain" (.trustDomain | default "cluster.local") "allow" .allow "ca" (include "csr-warden.ca" (dict "secret" .caSecretName "pkcs11" .pkcs11 "root" $) | fromYaml) -}}
 {{- if .maxExpirationSeconds }}{{ $_ := set $entry "maxExpirationSeconds" .maxExpirationSeconds }}{{ end -}}
 {{- if .trustBundle }}{{ $_ := set $entry "trustBundle" true }}{{ end -}}
 {{- $out = append $out $entry -}}
@@ -148,4 +151,31 @@ CA at its mounted Secret's path. */}}
 {{- if .trustBundle }}{{ $out = append $out .signerName }}{{ end -}}
 {{- end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+{{/* A signer's `ca` in the policy: tls.crt and tls.key of its mounted Secret, or tls.crt and a
+key in a PKCS#11 token whose PIN Secret is mounted. Takes {secret, pkcs11, root}. */}}
+{{- define "csr-warden.ca" -}}
+{{- $cert := printf "/etc/csr-warden/cas/%s/tls.crt" .secret -}}
+{{- if .pkcs11 -}}
+{{- $module := .pkcs11.module | default .root.Values.pkcs11.module -}}
+{{- if not $module -}}
+{{- fail (printf "pkcs11 of the signer with caSecretName %s names no module: set its module or pkcs11.module" .secret) -}}
+{{- end -}}
+{{- toYaml (dict "cert" $cert "pkcs11" (dict "module" $module "uri" .pkcs11.uri "pinFile" (printf "/etc/csr-warden/pins/%s/pin" .pkcs11.pinSecretName))) -}}
+{{- else -}}
+{{- toYaml (dict "cert" $cert "key" (printf "/etc/csr-warden/cas/%s/tls.key" .secret)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The PIN Secrets of the signers whose key is in a PKCS#11 token (JSON list, each once). */}}
+{{- define "csr-warden.pinSecrets" -}}
+{{- $out := list -}}
+{{- range (include "csr-warden.signers" . | fromJsonArray) -}}
+{{- if and (ne .role "approve") .pkcs11 }}{{ $out = append $out .pkcs11.pinSecretName }}{{ end -}}
+{{- end -}}
+{{- range .Values.podCertificates -}}
+{{- if .pkcs11 }}{{ $out = append $out .pkcs11.pinSecretName }}{{ end -}}
+{{- end -}}
+{{- toJson ($out | uniq) -}}
 {{- end -}}
