@@ -424,7 +424,15 @@ impl TokenKey {
         };
         let mut last = None;
         for _ in 0..2 {
-            let pooled = self.acquire()?;
+            let pooled = match self.acquire() {
+                Ok(pooled) => pooled,
+                // Busy says nothing about the token; anything else is the token failing.
+                Err(error @ TokenError::Busy { .. }) => return Err(error),
+                Err(error) => {
+                    self.broken.store(true, Ordering::SeqCst);
+                    return Err(error);
+                }
+            };
             match pooled.session.sign(&mechanism, pooled.key, input) {
                 Ok(signature) => {
                     self.release(pooled, true);
@@ -679,7 +687,7 @@ fn short(error: &CkError) -> String {
 /// PKCS#11 gives an ECDSA signature as r||s, each the size of the curve's order; X.509 wants
 /// the DER ECDSA-Sig-Value SEQUENCE { r INTEGER, s INTEGER }.
 pub fn ecdsa_signature_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);

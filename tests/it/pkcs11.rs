@@ -374,3 +374,46 @@ signers:
         "{found:?}"
     );
 }
+
+/// A pod certificate is issued through the token the same way (no real kube-apiserver serving
+/// PodCertificateRequests is needed for the signing itself), and a token that disappears under
+/// a signature gives `CAUnavailable` (a wait), never a failure of the request.
+#[test]
+fn pod_certificates_sign_through_the_token_and_a_lost_token_is_unavailable() {
+    let Some(hsm) =
+        SoftHsm::get("pod_certificates_sign_through_the_token_and_a_lost_token_is_unavailable")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let token = hsm.token("pods", dir.path());
+    let (cert, _) = token.generate_ca("pods-ca", TokenKeyKind::EcdsaP384, dir.path());
+    let _exclusive = support::softhsm::exclusive();
+    let ca = csr_warden::x509::ca::CertificateAuthority::load_with_token(
+        &cert,
+        &token.config("pods-ca"),
+    )
+    .expect("token CA");
+    let stub = openssl_csr(dir.path(), "pod", KeyKind::P256, "/", None, &[]);
+    let request = csr_warden::x509::inspect::inspect(stub.as_bytes()).expect("request");
+    let now = time::OffsetDateTime::now_utc();
+    let times = csr_warden::x509::validity::pod_validity(3600, now, ca.not_after()).expect("times");
+    let spiffe = "spiffe://cluster.local/ns/apps/sa/api";
+    let issued =
+        csr_warden::x509::issue::issue_pod_certificate(&ca, &request, spiffe, times, [7; 16])
+            .expect("issued through the token");
+    let verdict = openssl_verify(dir.path(), &cert, &issued.pem, "sslclient");
+    assert!(verdict.contains("OK"), "{verdict}");
+
+    let away = dir.path().join("away");
+    std::fs::rename(&token.directory, &away).expect("take the token away");
+    let key = ca.token_key().expect("a token key");
+    let probed = key.probe();
+    assert!(probed.is_err(), "the probe notices: {probed:?}");
+    assert!(key.is_broken());
+    let error =
+        csr_warden::x509::issue::issue_pod_certificate(&ca, &request, spiffe, times, [8; 16])
+            .expect_err("no token, no signature");
+    assert_eq!(error.reason().as_str(), "CAUnavailable", "{error}");
+    std::fs::rename(&away, &token.directory).expect("restore");
+}

@@ -42,14 +42,15 @@ impl SoftHsm {
     pub fn get(test: &str) -> Option<&'static SoftHsm> {
         static HSM: OnceLock<Option<SoftHsm>> = OnceLock::new();
         let hsm = HSM.get_or_init(|| {
-            let module = std::env::var_os("CSR_WARDEN_TEST_PKCS11_MODULE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    MODULE_CANDIDATES
-                        .iter()
-                        .map(PathBuf::from)
-                        .find(|p| p.exists())
-                })?;
+            // CSR_WARDEN_TEST_PKCS11_MODULE names the module where it is elsewhere.
+            let module = match std::env::var_os("CSR_WARDEN_TEST_PKCS11_MODULE") {
+                Some(path) => Some(PathBuf::from(path)),
+                None => MODULE_CANDIDATES
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists()),
+            }
+            .filter(|p| p.exists())?;
             let util = std::process::Command::new("softhsm2-util")
                 .arg("--version")
                 .output()
