@@ -5,7 +5,8 @@
 //! - [`policy`]: PURE. Why a CSR was approved, denied or left pending (`policy/mod.rs`: the model,
 //!   the rule order, `decide`), each rule family beside it, pod certificate decisions, the one
 //!   `Reason` type, and the policy file's schema and validation (`policy/file.rs`).
-//! - [`x509`]: PURE. Reading a request strictly, the CA, issuing a certificate, its validity.
+//! - [`x509`]: PURE. Reading a request strictly, the CA (its key a file, or in a PKCS#11 token:
+//!   `x509/pkcs11.rs`), issuing a certificate, its validity.
 //! - [`kube`]: talking to the API server, for every controller: the client, request deadlines,
 //!   leader election, discovery, Events within limits, the one watch driver and the generic
 //!   work queue, workers and retries.

@@ -389,10 +389,6 @@ impl TokenKey {
         Ok(key)
     }
 
-    pub fn kind(&self) -> TokenKeyKind {
-        self.kind
-    }
-
     pub fn uri(&self) -> &str {
         &self.uri
     }
