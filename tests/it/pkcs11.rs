@@ -417,3 +417,89 @@ fn pod_certificates_sign_through_the_token_and_a_lost_token_is_unavailable() {
     assert_eq!(error.reason().as_str(), "CAUnavailable", "{error}");
     std::fs::rename(&away, &token.directory).expect("restore");
 }
+
+/// A pod-certificate signer whose key is in the token, the real binary against the fake API
+/// server serving PodCertificateRequests: a request made while the module is missing waits
+/// (CAUnavailable, no status written), and is Issued through the token once the module is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_certificate_waits_for_the_token_and_is_issued_through_it() {
+    let Some(hsm) = SoftHsm::get("a_pod_certificate_waits_for_the_token_and_is_issued_through_it")
+    else {
+        return;
+    };
+    const POD_SIGNER: &str = "example.com/workload-identity";
+    let h = harness().await;
+    h.server.serve_pod_certificates();
+    let token = hsm.token("pod-signer", h.dir.path());
+    let (cert, _) = token.generate_ca("pods", TokenKeyKind::EcdsaP256, h.dir.path());
+    let module = h.dir.path().join("late-module").join("libsofthsm2.so");
+    let policy = format!(
+        "{}podCertificates:\n  - signerName: {POD_SIGNER}\n    ca: {}\n    trustDomain: cluster.local\n    allow:\n      - {{namespace: payments, serviceAccounts: [api]}}\n",
+        policy(&[]).replace("signers:\n", ""),
+        token.ca_yaml_with(&cert, &module, "pods")
+    );
+    let controller = h.controller_with_policy(&policy, &["--reload-interval-ms", "100"]);
+    controller.wait_synced().await;
+    // The kubelet's stub request: empty subject, DER.
+    let (stub_der, stub_key) = (h.dir.path().join("stub.der"), h.dir.path().join("stub.key"));
+    openssl(&[
+        "req",
+        "-new",
+        "-nodes",
+        "-subj",
+        "/",
+        "-outform",
+        "DER",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-keyout",
+        stub_key.to_str().expect("path"),
+        "-out",
+        stub_der.to_str().expect("path"),
+    ]);
+    let stub = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        std::fs::read(&stub_der).expect("stub DER"),
+    );
+    h.server.create_pcr(
+        "payments",
+        "api-0",
+        serde_json::json!({
+            "signerName": POD_SIGNER, "podName": "api-0", "podUID": "pod-uid",
+            "serviceAccountName": "api", "serviceAccountUID": "sa-uid",
+            "nodeName": "node-1", "nodeUID": "node-uid",
+            "maxExpirationSeconds": 86400, "stubPKCS10Request": stub,
+        }),
+    );
+    controller
+        .wait_for_log("the request waits for the token", |l| {
+            l["pcr"] == "payments/api-0"
+                && l["decision"] == "waiting"
+                && l["reason"] == "CAUnavailable"
+        })
+        .await;
+    assert_eq!(
+        h.server.pcr_status_writes("payments", "api-0"),
+        0,
+        "nothing written while the token is missing: no Failed"
+    );
+
+    std::fs::create_dir(module.parent().expect("dir")).expect("module dir");
+    std::os::unix::fs::symlink(&hsm.module, &module).expect("module");
+    h.server
+        .wait_for("Issued through the token", |s| {
+            s.pcr("payments", "api-0").is_some_and(|pcr| {
+                pcr["status"]["certificateChain"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("BEGIN CERTIFICATE"))
+            })
+        })
+        .await;
+    let pcr = h.server.pcr("payments", "api-0").expect("pcr");
+    let chain = pcr["status"]["certificateChain"].as_str().expect("chain");
+    let verdict = openssl_verify(h.dir.path(), &cert, chain, "sslclient");
+    assert!(verdict.contains("OK"), "{verdict}");
+    assert_eq!(h.server.pcr_status_writes("payments", "api-0"), 1);
+}
