@@ -296,14 +296,10 @@ pub struct RequestArgs {
     /// context given by --context is the bootstrap context its first request is made with.
     #[arg(long)]
     pub exec: bool,
-    /// With --exec: renew once less than this fraction of the certificate's life is left.
-    #[arg(
-        long,
-        value_name = "FRACTION",
-        default_value = "0.333",
-        requires = "exec"
-    )]
-    pub renew_when_remaining: f64,
+    /// With --exec: renew once less than this fraction of the certificate's life is left
+    /// (default: a third, or CSR_WARDEN_RENEW_WHEN_REMAINING where kubectl runs the plugin).
+    #[arg(long, value_name = "FRACTION", requires = "exec")]
+    pub renew_when_remaining: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]

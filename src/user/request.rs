@@ -283,9 +283,10 @@ fn print_exec(args: &RequestArgs, common_name: &str, expiration: i32) -> Result<
         clap::ValueEnum::to_possible_value(&certificate.key_type)
             .map(|v| v.get_name().to_owned())
             .unwrap_or_else(|| "ecdsa-p256".to_owned()),
-        "--renew-when-remaining".to_owned(),
-        format!("{}", args.renew_when_remaining),
     ]);
+    if let Some(fraction) = args.renew_when_remaining {
+        plugin_args.extend(["--renew-when-remaining".to_owned(), fraction.to_string()]);
+    }
     if let Some(path) = kubeconfig_path {
         plugin_args.extend([
             "--kubeconfig".to_owned(),
