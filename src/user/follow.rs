@@ -345,22 +345,22 @@ impl EventReader {
 pub fn leave_advice(reason: &str, csr: &str) -> String {
     let reason = reason.strip_prefix("DryRun").unwrap_or(reason);
     let by_hand = format!(
-        "an operator can approve it by hand (`kubectl certificate approve {csr}`) or deny it"
+        "an operator to approve it by hand (`kubectl certificate approve {csr}`) or deny it"
     );
     match reason {
         "NoMatchingRule" => format!(
             "no allow-list rule covers this subject and requester. Wait for {by_hand}, or ask for an allowList entry in csr-warden's policy for your CN and groups; `kubectl csr-warden check {csr}` shows the rules looked at"
         ),
         "PrivilegeReviewUnavailable" => format!(
-            "csr-warden could not ask the cluster whether this identity is privileged; it asks again by itself. If it stays, {by_hand} after `kubectl csr-warden check {csr}`"
+            "csr-warden could not ask the cluster whether this identity is privileged; it asks again by itself. If it stays, ask {by_hand}, after `kubectl csr-warden check {csr}`"
         ),
         "KubeletClientNotAuthorized" => format!(
-            "the requester may not create certificatesigningrequests/nodeclient (or selfnodeclient): an operator binds that ClusterRole, or {by_hand}"
+            "the requester may not create certificatesigningrequests/nodeclient (or selfnodeclient): ask an operator to bind that ClusterRole, or wait for {by_hand}"
         ),
         "NodeFactsUnavailable" | "NodeAddressesPending" => {
             "csr-warden waits for the Node's addresses and decides again when they arrive; nothing to do unless it stays".to_owned()
         }
-        _ => format!("wait for {by_hand}; `kubectl csr-warden check {csr}` explains the decision"),
+        _ => format!("wait for {by_hand}; `kubectl csr-warden check {csr}` explains what csr-warden decided"),
     }
 }
 
