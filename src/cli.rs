@@ -323,6 +323,17 @@ pub struct CredentialArgs {
         default_value = "0.333"
     )]
     pub renew_when_remaining: f64,
+    /// How long a renewal asked for while the current certificate still works is waited for;
+    /// after that kubectl gets the current certificate, and the renewal is asked about again
+    /// next time.
+    #[arg(
+        long,
+        env = "CSR_WARDEN_RENEWAL_WAIT",
+        value_name = "DURATION",
+        value_parser = parse_duration_seconds,
+        default_value = "30s"
+    )]
+    pub renewal_wait: i32,
     /// The cache of keys and certificates (default: $XDG_CACHE_HOME/csr-warden, else
     /// ~/.cache/csr-warden).
     #[arg(long, env = "CSR_WARDEN_CACHE_DIR", value_name = "DIR")]

@@ -593,3 +593,100 @@ async fn two_kubectl_processes_on_an_expired_cache_make_one_csr() {
         csrs[1]["spec"]
     );
 }
+
+/// An operator removes jane's allow-list entry: her next renewal is left pending. kubectl keeps
+/// working with the current certificate and says why; the next use asks about the same CSR
+/// instead of making another; once a human approves it, the plugin takes it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_left_pending_keeps_the_current_certificate_and_is_asked_about_again() {
+    let h = harness().await;
+    let cluster_ca = h.server.cluster_ca_files(h.dir.path());
+    let controller = ControllerProcess::start(
+        &h.server,
+        h.dir.path(),
+        &cluster_ca,
+        &["--reload-interval-ms", "100"],
+    );
+    controller.wait_synced().await;
+    let kubeconfig = exec_kubeconfig(&h).await;
+    whoami(h.dir.path(), &kubeconfig, &[], "jane").await;
+    assert_eq!(csrs_by(&h.server, "jane").len(), 1);
+
+    let without_jane = POLICY.replace(
+        "allowList:\n  - commonName: jane\n    groups: [developers]\n",
+        "allowList: []\n",
+    );
+    assert_ne!(without_jane, POLICY);
+    std::fs::write(h.dir.path().join("policy.yaml"), without_jane).expect("policy");
+    controller
+        .wait_for_log("the policy without jane reloaded", |l| {
+            l["message"] == "policy reloaded"
+        })
+        .await;
+
+    let args = ["--context", "jane", "auth", "whoami", "-o", "json"];
+    let renew = [
+        ("CSR_WARDEN_RENEW_WHEN_REMAINING", "1"),
+        ("CSR_WARDEN_RENEWAL_WAIT", "8s"),
+    ];
+    let ran = kubectl_run(h.dir.path(), &kubeconfig, h.dir.path(), &renew, &args).await;
+    assert_eq!(ran.code, Some(0), "kubectl keeps working: {ran}");
+    let review: Value = serde_json::from_str(&ran.stdout).expect("json");
+    assert_eq!(review["status"]["userInfo"]["username"], "jane");
+    assert!(
+        ran.stderr
+            .contains("pending: csr-warden left it for a human: NoMatchingRule"),
+        "{ran}"
+    );
+    assert!(
+        ran.stderr
+            .contains("not issued yet; the current certificate is used meanwhile"),
+        "{ran}"
+    );
+    let csrs = csrs_by(&h.server, "jane");
+    assert_eq!(csrs.len(), 2, "{csrs:#?}");
+    let renewal = csrs[1]["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    let entry = cache_entry(&h);
+    let cached: Value =
+        serde_json::from_slice(&std::fs::read(&entry).expect("read")).expect("json");
+    assert_eq!(
+        cached["pending"]["csr"],
+        renewal.as_str(),
+        "{}",
+        cached["csr"]
+    );
+
+    // Used again: the pending renewal is asked about, not requested anew.
+    let quick = [
+        ("CSR_WARDEN_RENEW_WHEN_REMAINING", "1"),
+        ("CSR_WARDEN_RENEWAL_WAIT", "1s"),
+    ];
+    let ran = kubectl_run(h.dir.path(), &kubeconfig, h.dir.path(), &quick, &args).await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert_eq!(csrs_by(&h.server, "jane").len(), 2, "no second renewal CSR");
+
+    // A human approves it; csr-warden signs it; the next use takes it up.
+    let (ok, out, err) = kubectl(
+        &h.admin_kubeconfig(),
+        &["certificate", "approve", &renewal],
+        None,
+    );
+    assert!(ok, "{out}{err}");
+    h.server
+        .wait_for("the renewal issued", |s| issued(s, &renewal))
+        .await;
+    let ran = kubectl_run(h.dir.path(), &kubeconfig, h.dir.path(), &renew, &args).await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert!(
+        ran.stderr.contains(&format!("renewed with CSR {renewal}")),
+        "{ran}"
+    );
+    let cached: Value =
+        serde_json::from_slice(&std::fs::read(&entry).expect("read")).expect("json");
+    assert_eq!(cached["csr"], renewal.as_str());
+    assert!(cached["pending"].is_null(), "{}", cached["pending"]);
+    assert_eq!(csrs_by(&h.server, "jane").len(), 2);
+}

@@ -32,9 +32,6 @@ use crate::cli::CredentialArgs;
 /// A certificate closer than this to its end is not used to authenticate a renewal (the request
 /// could outlive it) and is not handed to kubectl.
 const END_MARGIN_SECONDS: i64 = 60;
-/// How long a renewal made while the certificate still works is waited for before kubectl gets
-/// the current one (asked about again next time).
-const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 /// How soon kubectl asks again when a due renewal could not be had yet.
 const RETRY_SECONDS: i64 = 60;
 
@@ -211,7 +208,7 @@ impl Renewal<'_> {
         let mut config =
             kubeconfig::config(self.args.kubeconfig.as_deref(), Some(self.bootstrap)).await?;
         config.auth_info = certificate_auth(&cached)?;
-        let wait = RENEWAL_WAIT.min(self.args.certificate.timeout_duration());
+        let wait = Duration::from_secs(u64::try_from(self.args.renewal_wait).unwrap_or(0));
         let (outcome, name, key) = match cached.pending.clone() {
             Some(pending) => {
                 let client = kube::Client::try_from(config).map_err(UserError::Client)?;

@@ -144,6 +144,8 @@ pub async fn follow(
     let mut shown = State::Pending;
     let mut told_silence = false;
     let mut watch_trouble_told = false;
+    // One listener for the whole wait: a Ctrl-C between two turns of the loop is not lost.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         tokio::select! {
             update = updates.next() => {
@@ -209,7 +211,7 @@ pub async fn follow(
                     _ => Outcome::StillPending { said: events.leave_reason.clone() },
                 });
             }
-            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Interrupted),
+            _ = &mut interrupted => return Ok(Outcome::Interrupted),
         }
     }
 }
