@@ -241,7 +241,8 @@ pub struct CertificateArgs {
         default_value = "digital signature,client auth"
     )]
     pub usages: Vec<String>,
-    /// spec.expirationSeconds as a duration: 600s, 90m, 24h, 7d (at least 10m, the API's floor).
+    /// spec.expirationSeconds as a duration: 600s, 90m, 24h, 7d (at least 10m, the API's floor;
+    /// default 24h for `request`, 1h for `credential` and `request --exec`).
     /// The signer may give less (kube-controller-manager caps it at --cluster-signing-duration).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_seconds)]
     pub expiration: Option<i32>,

@@ -55,9 +55,13 @@ pub fn context_of(
         .find(|c| c.name == name)
         .and_then(|c| c.context.clone())
         .ok_or_else(|| {
-            let known: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+            let known: Vec<&str> = kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
             UserError::Input(format!(
-                "the kubeconfig has no context {name:?} (it has {known:?}): pass --context with one of those"
+                "the kubeconfig has no context {name:?}: name one of {known:?}"
             ))
         })?;
     Ok((name, found))

@@ -119,6 +119,7 @@ fn advice_for(error: &kube::Error) -> &'static str {
         kube::Error::Api(status) if status.code == 422 => {
             "; the API server refused the request as invalid (see the message)"
         }
-        _ => "",
+        kube::Error::Api(_) => "",
+        _ => "; is the cluster your kubeconfig names reachable from here?",
     }
 }

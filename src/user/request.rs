@@ -48,7 +48,13 @@ async fn request(args: &RequestArgs) -> Result<Exit, UserError> {
     let config = kubeconfig::config(kubeconfig_path, args.cluster.context.as_deref()).await?;
     let client = kube::Client::try_from(config).map_err(UserError::Client)?;
     let common_name = common_name(&client, &args.certificate).await?;
-    let expiration = expiration(&args.certificate, DEFAULT_REQUEST_EXPIRATION)?;
+    // The plugin renews by itself, so what it asks for can be short.
+    let default_expiration = if args.exec {
+        DEFAULT_CREDENTIAL_EXPIRATION
+    } else {
+        DEFAULT_REQUEST_EXPIRATION
+    };
+    let expiration = expiration(&args.certificate, default_expiration)?;
     if args.exec {
         return print_exec(args, &common_name, expiration);
     }
