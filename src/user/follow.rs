@@ -139,7 +139,8 @@ pub async fn follow(
     let deadline = tokio::time::Instant::now() + timeout;
     let started = tokio::time::Instant::now();
     let mut events = EventReader::new(client, name, uid);
-    let mut tick = tokio::time::interval(EVENT_POLL);
+    // Not at once: most CSRs are decided within a second, and need no word on why they wait.
+    let mut tick = tokio::time::interval_at(started + EVENT_POLL, EVENT_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shown = State::Pending;
     let mut told_silence = false;
