@@ -25,5 +25,6 @@ mod queue;
 mod real_apiserver;
 mod real_cluster;
 mod signer_roles;
+mod user;
 mod work;
 mod x509_parity;

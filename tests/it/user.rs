@@ -8,7 +8,7 @@
 //! csr-warden runs as the controller with the cluster CA (as on kubeadm), so the certificates it
 //! issues log in to this API server.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
