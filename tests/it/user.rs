@@ -690,3 +690,138 @@ async fn a_renewal_left_pending_keeps_the_current_certificate_and_is_asked_about
     assert!(cached["pending"].is_null(), "{}", cached["pending"]);
     assert_eq!(csrs_by(&h.server, "jane").len(), 2);
 }
+
+/// The same against a real kube-apiserver (`KUBEBUILDER_ASSETS`), where RBAC (README's requester
+/// rules and nothing else), CSR validation, the watch's field selector and SelfSubjectReview are
+/// the server's own: `request` for an allow-listed user whose certificate logs in, then the exec
+/// plugin's first certificate (with her login) and its renewal (with the certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_apiserver_request_and_the_exec_plugin() {
+    let Some((plane, _turn)) =
+        crate::real_apiserver::plane("user::real_apiserver_request_and_the_exec_plugin").await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    plane.apply(&serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "user-test-requester"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+                   "verbs": ["create", "get", "list", "watch"]}]
+    }));
+    plane.apply(&serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "user-test-requester-rita"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "user-test-requester"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "rita"}]
+    }));
+    // rita's login: the admin's credentials impersonating her (as her OIDC login would be her).
+    let kubeconfig = d.join("rita.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: rita-login\n  user:\n    client-certificate: {}\n    client-key: {}\n    as: rita\n    as-groups: [system:authenticated]\ncontexts:\n- name: rita-login\n  context: {{cluster: envtest, user: rita-login}}\ncurrent-context: rita-login\n",
+            plane.port,
+            plane.ca_cert.display(),
+            plane.dir.join("admin.crt").display(),
+            plane.dir.join("admin.key").display()
+        ),
+    )
+    .expect("kubeconfig");
+    std::fs::write(
+        d.join("policy.yaml"),
+        "signerNames: [kubernetes.io/kube-apiserver-client]\nallowList:\n  - commonName: rita\n    groups: [developers]\n",
+    )
+    .expect("policy");
+    let controller = ControllerProcess::start_with_kubeconfig(
+        d,
+        &(plane.ca_cert.clone(), plane.ca_key.clone()),
+        &["--resync-interval-seconds", "3600"],
+        &plane.admin,
+    );
+    controller.wait_synced().await;
+
+    let work = d.join("work");
+    std::fs::create_dir(&work).expect("work");
+    let ran = kubectl_run(
+        d,
+        &kubeconfig,
+        &work,
+        &[],
+        &[
+            "csr-warden",
+            "request",
+            "--group",
+            "developers",
+            "--expiration",
+            "1h",
+            "--set-context",
+            "rita-cert",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert!(
+        ran.stderr.contains("created CSR rita-"),
+        "the CN is who the server says: {ran}"
+    );
+    let (user, groups) = whoami(d, &kubeconfig, &[], "rita-cert").await;
+    assert_eq!(user, "rita");
+    assert!(groups.contains(&"developers".to_owned()), "{groups:?}");
+
+    let ran = kubectl_run(
+        d,
+        &kubeconfig,
+        d,
+        &[],
+        &[
+            "csr-warden",
+            "request",
+            "--exec",
+            "--context",
+            "rita-login",
+            "--common-name",
+            "rita",
+            "--group",
+            "developers",
+            "--expiration",
+            "1h",
+            "--set-context",
+            "rita",
+        ],
+    )
+    .await;
+    assert_eq!(ran.code, Some(0), "{ran}");
+    let (user, _) = whoami(d, &kubeconfig, &[], "rita").await;
+    assert_eq!(user, "rita");
+    let renew_now = [("CSR_WARDEN_RENEW_WHEN_REMAINING", "1")];
+    let (user, groups) = whoami(d, &kubeconfig, &renew_now, "rita").await;
+    assert_eq!(user, "rita");
+    assert!(groups.contains(&"developers".to_owned()), "{groups:?}");
+    let mut ritas: Vec<Value> = plane.get(&["csr"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["spec"]["username"] == "rita")
+        .collect();
+    ritas.sort_by_key(|c| {
+        c["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|rv| rv.parse::<u64>().ok())
+    });
+    assert_eq!(ritas.len(), 3, "request, first use, renewal: {ritas:#?}");
+    assert!(
+        !groups_of(&ritas[1]).contains(&"developers".to_owned()),
+        "the first with her login: {}",
+        ritas[1]["spec"]
+    );
+    assert!(
+        groups_of(&ritas[2]).contains(&"developers".to_owned()),
+        "the renewal with the certificate: {}",
+        ritas[2]["spec"]
+    );
+}
