@@ -18,7 +18,7 @@ use crate::cli::{CertificateArgs, RequestArgs};
 /// What `request` asks for when --expiration is not given: a day. Short enough that a lost
 /// laptop's certificate runs out soon; the exec plugin (`--exec`) makes an hour practical.
 pub const DEFAULT_REQUEST_EXPIRATION: i32 = 86_400;
-/// What the exec plugin asks for by default: an hour, renewed after 40 minutes.
+/// What the exec plugin asks for by default: an hour, renewed in its last third.
 pub const DEFAULT_CREDENTIAL_EXPIRATION: i32 = 3_600;
 /// The API server refuses less.
 const MIN_EXPIRATION: i32 = 600;
