@@ -219,6 +219,15 @@ impl CheckArgs {
 
 // The user's side (src/user/): `request` and `credential`.
 
+/// Which key `request` and `credential` make. ECDSA P-256 is what kubeadm and cert-manager
+/// default to, small and fast, and every signer csr-warden knows accepts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KeyType {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+}
+
 /// What the certificate is for and how long it lives: the same flags for both commands, so that
 /// `request --exec` can hand them on to `credential`.
 #[derive(Debug, Clone, clap::Args)]
@@ -248,7 +257,7 @@ pub struct CertificateArgs {
     pub expiration: Option<i32>,
     /// The key made on this machine.
     #[arg(long, value_enum, default_value = "ecdsa-p256")]
-    pub key_type: crate::user::key::KeyType,
+    pub key_type: KeyType,
     /// Give up waiting for the certificate after this long (a duration, as --expiration).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_seconds, default_value = "5m")]
     pub timeout: i32,

@@ -2,15 +2,7 @@
 //! the user's own files (0600), never sent.
 
 use super::UserError;
-
-/// Which key to make. ECDSA P-256 is what kubeadm and cert-manager default to, small and fast,
-/// and every signer csr-warden knows accepts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum KeyType {
-    #[default]
-    EcdsaP256,
-    EcdsaP384,
-}
+pub use crate::cli::KeyType;
 
 /// A PEM private key (PKCS#8). Debug never prints it.
 #[derive(Clone)]
