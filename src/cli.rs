@@ -24,6 +24,13 @@ pub enum Command {
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Get a client certificate: make a key here, create the CSR, follow it to the certificate
+    /// and write both (and a kubeconfig context); exit 0 issued, 1 error, 2 denied, 3 failed,
+    /// 4 still pending at --timeout, 5 approved but not issued, 130 interrupted.
+    Request(RequestArgs),
+    /// kubectl exec credential plugin: a cached short-lived client certificate, renewed by itself
+    /// (`csr-warden request --exec` prints the kubeconfig stanza).
+    Credential(CredentialArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -207,5 +214,178 @@ impl CheckArgs {
     /// The live CSR named, by --csr or positionally.
     pub fn live_name(&self) -> Option<&str> {
         self.csr.as_deref().or(self.name.as_deref())
+    }
+}
+
+// The user's side (src/user/): `request` and `credential`.
+
+/// Which key `request` and `credential` make. ECDSA P-256 is what kubeadm and cert-manager
+/// default to, small and fast, and every signer csr-warden knows accepts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum KeyType {
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+}
+
+/// What the certificate is for and how long it lives: the same flags for both commands, so that
+/// `request --exec` can hand them on to `credential`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertificateArgs {
+    /// The certificate's CN: the user the API server will see. Default: who the cluster says
+    /// you are now (`kubectl auth whoami`).
+    #[arg(long, visible_alias = "cn", value_name = "NAME")]
+    pub common_name: Option<String>,
+    /// A group (O) the certificate carries; repeat or comma-separate for several.
+    #[arg(long = "group", value_name = "GROUP", value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// spec.signerName.
+    #[arg(long, default_value = "kubernetes.io/kube-apiserver-client")]
+    pub signer: String,
+    /// spec.usages, comma-separated. The default suits every client signer (ECDSA keys need no
+    /// key encipherment).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "digital signature,client auth"
+    )]
+    pub usages: Vec<String>,
+    /// spec.expirationSeconds as a duration: 600s, 90m, 24h, 7d (at least 10m, the API's floor;
+    /// default 24h for `request`, 1h for `credential` and `request --exec`).
+    /// The signer may give less (kube-controller-manager caps it at --cluster-signing-duration).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_seconds)]
+    pub expiration: Option<i32>,
+    /// The key made on this machine.
+    #[arg(long, value_enum, default_value = "ecdsa-p256")]
+    pub key_type: KeyType,
+    /// Give up waiting for the certificate after this long (a duration, as --expiration).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_seconds, default_value = "5m")]
+    pub timeout: i32,
+}
+
+impl CertificateArgs {
+    pub fn timeout_duration(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::try_from(self.timeout).unwrap_or(0))
+    }
+}
+
+/// Which kubeconfig and context to talk to the cluster with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig file (default: KUBECONFIG, else ~/.kube/config). kubectl does not pass its
+    /// own --kubeconfig to plugins, so use this or KUBECONFIG.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The context to create the CSR with (default: the current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub certificate: CertificateArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// The CSR's name (default: the CN, made a valid name, and a random suffix).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Where the key goes (default: ./<CN>.key), 0600.
+    #[arg(long, value_name = "FILE")]
+    pub key_out: Option<PathBuf>,
+    /// Where the certificate goes (default: ./<CN>.crt).
+    #[arg(long, value_name = "FILE")]
+    pub cert_out: Option<PathBuf>,
+    /// Once issued, add a user and a context of this name to the kubeconfig (its first file),
+    /// on the cluster of --context, using the certificate and key files. With --exec, the user
+    /// is the exec plugin instead.
+    #[arg(long, value_name = "NAME")]
+    pub set_context: Option<String>,
+    /// Request nothing now: print the kubeconfig `users[].user.exec` stanza that has kubectl run
+    /// `csr-warden credential` with these flags, which requests and renews by itself. The
+    /// context given by --context is the bootstrap context its first request is made with.
+    #[arg(long)]
+    pub exec: bool,
+    /// With --exec: renew once less than this fraction of the certificate's life is left
+    /// (default: a third, or CSR_WARDEN_RENEW_WHEN_REMAINING where kubectl runs the plugin).
+    #[arg(long, value_name = "FRACTION", requires = "exec")]
+    pub renew_when_remaining: Option<f64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CredentialArgs {
+    #[command(flatten)]
+    pub certificate: CertificateArgs,
+    /// The kubeconfig holding the bootstrap context (default: KUBECONFIG, else ~/.kube/config,
+    /// which is what kubectl hands its plugins).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The context the first certificate (and any after the last one ran out) is requested
+    /// with: an OIDC or token context of yours. It also names the cluster.
+    #[arg(long, value_name = "NAME")]
+    pub bootstrap_context: String,
+    /// Renew once less than this fraction of the certificate's life is left (default: a third;
+    /// 1 renews at every use).
+    #[arg(
+        long,
+        env = "CSR_WARDEN_RENEW_WHEN_REMAINING",
+        value_name = "FRACTION",
+        default_value = "0.333"
+    )]
+    pub renew_when_remaining: f64,
+    /// How long a renewal asked for while the current certificate still works is waited for;
+    /// after that kubectl gets the current certificate, and the renewal is asked about again
+    /// next time.
+    #[arg(
+        long,
+        env = "CSR_WARDEN_RENEWAL_WAIT",
+        value_name = "DURATION",
+        value_parser = parse_duration_seconds,
+        default_value = "30s"
+    )]
+    pub renewal_wait: i32,
+    /// The cache of keys and certificates (default: $XDG_CACHE_HOME/csr-warden, else
+    /// ~/.cache/csr-warden).
+    #[arg(long, env = "CSR_WARDEN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `600`, `600s`, `90m`, `24h`, `7d` as seconds; at least 600 (the API refuses less).
+pub fn parse_duration_seconds(text: &str) -> Result<i32, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write e.g. 600s, 90m, 24h or 7d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    let seconds = number
+        .checked_mul(scale)
+        .and_then(|s| i32::try_from(s).ok())
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    Ok(seconds)
+}
+
+#[cfg(test)]
+mod user_tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_seconds("600"), Ok(600));
+        assert_eq!(parse_duration_seconds("90m"), Ok(5400));
+        assert_eq!(parse_duration_seconds("24h"), Ok(86_400));
+        assert_eq!(parse_duration_seconds("7d"), Ok(604_800));
+        assert!(parse_duration_seconds("1w").is_err());
+        assert!(parse_duration_seconds("h").is_err());
+        assert!(parse_duration_seconds("99999999d").is_err());
     }
 }

@@ -18,6 +18,8 @@
 //! - [`trust_bundles`]: ClusterTrustBundles for the signers that publish one.
 //! - [`check`]: `csr-warden check`, offline and live explain.
 //! - [`cli`]: the command line.
+//! - [`user`]: the user's side, on the user's machine: `csr-warden request` and the
+//!   `credential` exec plugin (a CSR made and followed with the user's kubeconfig; the cache).
 #![forbid(unsafe_code)]
 
 /// The name csr-warden reports under: its Events' reporting controller (`reportingComponent`
@@ -34,4 +36,5 @@ pub mod ops;
 pub mod pods;
 pub mod policy;
 pub mod trust_bundles;
+pub mod user;
 pub mod x509;

@@ -15,12 +15,14 @@ use csr_warden::ops::{http, telemetry};
 use csr_warden::policy::CaPaths;
 use csr_warden::policy::file::load_policy;
 use csr_warden::x509::ca::ClusterCa;
-use csr_warden::{check, pods, trust_bundles};
+use csr_warden::{check, pods, trust_bundles, user};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => ExitCode::from(check::run(&args)),
+        Command::Request(args) => user::request::run(&args).into(),
+        Command::Credential(args) => user::credential::run(&args).into(),
         Command::Policy(PolicyCommand::Validate { path }) => match load_policy(&path) {
             Ok(_) => {
                 println!("{}: valid", path.display());

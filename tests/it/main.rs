@@ -28,5 +28,6 @@ mod real_apiserver;
 mod real_cluster;
 mod reconcile;
 mod signer_roles;
+mod user;
 mod work;
 mod x509_parity;

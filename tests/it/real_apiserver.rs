@@ -23,7 +23,7 @@ const SERVING_USAGES: &[&str] = &["digital signature", "server auth"];
 type Attack<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
 
 /// The control plane and this test's turn, or None (skipped) without assets.
-async fn plane(
+pub(crate) async fn plane(
     test: &str,
 ) -> Option<(&'static ControlPlane, tokio::sync::MutexGuard<'static, ()>)> {
     let plane = control_plane::shared(test)?;

@@ -1066,6 +1066,17 @@ impl FakeApiServer {
         self.state.lock().expect("state").pcr_list_pages
     }
 
+    /// Every CSR the server holds, by name.
+    pub fn csrs(&self) -> Vec<Value> {
+        self.state
+            .lock()
+            .expect("state")
+            .csrs
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// How many requests were refused with 401 (unknown or rotated-away tokens).
     pub fn unauthorized(&self) -> usize {
         self.state.lock().expect("state").unauthorized
