@@ -29,14 +29,24 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, Clone)]
 pub struct Reconnect {
     failures: u32,
+    last_failure: Option<std::time::Instant>,
 }
 
 impl Reconnect {
     pub const FIRST: Duration = Duration::from_millis(200);
     pub const LAST: Duration = Duration::from_secs(2);
 
+    /// kube-runtime resets the backoff on every item, and the watcher emits `Init` before
+    /// each list attempt: a reset is honoured only after this long without a failure, so a
+    /// list that keeps failing (RBAC, an overloaded server) is retried at [`Reconnect::LAST`],
+    /// not every 200 ms.
+    pub const QUIET: Duration = Duration::from_secs(10);
+
     pub fn new() -> Self {
-        Reconnect { failures: 0 }
+        Reconnect {
+            failures: 0,
+            last_failure: None,
+        }
     }
 }
 
@@ -52,13 +62,19 @@ impl Iterator for Reconnect {
     fn next(&mut self) -> Option<Duration> {
         let delay = super::queue::doubling(self.failures, Self::FIRST, Self::LAST, jitter());
         self.failures = self.failures.saturating_add(1);
+        self.last_failure = Some(std::time::Instant::now());
         Some(delay)
     }
 }
 
 impl Backoff for Reconnect {
     fn reset(&mut self) {
-        self.failures = 0;
+        if self
+            .last_failure
+            .is_none_or(|at| at.elapsed() >= Self::QUIET)
+        {
+            self.failures = 0;
+        }
     }
 }
 

@@ -466,6 +466,8 @@ where
     // A probe failed since the last retry: the API server was away. Only its return retries
     // early (an object that fails with a 5xx while the server is up keeps its backoff).
     let mut server_away = false;
+    // Asked at most every PROBE_INTERVAL, however many retry deadlines fall in between.
+    let mut last_probe: Option<Instant> = None;
     loop {
         let woken = work.retry_wake.notified();
         let Some(next) = work.next_retry() else {
@@ -495,7 +497,10 @@ where
                 }
             }
         }
-        if probing && work.connection_failures() > 0 {
+        if work.connection_failures() == 0 {
+            server_away = false;
+        } else if probing && last_probe.is_none_or(|at| at.elapsed() >= PROBE_INTERVAL) {
+            last_probe = Some(Instant::now());
             if !probe().await {
                 server_away = true;
             } else if std::mem::take(&mut server_away) {

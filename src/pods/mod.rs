@@ -170,52 +170,66 @@ async fn watch_forever(
     live: Arc<Live>,
 ) {
     let mut recheck = live.recheck_events();
-    let config = watcher::Config::default()
-        .list_semantic(watcher::ListSemantic::MostRecent)
-        .page_size(PAGE_SIZE);
-    let mut events = std::pin::pin!(watch::events(api, config, "PodCertificateRequest"));
+    let signers_of =
+        |live: &Live| -> Vec<String> { live.policy().pod_signers.keys().cloned().collect() };
+    let mut signers = signers_of(&live);
     let mut listed_once = false;
+    // The cache holds only requests of the signers in force: a reload that changes them
+    // relists, so requests of a signer just added are found (they get no event of their own).
     loop {
-        tokio::select! {
-            event = events.next() => {
-                let Some(event) = event else { return };
-                match event {
-                    watcher::Event::Init => {
-                        if listed_once {
-                            tracing::info!("PodCertificateRequest watch restarted; relisting");
+        let config = watcher::Config::default()
+            .list_semantic(watcher::ListSemantic::MostRecent)
+            .page_size(PAGE_SIZE);
+        let mut events =
+            std::pin::pin!(watch::events(api.clone(), config, "PodCertificateRequest"));
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let Some(event) = event else { return };
+                    match event {
+                        watcher::Event::Init => {
+                            if listed_once {
+                                tracing::info!("PodCertificateRequest watch restarted; relisting");
+                            }
+                            writer.apply_watcher_event(&watcher::Event::Init);
                         }
-                        writer.apply_watcher_event(&watcher::Event::Init);
-                    }
-                    watcher::Event::InitApply(pcr) => {
-                        if wanted(&pcr, &live) {
-                            writer.apply_watcher_event(&watcher::Event::InitApply(pcr));
+                        watcher::Event::InitApply(pcr) => {
+                            if wanted(&pcr, &live) {
+                                writer.apply_watcher_event(&watcher::Event::InitApply(pcr));
+                            }
                         }
-                    }
-                    watcher::Event::InitDone => {
-                        writer.apply_watcher_event(&watcher::Event::InitDone);
-                        listed_once = true;
-                        work.offer_everything();
-                        work.retry_connection_failures_now();
-                    }
-                    watcher::Event::Apply(pcr) if wanted(&pcr, &live) => {
-                        // Cache first: a worker may take it at once and must find this copy.
-                        let event = watcher::Event::Apply(pcr);
-                        writer.apply_watcher_event(&event);
-                        if let watcher::Event::Apply(pcr) = &event {
-                            work.offer(pcr);
+                        watcher::Event::InitDone => {
+                            writer.apply_watcher_event(&watcher::Event::InitDone);
+                            listed_once = true;
+                            work.offer_everything();
+                            work.retry_connection_failures_now();
                         }
-                    }
-                    watcher::Event::Apply(pcr) | watcher::Event::Delete(pcr) => {
-                        work.forget(&work::key_of(&pcr));
-                        writer.apply_watcher_event(&watcher::Event::Delete(pcr));
+                        watcher::Event::Apply(pcr) if wanted(&pcr, &live) => {
+                            // Cache first: a worker may take it at once and must find this copy.
+                            let event = watcher::Event::Apply(pcr);
+                            writer.apply_watcher_event(&event);
+                            if let watcher::Event::Apply(pcr) = &event {
+                                work.offer(pcr);
+                            }
+                        }
+                        watcher::Event::Apply(pcr) | watcher::Event::Delete(pcr) => {
+                            work.forget(&work::key_of(&pcr));
+                            writer.apply_watcher_event(&watcher::Event::Delete(pcr));
+                        }
                     }
                 }
-            }
-            changed = recheck.changed() => {
-                if changed.is_err() {
-                    return;
+                changed = recheck.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = signers_of(&live);
+                    if now != signers {
+                        signers = now;
+                        tracing::info!(signers = ?signers, "pod certificate signers changed; relisting every PodCertificateRequest");
+                        break;
+                    }
+                    work.offer_everything();
                 }
-                work.offer_everything();
             }
         }
     }

@@ -303,7 +303,8 @@ fn time_of(at: OffsetDateTime) -> Result<Time, IssueError> {
 }
 
 /// The requested lifetime (or the policy default), at most the policy maximum and at least
-/// [`MIN_LIFETIME`], as one [`validity::window`]: backdated by [`BACKDATE`], the whole window at
+/// [`MIN_LIFETIME`], as one [`validity::window`]: backdated by [`BACKDATE`] (at most 1% of the
+/// lifetime), the whole window at
 /// most that lifetime and never beyond the CA. A CA that leaves less than [`MIN_LIFETIME`] issues
 /// nothing.
 pub fn validity(
@@ -317,7 +318,10 @@ pub fn validity(
         .unwrap_or(i64::from(limits.default_expiration_seconds));
     let lifetime = Duration::seconds(requested.min(i64::from(limits.max_expiration_seconds)))
         .max(MIN_LIFETIME);
-    let window = validity::window(lifetime, BACKDATE, now, ca_not_after);
+    // At most 1% of the lifetime (kube-controller-manager's 5 minutes are 1% of 8 hours): a
+    // 10-minute certificate is not half spent when it arrives.
+    let backdate = BACKDATE.min(lifetime / 100);
+    let window = validity::window(lifetime, backdate, now, ca_not_after);
     if window.length() < MIN_LIFETIME {
         return Err(IssueError::CaExpiring { ca_not_after });
     }

@@ -215,8 +215,15 @@ fn validity_is_backdated_within_the_lifetime_clamped_and_never_beyond_the_ca() {
         )
     };
     // rcgen would default to 1975..4096: we always set both.
+    let (nb, _) = times(Some(3600));
+    assert_eq!(nb, now - Duration::seconds(36), "backdated 1% of an hour");
+    let (nb, _) = times(Some(86_400));
+    assert_eq!(
+        nb,
+        now - Duration::minutes(5),
+        "backdated at most 5 minutes"
+    );
     let (nb, na) = times(Some(3600));
-    assert_eq!(nb, now - Duration::minutes(5));
     // The whole window, backdate included, is the lifetime granted (as kube-controller-manager).
     assert_eq!(na - nb, Duration::hours(1));
     let (nb, na) = times(None);
