@@ -36,23 +36,7 @@ const END_MARGIN_SECONDS: i64 = 60;
 const RETRY_SECONDS: i64 = 60;
 
 pub fn run(args: &CredentialArgs) -> Exit {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("csr-warden: cannot start the async runtime: {error}");
-            return Exit::Error;
-        }
-    };
-    match runtime.block_on(credential(args)) {
-        Ok(exit) => exit,
-        Err(error) => {
-            eprintln!("csr-warden credential: {error}");
-            Exit::Error
-        }
-    }
+    super::block_on(credential(args), "csr-warden credential")
 }
 
 fn now() -> i64 {

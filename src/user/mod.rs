@@ -123,3 +123,27 @@ fn advice_for(error: &kube::Error) -> &'static str {
         _ => "; is the cluster your kubeconfig names reachable from here?",
     }
 }
+
+/// Run one user command on a runtime of its own; an error is said on stderr under `prefix`.
+fn block_on(
+    command: impl std::future::Future<Output = Result<Exit, UserError>>,
+    prefix: &str,
+) -> Exit {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("csr-warden: cannot start the async runtime: {error}");
+            return Exit::Error;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(exit) => exit,
+        Err(error) => {
+            eprintln!("{prefix}: {error}");
+            Exit::Error
+        }
+    }
+}

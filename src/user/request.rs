@@ -24,23 +24,7 @@ pub const DEFAULT_CREDENTIAL_EXPIRATION: i32 = 3_600;
 const MIN_EXPIRATION: i32 = 600;
 
 pub fn run(args: &RequestArgs) -> Exit {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("csr-warden: cannot start the async runtime: {error}");
-            return Exit::Error;
-        }
-    };
-    match runtime.block_on(request(args)) {
-        Ok(exit) => exit,
-        Err(error) => {
-            eprintln!("csr-warden: {error}");
-            Exit::Error
-        }
-    }
+    super::block_on(request(args), "csr-warden")
 }
 
 async fn request(args: &RequestArgs) -> Result<Exit, UserError> {
